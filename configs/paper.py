@@ -1,0 +1,146 @@
+"""The published Diff-FCCF settings (SPEC sections 3-7).
+
+    difffccf train --config configs/paper.py --workdir runs/paper --config.data.root=DATA
+"""
+
+import ml_collections
+
+TASKS = ("pet", "spect", "ct", "gfp", "adni")
+
+
+def _layout(folder, a, b, b_is_color, jet):
+    return ml_collections.ConfigDict(
+        dict(folder=folder, a=a, b=b, b_is_color=b_is_color, jet=jet))
+
+
+def _rule(kind, threshold, above):
+    """A region rule: `kind` 'percentile' (threshold in percent, per image) or 'background'
+    (threshold times the value of a reference pixel near the top-left corner); `above` keeps
+    values >= the threshold, otherwise values <= it."""
+    return ml_collections.ConfigDict(dict(kind=kind, threshold=float(threshold), above=above))
+
+
+def _region(train, sample, sign, gain):
+    return ml_collections.ConfigDict(dict(train=train, sample=sample, sign=float(sign),
+                                          gain=float(gain)))
+
+
+def regions():
+    """Per task, the Cr and Cb region rules of SPEC section 5 (unpublished sampling = training)."""
+    pct = lambda q, above: _rule("percentile", q, above)  # noqa: E731
+    bg = lambda r, above: _rule("background", r, above)  # noqa: E731
+    return ml_collections.ConfigDict(dict(
+        spect=dict(cr=_region(pct(70, True), pct(95, True), +1, 1.0),
+                   cb=_region(pct(30, False), pct(7, False), -1, 1.0)),
+        adni=dict(cr=_region(pct(70, True), pct(70, True), +1, 1.0),
+                  cb=_region(pct(30, False), pct(30, False), -1, 1.0)),
+        ct=dict(cr=_region(pct(15, False), pct(15, False), -1, 1.0),
+                cb=_region(pct(85, True), pct(85, True), +1, 1.0)),
+        gfp=dict(cr=_region(pct(7, False), pct(6.5, False), -1, 0.45),
+                 cb=_region(pct(7, False), pct(6.5, False), -1, 0.45)),
+        pet=dict(cr=_region(bg(10, True), bg(10, True), -1, 1.0),
+                 cb=_region(bg(-100, False), bg(-100, False), -1, 1.0)),
+    ))
+
+
+def get_config(arg=None):
+    del arg
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict(dict(
+        root="",  # folder holding one sub-folder per task (the published layout)
+        task="pet",  # single-task training and fusion
+        tasks=TASKS,  # multi-task training: one task drawn per epoch
+        multi_task=True,
+        image_size=256,
+        batch_size=4,  # global batch
+        shuffle_seed=0,
+        layouts=dict(
+            pet=_layout("HARVARD-PET-MRI", "MRI", "PET", True, False),
+            spect=_layout("HARVARD-SPECT-MRI", "MRI", "SPECT", True, False),
+            ct=_layout("HARVARD-CT-MRI", "CT", "MRI", False, True),
+            gfp=_layout("GFP", "t", "g", True, False),
+            adni=_layout("ADNI", "MRI", "PET", False, True),
+        ),
+    ))
+
+    config.model = ml_collections.ConfigDict(dict(
+        in_channels=4,
+        model_channels=64,
+        channel_mult=(1, 2, 4, 8),
+        num_res_blocks=2,
+        dropout=0.1,
+        time_embed_mult=4,
+        norm_groups=32,
+        norm_eps=1e-5,
+        attention_reduction=8,
+        graph_heads=4,
+        graph_ffn_width=256,
+        cheb_order=3,
+        laplacian="scaled",  # 'scaled' (2L/lambda_max - I) or 'unnormalized' (the reference)
+        max_displacement=4.0,  # pixels, the deformation head's tanh bound
+        compat=False,  # True reproduces the published model exactly (SPEC section 3 quirks)
+        dtype="float32",  # compute dtype; parameters stay float32
+    ))
+
+    config.diffusion = ml_collections.ConfigDict(dict(
+        steps=2000,
+        schedule="cosine",  # or 'linear'
+    ))
+
+    config.loss = ml_collections.ConfigDict(dict(
+        loss_scale=128.0,
+        quality_weights=(30.0, 40.0, 40.0),  # SSIM term, gradient term, intensity term
+        mi_bins=32,
+        mi_sigma=0.5,  # Parzen kernel width in bins
+        correlation="ratio",  # 'ratio' (correlation ratio) or 'ncc' (local NCC)
+        ncc_window=9,
+        # Reference weights; the adaptive policy (config.weighting) adjusts them.
+        weights=dict(noise=10.0, mi=1.0, correlation=1.0, fusion=1.0, quality=10.0,
+                     smoothness=1.0, folding=1.0),
+    ))
+
+    config.regions = regions()
+
+    config.weighting = ml_collections.ConfigDict(dict(
+        enabled=True,
+        reference_decay=0.95,
+        initial_references=dict(noise=10.0, mi=1e5, correlation=1e6, fusion=1e3, quality=1e4,
+                                smoothness=1.0, folding=1.0),
+        policy_learning_rate=1e-2,
+        baseline_decay=0.9,
+        std_explore=0.3,
+        std_stable=0.05,
+        entropy_explore=1e-2,
+        entropy_stable=1e-4,
+        explore_fraction=0.3,  # share of training in the exploration phase
+        trust_bound=0.1,  # initial max change of a log-weight per step
+        trend_window=100,
+    ))
+
+    config.optim = ml_collections.ConfigDict(dict(
+        learning_rate=2e-4,
+        weight_decay=1e-2,
+        decay_rate=0.99,
+        decay_every_epochs=1000,
+        grad_clip=0.0,  # 0 disables global-norm clipping
+        ema_decay=0.0,  # 0 disables the parameter EMA used for sampling
+    ))
+
+    config.train = ml_collections.ConfigDict(dict(
+        epochs=10000,
+        steps_per_epoch=0,  # 0: one pass over the drawn task's data per epoch
+        checkpoint_every_epochs=100,
+        keep_checkpoints=3,
+        log_every_steps=50,
+        distributed=False,  # call jax.distributed.initialize() (also when SLURM asks for it)
+    ))
+
+    config.sampling = ml_collections.ConfigDict(dict(
+        steps=2000,  # reverse steps; fewer than diffusion.steps gives a respaced schedule
+        add_noise=False,  # the paper preset is deterministic
+        register=True,  # warp B by the predicted deformation field before fusing
+        batch_size=4,
+    ))
+    return config

@@ -1,0 +1,51 @@
+"""The `difffccf` command: one entry point, one module per subcommand under commands/.
+
+Each command module has `register(subparsers)`, which adds its parser and sets `run`. Modules
+import their heavy dependencies inside `run`, so `difffccf --help` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+from difffccf_jax.config_cli import split_overrides
+from difffccf_jax.errors import UserError
+
+COMMAND_MODULES = (
+    "difffccf_jax.commands.show_config",
+)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="difffccf",
+        description="Diff-FCCF in JAX: fuse a grey anatomical image with a colour functional "
+                    "image by an unsupervised multi-task diffusion network.",
+        epilog="Config fields can be overridden after --config FILE: --config.train.epochs=5.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    """Runs one subcommand; returns its exit status (2 for bad input)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        overrides, rest = split_overrides(argv)
+    except UserError as error:
+        parser.error(str(error))
+    args = parser.parse_args(rest)
+    args.config_overrides = overrides
+    if overrides and not hasattr(args, "config"):
+        parser.error(f"'difffccf {args.command}' takes no --config.* overrides")
+    try:
+        return int(args.run(args) or 0)
+    except UserError as error:
+        print(f"difffccf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The CLI entry point and config loading with command-line overrides."""
+
+import subprocess
+import sys
+
+import pytest
+
+from difffccf_jax import cli
+from difffccf_jax.config_cli import apply_override, load_config
+from difffccf_jax.errors import UserError
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for module in cli.COMMAND_MODULES:
+        name = module.rsplit(".", 1)[1].replace("_", "-")
+        assert name in out
+
+
+def test_override_changes_config(tiny_config_path):
+    config = load_config(tiny_config_path, [("train.epochs", "200"),
+                                            ("model.channel_mult", "(1, 2)"),
+                                            ("optim.learning_rate", "1"),
+                                            ("model.compat", "true"),
+                                            ("data.task", "spect")])
+    assert config.train.epochs == 200
+    assert tuple(config.model.channel_mult) == (1, 2)
+    assert config.optim.learning_rate == 1.0 and isinstance(config.optim.learning_rate, float)
+    assert config.model.compat is True
+    assert config.data.task == "spect"
+
+
+def test_tiny_derives_from_paper(tiny_config_path, paper_config_path):
+    tiny, paper = load_config(tiny_config_path), load_config(paper_config_path)
+    assert set(tiny.keys()) == set(paper.keys())
+    assert tiny.model.model_channels % tiny.model.norm_groups == 0
+    assert paper.model.model_channels == 64 and paper.diffusion.steps == 2000
+    assert tuple(paper.loss.quality_weights) == (30.0, 40.0, 40.0)
+
+
+def test_unknown_key_names_key_and_valid_ones(tiny_config_path):
+    config = load_config(tiny_config_path)
+    with pytest.raises(UserError, match=r"train\.epoch'.*no field 'epoch'.*valid: .*epochs"):
+        apply_override(config, "train.epoch", "3")
+    with pytest.raises(UserError, match="unknown config key 'nonsense.x'"):
+        apply_override(config, "nonsense.x", "3")
+
+
+def test_wrong_type_is_refused(tiny_config_path):
+    config = load_config(tiny_config_path)
+    with pytest.raises(UserError, match=r"'train\.epochs' expects int"):
+        apply_override(config, "train.epochs", "abc")
+    with pytest.raises(UserError, match="is a group"):
+        apply_override(config, "model", "3")
+    with pytest.raises(UserError, match="tuple of numbers"):
+        apply_override(config, "model.channel_mult", "('a',)")
+
+
+def test_cli_bad_key_exits_nonzero(tiny_config_path, capsys):
+    status = cli.main(["show-config", "--config", tiny_config_path, "--config.train.epoch=3"])
+    assert status == 2
+    assert "unknown config key 'train.epoch'" in capsys.readouterr().err
+
+
+def test_cli_override_is_shown(tiny_config_path, capsys):
+    assert cli.main(["show-config", "--config", tiny_config_path,
+                     "--config.train.epochs", "77"]) == 0
+    assert "epochs: 77" in capsys.readouterr().out
+
+
+def test_import_loads_no_heavy_library():
+    """`import difffccf_jax` and the CLI's --help path stay cheap: no heavy imports."""
+    code = ("import sys, difffccf_jax, difffccf_jax.cli; difffccf_jax.cli.build_parser(); "
+            "heavy = [m for m in ('jax', 'flax', 'tensorflow_datasets', 'orbax', 'torch', "
+            "'matplotlib', 'tensorflow') if m in sys.modules]; print(','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True)
+    assert result.stdout.strip() == ""
