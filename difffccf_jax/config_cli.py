@@ -1,12 +1,14 @@
 """Loading ml_collections config files and applying `--config.a.b=value` overrides.
 
-A config file is a Python file with `get_config(arg=None)`; `FILE:ARG` passes ARG. Overrides are
+A config file is a Python file with `get_config(arg=None)`; `FILE:ARG` passes ARG. A resolved
+config saved as JSON (`config.json` of a run or checkpoint) loads too. Overrides are
 checked against the loaded config: an unknown key or a value of the wrong type is refused with a
 message that names the key and what was expected.
 """
 
 import ast
 import importlib.util
+import json
 import os
 
 import ml_collections
@@ -16,15 +18,49 @@ from difffccf_jax.errors import UserError
 OVERRIDE_PREFIX = "--config."
 
 
+def _tuples(value):
+    """JSON lists back to the tuples that config files use."""
+    if isinstance(value, dict):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def load_json_config(path):
+    """Returns the ConfigDict saved as JSON at `path` (see `save_json_config`)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            return ml_collections.ConfigDict(_tuples(json.load(file)))
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"config file {path!r} is not readable JSON: {error}") from error
+
+
+def save_json_config(config, path):
+    """Writes the resolved config as JSON, atomically (temporary name, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as file:
+        file.write(config.to_json(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_python_file(path):
+    """Executes the Python file at `path` (a config or sweep file) and returns it as a module."""
+    name = "difffccf_file_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load_config_file(spec):
-    """Returns the ConfigDict of `path[:arg]`."""
+    """Returns the ConfigDict of `path[:arg]` (a Python config file) or of a `.json` file."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise UserError(f"config file {path!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(
-        "difffccf_config_" + os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    if path.endswith(".json"):
+        return load_json_config(path)
+    module = load_python_file(path)
     if not hasattr(module, "get_config"):
         raise UserError(f"config file {path!r} has no get_config(arg=None) function")
     config = module.get_config(arg or None)

@@ -79,3 +79,15 @@ def test_import_loads_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                             text=True)
     assert result.stdout.strip() == ""
+
+
+def test_json_round_trip_keeps_types(tiny_config_path, tmp_path):
+    from difffccf_jax.config_cli import save_json_config
+    config = load_config(tiny_config_path, [("train.epochs", "9")])
+    path = str(tmp_path / "config.json")
+    save_json_config(config, path)
+    loaded = load_config(path, [("model.channel_mult", "(1, 2, 4)")])
+    assert loaded.train.epochs == 9
+    assert loaded.model.channel_mult == (1, 2, 4)
+    assert loaded.data.tasks == config.data.tasks and isinstance(loaded.data.tasks, tuple)
+    assert loaded.regions.pet.cr.train.threshold == config.regions.pet.cr.train.threshold

@@ -1,0 +1,23 @@
+"""Number of respaced sampling steps (SPEC section 6) for one trained configuration.
+
+    difffccf sweep --sweep configs/sweeps/sampling_steps.py:paper --workdir runs/steps \
+        --launcher slurm --config.data.root=DATA
+"""
+
+import os
+
+from difffccf_jax.config_cli import load_config_file
+from difffccf_jax.sweeps import zipped
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def get_config(arg=None):
+    """The base config: `tiny` (default) or `paper`."""
+    return load_config_file(os.path.join(CONFIGS, f"{arg or 'tiny'}.py"))
+
+
+def get_sweep(arg=None):
+    if get_config(arg).diffusion.steps >= 2000:
+        return zipped(("sampling.steps", [25, 50, 100, 250, 2000]))
+    return zipped(("sampling.steps", [6, 12, 24, 48]))

@@ -1,0 +1,87 @@
+"""Sweep expansion, the SLURM array script and the sweep report."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from difffccf_jax import sweeps
+from difffccf_jax.errors import UserError
+
+
+def test_product_and_zipped():
+    grid = sweeps.product(("a", [1, 2]), ("b", ["x", "y", "z"]))
+    assert len(grid) == 6 and grid[0] == {"a": 1, "b": "x"} and grid[-1] == {"a": 2, "b": "z"}
+    assert sweeps.zipped(("a", [1, 2]), ("b", [3, 4])) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    with pytest.raises(UserError, match=r"different lengths: a \(2\), b \(1\)"):
+        sweeps.zipped(("a", [1, 2]), ("b", [3]))
+
+
+def test_expand_resolves_each_run(repo_root):
+    path = os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py")
+    runs = sweeps.expand(path, [("train.epochs", "2")])
+    assert [(r.config.weighting.enabled, r.config.seed) for r in runs] == [
+        (True, 0), (True, 1), (False, 0), (False, 1)]
+    assert all(r.config.train.epochs == 2 for r in runs)
+    assert len({r.name for r in runs}) == 4 and runs[2].name == "002-enabled=False-seed=0"
+    paper_runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps",
+                                            "sampling_steps.py") + ":paper")
+    assert [r.config.sampling.steps for r in paper_runs] == [25, 50, 100, 250, 2000]
+    assert all(r.config.model.model_channels == 64 for r in paper_runs)
+
+
+def test_expand_refuses_unknown_field(tmp_path, repo_root):
+    sweep = tmp_path / "bad.py"
+    sweep.write_text(
+        "import os\nfrom difffccf_jax.config_cli import load_config_file\n"
+        f"def get_config(arg=None):\n    return load_config_file({os.path.join(repo_root, 'configs', 'tiny.py')!r})\n"
+        "def get_sweep(arg=None):\n    return [{'train.epoch': 1}]\n")
+    with pytest.raises(UserError, match="unknown config key 'train.epoch'"):
+        sweeps.expand(str(sweep))
+
+
+def test_slurm_script(tmp_path, repo_root):
+    runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py"))
+    workdir = str(tmp_path / "sweep")
+    sweeps.write_runs(runs, workdir)
+    script = sweeps.slurm_script(runs, workdir, nodes=2, gpus_per_node=8)
+    path = tmp_path / "sweep.sbatch"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    assert "#SBATCH --array=0-3\n" in script and "#SBATCH --nodes=2\n" in script
+    assert "#SBATCH --gpus-per-node=8\n" in script
+    assert 'srun difffccf sweep-run --run-dir "$RUN_DIR" --config.train.distributed=True' in script
+    # The array index picks each run's folder, and each folder holds its resolved config.
+    names = script.split("RUNS=(")[1].split(")")[0].split()
+    assert names == [r.name for r in runs]
+    for run in runs:
+        with open(os.path.join(workdir, run.name, "config.json"), encoding="utf-8") as file:
+            saved = json.load(file)
+        assert saved["weighting"]["enabled"] == run.config.weighting.enabled
+        assert saved["seed"] == run.config.seed
+    selected = subprocess.run(
+        ["bash", "-c", script.split("set -euo pipefail\n")[1].split("export")[0]
+         + 'echo "$RUN_DIR"'],
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True, text=True,
+        check=True).stdout.strip()
+    assert selected == os.path.join(os.path.abspath(workdir), runs[2].name)
+
+
+def test_report_sorts_and_skips_unfinished(tmp_path, repo_root):
+    runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "sampling_steps.py"))
+    workdir = str(tmp_path)
+    sweeps.write_runs(runs, workdir)
+    scores = {runs[0].name: 0.5, runs[1].name: 0.9, runs[2].name: 0.1}
+    for name, score in scores.items():
+        with open(os.path.join(workdir, name, sweeps.RESULT_FILE), "w", encoding="utf-8") as f:
+            json.dump({"MI": score}, f)
+    rows = sweeps.sort_rows(sweeps.collect(workdir), "MI", descending=True)
+    assert [row["run"] for row in rows] == [runs[1].name, runs[0].name, runs[2].name]
+    assert rows[0]["sampling.steps"] == runs[1].config.sampling.steps
+    markdown = sweeps.write_report(rows, workdir)
+    assert markdown.count("\n") == 2 + 3
+    with open(os.path.join(workdir, "report.csv"), encoding="utf-8") as file:
+        assert file.read().splitlines()[1].startswith(runs[1].name + ",")
+    with pytest.raises(UserError, match="no run has the metric 'SSIM'; available: MI"):
+        sweeps.sort_rows(rows, "SSIM")
