@@ -1,0 +1,150 @@
+"""Realistic paired data for the five tasks, written in the published layout (SPEC sections 2, 9).
+
+| task  | A                         | B                                             |
+|-------|---------------------------|-----------------------------------------------|
+| pet   | MRI (T1 or T2)            | PET, JET colour map on a black background     |
+| spect | MRI (T2)                  | SPECT (coarser, noisier), hot colour map      |
+| ct    | CT (brain window)         | MRI (T1 or T2), grey: the loader JET-maps it  |
+| adni  | MRI (T1)                  | PET, grey: the loader JET-maps it             |
+| gfp   | phase contrast            | GFP fluorescence, green                       |
+
+Brain tasks share one anatomy per pair (data/phantom.py), GFP one cell culture (data/cells.py).
+Pair i of a task depends only on (seed, task, i): a set of N pairs is a prefix of a larger one.
+With misalignment, B's signal is moved by a small random affine plus elastic motion before it
+is colour-mapped (data/misalign.py; drawn from its own random stream, so the A and B content
+equals that of the aligned set) and the field that realigns it is saved as
+`<folder>/displacement/<stem>.npy`: [H, W, 2] float32, pixels, channel 0 along x and 1 along y;
+sampling the moved B at (x + dx, y + dy) gives back the aligned B (up to interpolation), the
+convention of `registration.warp`.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from difffccf_jax import color
+from difffccf_jax.data import cells, images, misalign, phantom
+from difffccf_jax.data.layouts import DISPLACEMENT_FOLDER
+from difffccf_jax.errors import UserError
+
+TASKS = ("pet", "spect", "ct", "gfp", "adni")
+MIN_SIZE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratedPair:
+    """One pair: a uint8 [S, S] grey; b uint8 [S, S, 3] RGB (pet, spect, gfp) or [S, S] grey
+    (ct, adni); b_aligned, B before misalignment (b itself without it); displacement, the
+    [S, S, 2] float32 field realigning b (None without misalignment)."""
+    a: np.ndarray
+    b: np.ndarray
+    b_aligned: np.ndarray
+    displacement: np.ndarray | None
+
+
+def _grey(values):
+    """Grey functional images are written as they are: [S, S] on 0..1."""
+    return values
+
+
+def _jet_on_black(values):
+    """Emission image [S, S] on 0..1 -> [S, S, 3] RGB on 0..1 through JET, black where there is
+    no signal (as PET slices are shown)."""
+    rgb = color.apply_colormap(color.to_uint8(values * 255.0)[..., None], "jet")
+    return rgb * (np.clip((values - 0.02) / 0.06, 0.0, 1.0) / 255.0)[..., None]
+
+
+def _hot(values):
+    """Emission image [S, S] on 0..1 -> [S, S, 3] RGB on 0..1 through the hot colour map."""
+    rgb = color.apply_colormap(color.to_uint8(values * 255.0)[..., None], "hot")
+    return rgb * np.float32(1.0 / 255.0)
+
+
+# Each task renders (A, B's signal, how the signal is shown): A and the signal [S, S] on 0..1.
+# Misalignment moves the signal (the subject moved between the scans) before it is shown.
+def _pet(rng, size):
+    anatomy = phantom.random_slice(rng, size)
+    mri = phantom.render_mri(anatomy, rng, rng.choice(["T1", "T2"]))
+    return mri, phantom.render_pet(anatomy, rng), _jet_on_black
+
+
+def _spect(rng, size):
+    anatomy = phantom.random_slice(rng, size)
+    mri = phantom.render_mri(anatomy, rng, "T2")
+    return mri, phantom.render_spect(anatomy, rng), _hot
+
+
+def _ct(rng, size):
+    anatomy = phantom.random_slice(rng, size)
+    ct = phantom.render_ct(anatomy, rng)
+    return ct, phantom.render_mri(anatomy, rng, rng.choice(["T1", "T2"])), _grey
+
+
+def _adni(rng, size):
+    anatomy = phantom.random_slice(rng, size)
+    mri = phantom.render_mri(anatomy, rng, "T1")
+    return mri, phantom.render_pet(anatomy, rng), _grey
+
+
+def _gfp(rng, size):
+    culture = cells.random_culture(rng, size)
+    phase = cells.render_phase_contrast(culture, rng)
+    return phase, cells.render_fluorescence(culture, rng), cells.gfp_to_rgb
+
+
+RENDERERS = dict(pet=_pet, spect=_spect, ct=_ct, gfp=_gfp, adni=_adni)
+
+
+def _check(task, size, seed):
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if size < MIN_SIZE:
+        raise UserError(f"image size {size} is too small; expected at least {MIN_SIZE}")
+    if seed < 0:
+        raise UserError(f"seed {seed} must be a non-negative integer")
+
+
+def make_pair(task, size, seed, index, misalign_b=False):
+    """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair)."""
+    _check(task, size, seed)
+    streams = [seed, TASKS.index(task), index]
+    a, signal, show = RENDERERS[task](np.random.default_rng(streams + [0]), size)
+    a = color.to_uint8(a * 255.0)
+    b_aligned = color.to_uint8(show(signal) * 255.0)
+    if not misalign_b:
+        return GeneratedPair(a=a, b=b_aligned, b_aligned=b_aligned, displacement=None)
+    motion = misalign.random_motion(np.random.default_rng(streams + [1]), size)
+    moved, displacement = misalign.apply_motion(signal, motion)
+    return GeneratedPair(a=a, b=color.to_uint8(show(moved) * 255.0), b_aligned=b_aligned,
+                         displacement=displacement)
+
+
+def write_task(out, layout, num, size, seed, misalign_b=False):
+    """Writes pairs 1..num of `layout.task` under `out` in the published layout; returns the
+    task folder, which must not hold images yet. Each pair is written all-or-nothing (B and the
+    field first, A last)."""
+    _check(layout.task, size, seed)
+    if num < 1:
+        raise UserError(f"--num {num}: expected at least one pair")
+    folder = os.path.join(out, layout.folder)
+    a_folder, b_folder = os.path.join(folder, layout.a), os.path.join(folder, layout.b)
+    field_folder = os.path.join(folder, DISPLACEMENT_FOLDER)
+    for path in (a_folder, b_folder):
+        if os.path.isdir(path) and any(images.is_image_name(name) for name in os.listdir(path)):
+            raise UserError(f"{path} already holds images; write to an empty --out (a set "
+                            "must not mix pairs of different runs)")
+    try:
+        for path in (a_folder, b_folder) + ((field_folder,) if misalign_b else ()):
+            os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create output folder under {out!r}: {error}") from error
+    for index in range(num):
+        pair = make_pair(layout.task, size, seed, index, misalign_b)
+        name = f"{index + 1}.png"
+        files = [(os.path.join(b_folder, name), pair.b)]
+        if pair.displacement is not None:
+            files.append((os.path.join(field_folder, f"{index + 1}.npy"), pair.displacement))
+        files.append((os.path.join(a_folder, name), pair.a))
+        images.write_files(files)
+    return folder

@@ -1,0 +1,100 @@
+"""Reading and writing image files: 8-bit arrays in, atomically written files out.
+
+`read_image` returns uint8 [H, W] (grey) or [H, W, 3] (RGB) whatever the file's pixel format,
+or raises UserError naming the file. Writers put each file under a hidden temporary name in the
+destination folder and rename it into place, so no half-written file ever carries a real name.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from difffccf_jax.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def is_image_name(name):
+    """True for visible files with an image extension (hidden and temporary files are not)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _to_array(image, path):
+    """uint8 [H, W] or [H, W, 3] of an opened PIL image (palette, alpha, CMYK, 16-bit handled)."""
+    mode = image.mode
+    if mode in ("L", "1", "LA", "La"):
+        return np.asarray(image.convert("L"))
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise UserError(f"{path}: 32-bit integer image with values outside 0..65535; "
+                            "expected an 8-bit or 16-bit image")
+        return np.rint(values / 257.0).astype(np.uint8)  # 16-bit levels to 8-bit
+    if mode == "F":
+        raise UserError(f"{path}: floating-point image (mode F) is not supported; "
+                        "expected an 8-bit or 16-bit grey or RGB image")
+    return np.asarray(image.convert("RGB"))  # RGB, RGBA, P, CMYK, YCbCr, ...
+
+
+def read_image(path):
+    """uint8 [H, W] for grey files, [H, W, 3] RGB otherwise; UserError names a bad file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_array(image, path)
+    except FileNotFoundError as error:
+        raise UserError(f"{path}: file not found") from error
+    except UnidentifiedImageError as error:
+        raise UserError(f"{path}: not an image file, or its header is damaged (expected "
+                        f"{', '.join(IMAGE_EXTENSIONS)})") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"{path}: unreadable or truncated image ({error})") from error
+
+
+def channels_equal(rgb):
+    """True when an [H, W, 3] image has R == G == B everywhere (a grey image stored as RGB)."""
+    return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
+
+
+def resize(image, size):
+    """uint8 [H, W] / [H, W, 3] or float32 [H, W] resized to size x size (bilinear,
+    antialiased when shrinking)."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def _temporary_name(path):
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+
+
+def _write_png(path, array):
+    Image.fromarray(array).save(path, format="PNG", compress_level=1)
+
+
+def _write_npy(path, array):
+    with open(path, "wb") as file:
+        np.save(file, array)
+
+
+def write_files(items):
+    """Writes [(path, array)] (.png: uint8 image, .npy: any array) all-or-nothing: every file
+    goes to a temporary name first; only when all are written are they renamed, in the given
+    order. On an error the temporaries are removed and the error re-raised."""
+    writers = {".png": _write_png, ".npy": _write_npy}
+    temporaries = []
+    try:
+        for path, array in items:
+            temporary = _temporary_name(path)
+            temporaries.append(temporary)
+            writers[os.path.splitext(path)[1].lower()](temporary, array)
+    except BaseException:
+        for temporary in temporaries:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
+        raise
+    for (path, _), temporary in zip(items, temporaries):
+        os.replace(temporary, path)

@@ -1,0 +1,135 @@
+"""The input pipeline: shuffled global batches of pairs, sharded over the ('data',) mesh.
+
+A source is a random-access set of pairs: `len(source)` and `source.take(indices)` ->
+dict(a=[n, H, W, 1], b=[n, H, W, 3]) float32 in [-1, 1] (b in YCrCb). `ArraySource` holds the
+loaders' arrays in memory; `TfdsSource` reads the array_record dataset of the tfds builder
+through `tfds.data_source` and converts its 8-bit records on the fly.
+
+`BatchIterator` yields dict(a=[B, H, W, 1], b=[B, H, W, 3]) jax.Arrays with the global batch B
+split over the mesh axis 'data'. The order is a permutation of the set drawn from (seed, epoch),
+the same on every process; global batch k of an epoch holds positions [k B, (k + 1) B) of it and
+process p loads only its share, rows [p B/P, (p + 1) B/P) of the batch, which
+`jax.make_array_from_process_local_data` assembles into the global array. The last incomplete
+batch of each epoch is dropped, so shapes are static. The iterator never ends; its position is
+`state()` = {'epoch': e, 'step': k}, a dict of ints that `restore(state)` returns to.
+
+    source = pipeline.source_from_config(config.data, task)
+    batches = pipeline.BatchIterator(source, config.data.batch_size, mesh,
+                                     seed=config.data.shuffle_seed)
+    for _ in range(batches.steps_per_epoch):
+        batch = next(batches)  # dict(a=..., b=...), sharded over mesh axis 'data'
+    position = batches.state()  # store with the checkpoint; later batches.restore(position)
+"""
+
+import jax
+import numpy as np
+
+from difffccf_jax import parallel
+from difffccf_jax.data import layouts
+from difffccf_jax.errors import UserError
+
+
+class ArraySource:
+    """Pairs held in memory: a [N, H, W, 1] and b [N, H, W, 3], float32 in [-1, 1]."""
+
+    def __init__(self, a, b):
+        if len(a) != len(b):
+            raise ValueError(f"a has {len(a)} pairs but b has {len(b)}")
+        self.a, self.b = a, b
+
+    def __len__(self):
+        return len(self.a)
+
+    def take(self, indices):
+        return dict(a=np.take(self.a, indices, axis=0), b=np.take(self.b, indices, axis=0))
+
+
+class TfdsSource:
+    """Pairs read through a tfds data source of `DifffccfPairs` records (uint8 a and RGB b)."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def __len__(self):
+        return len(self.records)
+
+    def take(self, indices):
+        records = self.records.__getitems__([int(index) for index in indices])
+        a, b = layouts.to_model_inputs(np.stack([record["a"] for record in records]),
+                                       np.stack([record["b"] for record in records]))
+        return dict(a=a, b=b)
+
+
+def source_from_config(data_config, task):
+    """The pairs of `task`: read into memory from config.data.root, or, when
+    config.data.tfds_dir is set, through the tfds array_record dataset prepared there."""
+    layout = layouts.layout_from_config(data_config, task)
+    if not data_config.tfds_dir:
+        arrays = layouts.load_pairs(data_config.root, layout, data_config.image_size)
+        return ArraySource(arrays.a, arrays.b)
+    from difffccf_jax.data import tfds_builder  # pylint: disable=import-outside-toplevel
+    tfds_builder.prepare(data_config.root, layout, data_config.image_size,
+                         data_config.tfds_dir)
+    return TfdsSource(tfds_builder.data_source(task, data_config.image_size,
+                                               data_config.tfds_dir))
+
+
+class BatchIterator:
+    """Endless iterator of sharded global batches over `source` (module docstring)."""
+
+    def __init__(self, source, global_batch_size, mesh, seed, shuffle=True,
+                 process_index=None, process_count=None):
+        self.source, self.global_batch_size, self.seed = source, global_batch_size, seed
+        self.shuffle = shuffle
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        parallel.check_batch_size(global_batch_size, mesh)
+        if global_batch_size % self.process_count:
+            raise UserError(f"global batch size {global_batch_size} must be a multiple of the "
+                            f"number of processes ({self.process_count})")
+        self.steps_per_epoch = len(source) // global_batch_size
+        if self.steps_per_epoch == 0:
+            raise UserError(f"the data set has {len(source)} pairs, fewer than one global batch "
+                            f"of {global_batch_size}; lower config.data.batch_size or add pairs")
+        self.local_batch_size = global_batch_size // self.process_count
+        self.sharding = parallel.batch_sharded(mesh)
+        self.epoch, self.step = 0, 0
+        self._order_epoch, self._order = None, None
+
+    def order(self, epoch):
+        """[N] int: the permutation of the set used in `epoch`."""
+        if self._order_epoch != epoch:
+            size = len(self.source)
+            self._order = (np.random.default_rng([self.seed, epoch]).permutation(size)
+                           if self.shuffle else np.arange(size))
+            self._order_epoch = epoch
+        return self._order
+
+    def local_indices(self, epoch, step):
+        """Indices into the source of this process's share of global batch `step`."""
+        start = step * self.global_batch_size + self.process_index * self.local_batch_size
+        return self.order(epoch)[start:start + self.local_batch_size]
+
+    def state(self):
+        """The position, a dict of ints to store in a checkpoint."""
+        return dict(epoch=self.epoch, step=self.step)
+
+    def restore(self, state):
+        """Continues from a position returned by `state()`."""
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if epoch < 0 or not 0 <= step < self.steps_per_epoch:
+            raise UserError(f"data iterator state {dict(state)} is out of range (an epoch has "
+                            f"{self.steps_per_epoch} steps)")
+        self.epoch, self.step = epoch, step
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        local = self.source.take(self.local_indices(self.epoch, self.step))
+        self.step += 1
+        if self.step == self.steps_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+        return {key: jax.make_array_from_process_local_data(
+                    self.sharding, value, (self.global_batch_size,) + value.shape[1:])
+                for key, value in local.items()}

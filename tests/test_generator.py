@@ -1,0 +1,290 @@
+"""The paired-data generator: the five tasks, their physics, determinism, misalignment fields,
+atomic writes and the make-data command."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from difffccf_jax import cli
+from difffccf_jax.config_cli import load_config
+from difffccf_jax.data import cells, fields, generator, images, layouts, misalign, phantom
+from difffccf_jax.errors import UserError
+
+SIZE = 64
+COLOUR_TASKS = ("pet", "spect", "gfp")
+
+
+@pytest.fixture(scope="module")
+def paper_layouts(paper_config_path):
+    config = load_config(paper_config_path)
+    return {task: layouts.layout_from_config(config.data, task) for task in generator.TASKS}
+
+
+@pytest.mark.parametrize("task", generator.TASKS)
+def test_every_task_generates_a_plausible_pair(task):
+    pair = generator.make_pair(task, SIZE, seed=0, index=0)
+    assert pair.a.shape == (SIZE, SIZE) and pair.a.dtype == np.uint8
+    expected_b = (SIZE, SIZE, 3) if task in COLOUR_TASKS else (SIZE, SIZE)
+    assert pair.b.shape == expected_b and pair.b.dtype == np.uint8
+    assert pair.displacement is None and pair.b_aligned is pair.b
+    for image in (pair.a, pair.b):
+        assert image.std() > 5 and image.max() >= 150  # structured and bright somewhere
+        assert (image == 255).mean() < 0.2  # not saturated
+    if task != "gfp":  # brain tasks: dark air in the corners, anatomy in the middle
+        for image in (pair.a, pair.b):
+            grey = image if image.ndim == 2 else image.mean(axis=-1)
+            corner, centre = grey[:6, :6].mean(), grey[24:40, 24:40].mean()
+            assert corner < 30 and centre > corner + 20
+    else:  # green fluorescence on a dark background, phase contrast on a grey one
+        assert pair.b[..., 1].mean() > 3 * pair.b[..., 0].mean()
+        assert np.median(pair.b[..., 1]) < 20 and 80 < np.median(pair.a) < 180
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.5, 3.0])  # direct convolution, then FFT
+def test_gaussian_blur_matches_scipy_with_periodic_edges(sigma):
+    image = np.random.default_rng(0).random((40, 50, 3)).astype(np.float32)
+    expected = ndimage.gaussian_filter(image.astype(np.float64), (sigma, sigma, 0), mode="wrap",
+                                       truncate=3.0 if sigma <= 2 else 8.0)
+    np.testing.assert_allclose(fields.gaussian_blur(image, sigma), expected, atol=1e-6)
+
+
+def test_smooth_noise_is_standardised_and_correlated_over_sigma():
+    field = fields.smooth_noise(np.random.default_rng(0), (256, 256), 12.0)
+    assert abs(field.mean()) < 1e-5 and abs(field.std() - 1) < 1e-4
+
+    def correlation(shift):
+        return np.mean(field[:, shift:] * field[:, :-shift])
+
+    assert correlation(2) > 0.9 and correlation(48) < 0.3
+
+
+@pytest.fixture(scope="module")
+def anatomies():
+    return [phantom.random_slice(np.random.default_rng(seed), 128) for seed in range(4)]
+
+
+def pure(anatomy, tissue):
+    return anatomy.fractions[tissue] > 0.99
+
+
+def test_anatomy_fractions_are_partial_volumes(anatomies):
+    for anatomy in anatomies:
+        total = sum(anatomy.fractions.values()) + sum(lesion.fraction for lesion in anatomy.lesions)
+        assert total.min() >= -1e-5 and total.max() <= 1 + 1e-5
+        for tissue in ("scalp", "csf", "grey", "white"):
+            assert pure(anatomy, tissue).sum() > 20, tissue
+        bone = anatomy.fractions["skull"] + anatomy.fractions["marrow"]
+        assert (bone > 0.99).sum() > 20
+
+
+def test_pet_uptake_is_three_to_four_times_higher_in_grey_than_white_matter(anatomies):
+    for seed, anatomy in enumerate(anatomies):
+        activity = phantom.uptake(anatomy, np.random.default_rng(seed))
+        lesion_free = sum(lesion.fraction for lesion in anatomy.lesions) == 0
+        grey = activity[pure(anatomy, "grey") & lesion_free]
+        white = activity[pure(anatomy, "white") & lesion_free]
+        # multiplicative texture of +-8 % and hot spots perturb single pixels, not medians
+        assert 2.7 < np.median(grey) / np.median(white) < 4.4
+
+
+def test_mri_and_ct_contrasts(anatomies):
+    anatomy = anatomies[0]
+    rng = np.random.default_rng(0)
+    t1 = phantom.render_mri(anatomy, rng, "T1")
+    t2 = phantom.render_mri(anatomy, rng, "T2")
+    ct = phantom.render_ct(anatomy, rng)
+
+    def mean(image, tissue):
+        return image[pure(anatomy, tissue)].mean()
+
+    assert mean(t1, "white") > mean(t1, "grey") > mean(t1, "csf")
+    assert mean(t2, "csf") > mean(t2, "grey") > mean(t2, "white")
+    assert mean(ct, "skull") > 0.95 > mean(ct, "grey") > mean(ct, "white") > mean(ct, "csf")
+
+
+def test_spect_is_smoother_and_noisier_than_pet(anatomies):
+    """Counts binned coarser and blurred more: less fine detail; fewer counts: more noise."""
+    anatomy = anatomies[1]
+    activity = phantom.uptake(anatomy, np.random.default_rng(0))
+    pet = phantom.render_emission(activity, np.random.default_rng(1), 7.0, 120.0)
+    spect = phantom.render_emission(activity, np.random.default_rng(1), 13.0, 30.0, block=2)
+    def sharpness(image):
+        return np.abs(np.diff(ndimage.gaussian_filter(image, 1.0), axis=1)).mean()
+
+    assert sharpness(spect) < sharpness(pet)
+    noiseless_pet = phantom.render_emission(activity, np.random.default_rng(1), 7.0, 1e9)
+    noiseless_spect = phantom.render_emission(activity, np.random.default_rng(1), 13.0, 1e9,
+                                              block=2)
+    assert np.std(spect - noiseless_spect) > np.std(pet - noiseless_pet)
+
+
+def test_gfp_glows_only_inside_cells():
+    rng = np.random.default_rng(3)
+    culture = cells.random_culture(rng, 128)
+    intensity = cells.render_fluorescence(culture, rng)
+    far_from_cells = culture.radius > 2.0
+    background = intensity[far_from_cells].mean()
+    assert background < 0.06 and intensity[culture.radius < 0.8].max() > 4 * background
+    phase = cells.render_phase_contrast(culture, rng)
+    inside, medium = phase[culture.radius < 0.7].mean(), phase[far_from_cells].mean()
+    halo = phase[(culture.radius > 1.1) & (culture.radius < 1.2)].mean()
+    assert inside < medium < halo
+
+
+def test_pairs_are_deterministic_per_seed_and_index():
+    first = generator.make_pair("pet", SIZE, seed=5, index=2)
+    again = generator.make_pair("pet", SIZE, seed=5, index=2)
+    np.testing.assert_array_equal(first.a, again.a)
+    np.testing.assert_array_equal(first.b, again.b)
+    other_seed = generator.make_pair("pet", SIZE, seed=6, index=2)
+    other_index = generator.make_pair("pet", SIZE, seed=5, index=3)
+    assert np.abs(first.a.astype(int) - other_seed.a).mean() > 5
+    assert np.abs(first.a.astype(int) - other_index.a).mean() > 5
+
+
+def scipy_warp(image, displacement):
+    """Independent oracle of the convention: image sampled at (x + dx, y + dy), bilinear, 0
+    outside (zero padding: 'grid-constant'), channel by channel with scipy."""
+    rows, columns = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float64)
+    coordinates = [rows + displacement[..., 1], columns + displacement[..., 0]]
+    if image.ndim == 2:
+        return ndimage.map_coordinates(image.astype(np.float64), coordinates, order=1,
+                                       mode="grid-constant", cval=0.0)
+    return np.stack([scipy_warp(image[..., c], displacement) for c in range(image.shape[-1])],
+                    axis=-1)
+
+
+def misalignment_error(image, reference):
+    """Mean absolute difference of the two images after a blur that removes the pixel noise
+    (which interpolation smooths and so cannot be undone), away from the border."""
+    if image.ndim == 3:
+        image, reference = image.mean(axis=-1), reference.mean(axis=-1)
+    difference = ndimage.gaussian_filter(image.astype(np.float64) - reference, 1.5)
+    return np.abs(difference)[8:-8, 8:-8].mean()
+
+
+def test_field_realigns_a_smooth_image_almost_exactly():
+    """A noise-free smooth image moved by a random motion is restored by the saved field."""
+    y, x = np.mgrid[0:96, 0:96] / 96.0
+    image = (np.sin(9 * x + 2) * np.cos(7 * y) + np.exp(-((x - 0.4) ** 2 + (y - 0.6) ** 2) * 30)
+             ).astype(np.float32)
+    moved, field = misalign.apply_motion(image, misalign.random_motion(
+        np.random.default_rng(5), 96))
+    inner = (slice(6, -6), slice(6, -6))
+    before = np.abs(moved - image)[inner].mean()
+    # what remains is the smoothing of two bilinear interpolations
+    assert np.abs(scipy_warp(moved, field) - image)[inner].mean() < 0.1 * before
+    assert np.abs(scipy_warp(moved, -field) - image)[inner].mean() > before  # the sign matters
+
+
+@pytest.mark.parametrize("task", ["pet", "ct", "gfp"])
+def test_saved_field_realigns_the_moved_b(task):
+    pair = generator.make_pair(task, 128, seed=1, index=0, misalign_b=True)
+    aligned = generator.make_pair(task, 128, seed=1, index=0)
+    np.testing.assert_array_equal(pair.a, aligned.a)  # misalignment leaves the content alone
+    np.testing.assert_array_equal(pair.b_aligned, aligned.b)
+    field = pair.displacement
+    assert field.shape == (128, 128, 2) and field.dtype == np.float32
+    assert 0.2 < np.abs(field).mean() and np.abs(field).max() < 5.0
+    before = misalignment_error(pair.b, aligned.b)
+    assert misalignment_error(scipy_warp(pair.b, field), aligned.b) < 0.6 * before
+
+
+def test_saved_field_follows_the_registration_warp_convention():
+    """registration.warp (the network's warp) with the saved field equals the scipy oracle."""
+    from difffccf_jax import registration
+
+    pair = generator.make_pair("adni", SIZE, seed=2, index=0, misalign_b=True)
+    warped = jax.jit(registration.warp)(pair.b[None, ..., None].astype(np.float32),
+                                        pair.displacement[None])
+    np.testing.assert_allclose(np.asarray(warped)[0, ..., 0],
+                               scipy_warp(pair.b, pair.displacement), atol=1e-3)
+
+
+def test_undoing_field_solves_its_equation():
+    """d(p) = -u(p + d(p)) holds to 1e-4 pixels, u evaluated analytically."""
+    motion = misalign.random_motion(np.random.default_rng(7), 96)
+    _, field = misalign.apply_motion(np.zeros((96, 96), np.float32), motion)
+    x, y = misalign.pixel_grid(96)
+    ux, uy = motion(x + field[..., 0], y + field[..., 1])
+    assert np.abs(field[..., 0] + ux).max() < 1e-4 and np.abs(field[..., 1] + uy).max() < 1e-4
+
+
+def test_sample_bilinear_matches_scipy():
+    rng = np.random.default_rng(2)
+    image = rng.uniform(0, 1, (20, 20, 3)).astype(np.float32)
+    x, y = rng.uniform(-3, 23, (2, 20, 20)).astype(np.float32)
+    field = np.stack([x - np.arange(20)[None, :], y - np.arange(20)[:, None]], axis=-1)
+    np.testing.assert_allclose(misalign.sample_bilinear(image, x, y), scipy_warp(image, field),
+                               atol=1e-5)
+
+
+def test_written_set_has_published_layout_and_true_fields(tmp_path, paper_layouts):
+    layout = paper_layouts["ct"]
+    folder = generator.write_task(str(tmp_path / "mis"), layout, 2, SIZE, seed=4,
+                                  misalign_b=True)
+    generator.write_task(str(tmp_path / "aligned"), layout, 3, SIZE, seed=4)
+    assert folder == str(tmp_path / "mis" / "HARVARD-CT-MRI")
+    assert sorted(os.listdir(folder)) == ["CT", "MRI", "displacement"]
+    assert sorted(os.listdir(os.path.join(folder, "MRI"))) == ["1.png", "2.png"]
+    pairs = layouts.list_pairs(str(tmp_path / "mis"), layout)
+    aligned_pairs = layouts.list_pairs(str(tmp_path / "aligned"), layout)
+    assert [p.name for p in aligned_pairs] == ["1.png", "2.png", "3.png"]
+    assert aligned_pairs[0].displacement is None
+    for pair, aligned in zip(pairs, aligned_pairs):  # a set of 2 is a prefix of a set of 3
+        np.testing.assert_array_equal(images.read_image(pair.a), images.read_image(aligned.a))
+        field = layouts.read_displacement(pair, SIZE)
+        b, b_aligned = images.read_image(pair.b), images.read_image(aligned.b)
+        before = misalignment_error(b, b_aligned)
+        assert misalignment_error(scipy_warp(b, field), b_aligned) < 0.6 * before
+        # resampled to twice the size, the field is in the new pixels: twice as long
+        np.testing.assert_allclose(layouts.read_displacement(pair, 2 * SIZE).mean(axis=(0, 1)),
+                                   2 * field.mean(axis=(0, 1)), rtol=0.02, atol=0.02)
+
+
+def test_write_files_leaves_nothing_when_a_file_fails(tmp_path):
+    good, bad = str(tmp_path / "1.png"), str(tmp_path / "missing" / "1.png")
+    with pytest.raises(FileNotFoundError):
+        images.write_files([(good, np.zeros((4, 4), np.uint8)), (bad, np.zeros((4, 4), np.uint8))])
+    assert os.listdir(tmp_path) == []  # neither the real name nor a temporary
+    images.write_files([(good, np.full((4, 4), 7, np.uint8))])
+    assert os.listdir(tmp_path) == ["1.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(good)), 7)
+
+
+def test_bad_generator_arguments_are_user_errors(tmp_path, paper_layouts):
+    with pytest.raises(UserError, match="unknown task 'mri'"):
+        generator.make_pair("mri", SIZE, 0, 0)
+    with pytest.raises(UserError, match="image size 8 is too small"):
+        generator.make_pair("pet", 8, 0, 0)
+    with pytest.raises(UserError, match="seed -1"):
+        generator.make_pair("pet", SIZE, -1, 0)
+    with pytest.raises(UserError, match="--num 0"):
+        generator.write_task(str(tmp_path), paper_layouts["pet"], 0, SIZE, 0)
+    generator.write_task(str(tmp_path), paper_layouts["pet"], 1, SIZE, 0)
+    with pytest.raises(UserError, match="MRI already holds images; write to an empty --out"):
+        generator.write_task(str(tmp_path), paper_layouts["pet"], 2, SIZE, 1)
+
+
+def test_make_data_command(tmp_path, capsys):
+    out = str(tmp_path / "data")
+    status = cli.main(["make-data", "--task", "gfp", "--num", "2", "--size", "32", "--seed", "1",
+                       "--out", out, "--misalign", "--config.data.layouts.gfp.a=phase"])
+    assert status == 0
+    assert "wrote 2 gfp pairs" in capsys.readouterr().out
+    assert sorted(os.listdir(os.path.join(out, "GFP"))) == ["displacement", "g", "phase"]
+    expected = generator.make_pair("gfp", 32, seed=1, index=1, misalign_b=True)
+    np.testing.assert_array_equal(images.read_image(os.path.join(out, "GFP", "g", "2.png")),
+                                  expected.b)
+    np.testing.assert_array_equal(np.load(os.path.join(out, "GFP", "displacement", "2.npy")),
+                                  expected.displacement)
+
+
+def test_make_data_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    assert cli.main(["make-data", "--task", "pet", "--num", "0", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--num 0: expected at least one pair" in error
