@@ -1,0 +1,314 @@
+"""Training losses (SPEC section 5): similarity measures, the fusion quality loss and the
+per-batch loss terms of the three colour channels.
+
+Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns
+scalars. Every function is differentiable with respect to its image arguments.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from difffccf_jax import diffusion, registration, regions
+from difffccf_jax.errors import UserError
+
+VALUE_RANGE = (-1.0, 1.0)  # the intensity range of network inputs
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+NCC_EPS = 1e-6
+LOG_EPS = 1e-10
+TERMS = ("noise", "fusion", "quality", "mi", "correlation", "smoothness", "folding")
+CORRELATIONS = ("ratio", "ncc")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Plain loss settings (hashable: close over it or pass it as a static argument of jit).
+
+    loss_scale: factor of the noise L1; quality_weights: (SSIM, gradient, intensity) weights;
+    mi_bins / mi_sigma: Parzen bins and kernel width in bins (also used by the correlation ratio);
+    correlation: 'ratio' (correlation ratio) or 'ncc' (local NCC over ncc_window pixels)."""
+    loss_scale: float = 128.0
+    quality_weights: tuple = (30.0, 40.0, 40.0)
+    mi_bins: int = 32
+    mi_sigma: float = 0.5
+    correlation: str = "ratio"
+    ncc_window: int = 9
+
+    @classmethod
+    def from_config(cls, loss):
+        """From config.loss; unknown or invalid values raise UserError naming the field."""
+        if loss.correlation not in CORRELATIONS:
+            raise UserError(f"loss.correlation: expected 'ratio' or 'ncc', "
+                            f"got {loss.correlation!r}")
+        if len(loss.quality_weights) != 3:
+            raise UserError("loss.quality_weights: expected 3 numbers (SSIM, gradient, intensity), "
+                            f"got {tuple(loss.quality_weights)}")
+        if int(loss.mi_bins) < 2 or float(loss.mi_sigma) <= 0:
+            raise UserError(f"loss.mi_bins / loss.mi_sigma: expected >= 2 bins and a positive "
+                            f"width, got {loss.mi_bins} / {loss.mi_sigma}")
+        if int(loss.ncc_window) < 1:
+            raise UserError(f"loss.ncc_window: expected a positive size, got {loss.ncc_window}")
+        return cls(loss_scale=float(loss.loss_scale),
+                   quality_weights=tuple(float(w) for w in loss.quality_weights),
+                   mi_bins=int(loss.mi_bins), mi_sigma=float(loss.mi_sigma),
+                   correlation=str(loss.correlation), ncc_window=int(loss.ncc_window))
+
+
+# ---- similarity between A and (warped) B --------------------------------------------------------
+
+def soft_bin_weights(x, bins, sigma, value_range=VALUE_RANGE):
+    """Parzen (Gaussian) assignment of each pixel of x [B, H, W, 1] to `bins` evenly spaced
+    centres spanning value_range (both ends included); sigma in bin widths. [B, H*W, bins],
+    each row sums to 1."""
+    low, high = value_range
+    centres = jnp.linspace(low, high, bins)
+    width = (high - low) / (bins - 1)
+    values = jnp.clip(x.reshape(x.shape[0], -1, 1), low, high)
+    logits = -0.5 * ((values - centres) / (sigma * width)) ** 2
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def soft_joint_histogram(a, b, bins, sigma):
+    """Joint probability table of the soft-binned intensities of a and b [B, H, W, 1],
+    [B, bins, bins]."""
+    weights_a = soft_bin_weights(a, bins, sigma)
+    weights_b = soft_bin_weights(b, bins, sigma)
+    return jnp.einsum("bnk,bnl->bkl", weights_a, weights_b) / weights_a.shape[1]
+
+
+def mutual_information(a, b, bins=32, sigma=0.5):
+    """Differentiable mutual information (nats) of a and b [B, H, W, 1] from a Parzen joint
+    histogram, [B]. MI(x, x) is at most the entropy of x's soft histogram and reaches it as
+    sigma -> 0 for values on the bin centres."""
+    joint = soft_joint_histogram(a, b, bins, sigma)
+    p_a = jnp.sum(joint, axis=2, keepdims=True)
+    p_b = jnp.sum(joint, axis=1, keepdims=True)
+    return jnp.sum(joint * jnp.log((joint + LOG_EPS) / (p_a * p_b + LOG_EPS)), axis=(1, 2))
+
+
+def correlation_ratio(a, b, bins=32, sigma=0.5):
+    """Correlation ratio eta^2(b | a) in [0, 1], [B]: the share of b's variance explained by
+    a's (soft-binned) intensity classes; 1 when b is a function of a, about 0 when independent."""
+    weights = soft_bin_weights(a, bins, sigma)  # [B, N, K]
+    values = b.reshape(b.shape[0], -1)
+    mean = jnp.mean(values, axis=1, keepdims=True)
+    counts = jnp.sum(weights, axis=1)  # [B, K]
+    class_means = jnp.einsum("bnk,bn->bk", weights, values) / jnp.maximum(counts, LOG_EPS)
+    between = jnp.sum(counts * (class_means - mean) ** 2, axis=1)
+    total = jnp.sum((values - mean) ** 2, axis=1)
+    return between / (total + LOG_EPS)
+
+
+def _filter_valid(maps, kernel):
+    """Each channel of maps [B, H, W, C] correlated with the 2-D kernel [k, k], no padding."""
+    channels = maps.shape[-1]
+    weights = jnp.tile(kernel[:, :, None, None].astype(maps.dtype), (1, 1, 1, channels))
+    return jax.lax.conv_general_dilated(maps, weights, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=channels)
+
+
+def _window_moments(a, b, kernel):
+    """Windowed means, variances and covariance of single-channel a and b [B, H, W, 1]."""
+    means = _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), kernel)
+    mu_a, mu_b, aa, bb, ab = jnp.split(means, 5, axis=-1)
+    return mu_a, mu_b, aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
+
+
+def local_ncc(a, b, window=9):
+    """Mean over windows of the squared local correlation of a and b [B, H, W, 1]: in [0, 1],
+    1 when b is locally an affine function of a, [B]."""
+    box = jnp.full((window, window), 1.0 / window ** 2)
+    _, _, var_a, var_b, cov = _window_moments(a, b, box)
+    return jnp.mean(cov ** 2 / (var_a * var_b + NCC_EPS), axis=(1, 2, 3))
+
+
+# ---- fusion quality -----------------------------------------------------------------------------
+
+def gaussian_kernel(size=SSIM_WINDOW, sigma=SSIM_SIGMA):
+    """Normalised 2-D Gaussian window [size, size]."""
+    offsets = np.arange(size) - (size - 1) / 2
+    profile = np.exp(-offsets ** 2 / (2 * sigma ** 2))
+    profile /= profile.sum()
+    return jnp.asarray(np.outer(profile, profile), jnp.float32)
+
+
+def ssim(x, y, data_range=2.0):
+    """Structural similarity of x and y [B, H, W, 1] (Gaussian window 11, sigma 1.5,
+    K1 = 0.01, K2 = 0.03, valid windows only), [B]. data_range 2 suits images in [-1, 1]."""
+    c1 = (SSIM_K1 * data_range) ** 2
+    c2 = (SSIM_K2 * data_range) ** 2
+    mu_x, mu_y, var_x, var_y, cov = _window_moments(x, y, gaussian_kernel())
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
+                / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
+    return jnp.mean(ssim_map, axis=(1, 2, 3))
+
+
+SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel_magnitude(x):
+    """|Sobel_x| + |Sobel_y| of x [B, H, W, 1] with zero padding, [B, H, W, 1]."""
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    gx = _filter_valid(padded, jnp.asarray(SOBEL_X))
+    gy = _filter_valid(padded, jnp.asarray(SOBEL_X.T))
+    return jnp.abs(gx) + jnp.abs(gy)
+
+
+def quality_loss(fused, a, b, weights=(30.0, 40.0, 40.0)):
+    """Multi-objective fusion loss of fused image F against sources a and b [B, H, W, 1], [B]:
+    w1 (1 - (SSIM(F, a) + SSIM(F, b)) / 2) + w2 mean| |grad F| - max(|grad a|, |grad b|) |
+    + w3 mean|F - max(a, b)|, with Sobel gradient magnitudes."""
+    w_ssim, w_grad, w_intensity = weights
+    ssim_term = 1.0 - 0.5 * (ssim(fused, a) + ssim(fused, b))
+    joint_grad = jnp.maximum(sobel_magnitude(a), sobel_magnitude(b))
+    grad_term = jnp.mean(jnp.abs(sobel_magnitude(fused) - joint_grad), axis=(1, 2, 3))
+    intensity_term = jnp.mean(jnp.abs(fused - jnp.maximum(a, b)), axis=(1, 2, 3))
+    return w_ssim * ssim_term + w_grad * grad_term + w_intensity * intensity_term
+
+
+# ---- the three-channel fusion -------------------------------------------------------------------
+
+def _per_image(values):
+    """[B] -> [B, 1, 1, 1] for broadcasting against images."""
+    return values.reshape(values.shape + (1, 1, 1))
+
+
+def fuse(x_a, x_b, m1, m2, chroma, sign_gain):
+    """Fused state per image: m1 x_a + (1 - m1) x_b for Y, x_b + sign gain m2 x_a for Cr/Cb.
+
+    x_a, x_b, m1, m2 [B, H, W, 1]; chroma bool [B] (which images are Cr/Cb); sign_gain [B]."""
+    luma = m1 * x_a + (1.0 - m1) * x_b
+    chroma_fused = x_b + _per_image(sign_gain) * m2 * x_a
+    return jnp.where(_per_image(chroma), chroma_fused, luma)
+
+
+def noise_loss(noise, predicted, loss_scale):
+    """loss_scale * ||eps - eps_hat||_1 / (H W) per image, [B] (the caller sums over images)."""
+    height, width = noise.shape[1:3]
+    return loss_scale * jnp.sum(jnp.abs(noise - predicted), axis=(1, 2, 3)) / (height * width)
+
+
+def fusion_loss(fused_t, x_a, x_b, m2, region, chroma):
+    """Fusion loss in noise space per image, [B]: (|f_t - x_a| + |f_t - x_b|)_1 / (H W) for Y,
+    |(f_t - m2 x_a) R|_1 / (H W) for Cr/Cb."""
+    height, width = x_a.shape[1:3]
+    luma = jnp.abs(fused_t - x_a) + jnp.abs(fused_t - x_b)
+    chroma_term = jnp.abs((fused_t - m2 * x_a) * region)
+    per_pixel = jnp.where(_per_image(chroma), chroma_term, luma)
+    return jnp.sum(per_pixel, axis=(1, 2, 3)) / (height * width)
+
+
+def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain):
+    """Fused clean image per image [B, H, W, 1]. Y: m1 a + (1 - m1) b. Cr/Cb: b + sign gain a R m2,
+    brought to b_original's mean and std inside R, clipped to [-1, 1], b_original outside R.
+
+    a, b: the network's conditions (for Cr/Cb, A standardised in R and B_c * R)."""
+    image_chroma = _per_image(chroma)
+    fused = fuse(jnp.where(image_chroma, a * region, a), b, m1, m2, chroma, sign_gain)
+    restored = jnp.clip(regions.standardise_in_region(fused, b_original, region), -1.0, 1.0)
+    chroma_fused = jnp.where(region, restored, b_original)
+    return jnp.where(image_chroma, chroma_fused, fused)
+
+
+def channel_batch(a, b, task_rules):
+    """The three channel problems of a batch as one batch of 3B, channel-major (Y, Cr, Cb).
+
+    a [B, H, W, 1], b [B, H, W, 3] YCrCb. Returns a dict: sources a3 and b3 [3B, H, W, 1] (A and
+    the channel of B), the network conditions cond_a, cond_b (Cr/Cb: A standardised to B_c in R,
+    B_c * R, zero outside R), region bool [3B, H, W, 1] (all true for Y), chroma bool [3B] and
+    sign_gain [3B]."""
+    batch = a.shape[0]
+    b_y, b_cr, b_cb = jnp.split(b, 3, axis=-1)
+    region = jnp.concatenate([jnp.ones_like(b_y, dtype=bool),
+                              regions.region_mask(b_cr, task_rules.cr),
+                              regions.region_mask(b_cb, task_rules.cb)], axis=0)
+    a3 = jnp.concatenate([a, a, a], axis=0)
+    b3 = jnp.concatenate([b_y, b_cr, b_cb], axis=0)
+    chroma = jnp.repeat(jnp.array([False, True, True]), batch)
+    sign_gain = jnp.repeat(jnp.stack([
+        jnp.asarray(0.0, jnp.float32),
+        jnp.asarray(task_rules.cr.sign * task_rules.cr.gain, jnp.float32),
+        jnp.asarray(task_rules.cb.sign * task_rules.cb.gain, jnp.float32)]), batch)
+    image_chroma = _per_image(chroma)
+    cond_a = jnp.where(image_chroma, regions.standardise_in_region(a3, b3, region), a3)
+    cond_b = jnp.where(image_chroma, b3 * region, b3)
+    return dict(a3=a3, b3=b3, cond_a=cond_a, cond_b=cond_b, region=region, chroma=chroma,
+                sign_gain=sign_gain)
+
+
+def similarity_loss(a, warped_b, loss_config):
+    """(MI term, correlation term) per image, [B] each: -MI and 1 - correlation (ratio or NCC)."""
+    mi = mutual_information(a, warped_b, loss_config.mi_bins, loss_config.mi_sigma)
+    if loss_config.correlation == "ratio":
+        correlation = correlation_ratio(a, warped_b, loss_config.mi_bins, loss_config.mi_sigma)
+    else:
+        correlation = local_ncc(a, warped_b, loss_config.ncc_window)
+    return -mi, 1.0 - correlation
+
+
+def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_config,
+                    dropout_key=None):
+    """The named loss terms of one batch, a dict of float32 scalars (keys TERMS).
+
+    apply_fn: the model's apply (flax `model.apply`), called once as
+      apply_fn({'params': params}, x [3B, H, W, 4], t [3B] int32, train=..., rngs=...)
+      and returning UNetOutput(noise, m1, m2, deformation);
+    a [B, H, W, 1], b [B, H, W, 3] (YCrCb), both in [-1, 1];
+    task_rules: regions.TaskRules of the batch's task (numbers or arrays, so it may be traced);
+    key: PRNG key for each channel's step t ~ U{0..S-1} and noise eps (shared by both sources);
+    schedule: diffusion.Schedule (the network sees schedule.timesteps[t]);
+    loss_config: LossConfig (static);
+    dropout_key: PRNG key for dropout, or None for a deterministic forward (train=False).
+
+    Reductions, as published: noise and fusion are sums over images, the other terms means over
+    the batch; every term is summed over the three channels. mi (-MI) and correlation
+    (1 - correlation) compare A with B_c warped by the predicted deformation; smoothness and
+    folding regularise that deformation."""
+    batch = a.shape[0]
+    problems = channel_batch(a, b, task_rules)
+    cond_a, cond_b, region, chroma = (problems[name] for name in
+                                      ("cond_a", "cond_b", "region", "chroma"))
+    t_key, noise_key = jax.random.split(key)
+    t = jax.random.randint(t_key, (3 * batch,), 0, schedule.betas.shape[0])
+    noise = jax.random.normal(noise_key, cond_a.shape, cond_a.dtype)
+    x_a = diffusion.q_sample(schedule, cond_a, t, noise)
+    x_b = diffusion.q_sample(schedule, cond_b, t, noise)
+    network_input = jnp.concatenate([cond_a, cond_b, x_a, x_b], axis=-1)
+    if dropout_key is None:
+        out = apply_fn({"params": params}, network_input, schedule.timesteps[t], train=False)
+    else:
+        out = apply_fn({"params": params}, network_input, schedule.timesteps[t], train=True,
+                       rngs={"dropout": dropout_key})
+
+    fused_t = fuse(x_a, x_b, out.m1, out.m2, chroma, problems["sign_gain"])
+    fused = clean_fused_estimate(cond_a, cond_b, problems["b3"], out.m1, out.m2, region, chroma,
+                                 problems["sign_gain"])
+    # Quality: Y compares F with A and B_c; Cr/Cb compare F R with A' R m2 (both sources).
+    masked_a = cond_a * region * out.m2
+    image_chroma = _per_image(chroma)
+    quality = quality_loss(jnp.where(image_chroma, fused * region, fused),
+                           jnp.where(image_chroma, masked_a, problems["a3"]),
+                           jnp.where(image_chroma, masked_a, problems["b3"]),
+                           loss_config.quality_weights)
+    warped_b = registration.warp(problems["b3"], out.deformation)
+    mi, correlation = similarity_loss(problems["a3"], warped_b, loss_config)
+    return dict(
+        noise=jnp.sum(noise_loss(noise, out.noise, loss_config.loss_scale)),
+        fusion=jnp.sum(fusion_loss(fused_t, x_a, x_b, out.m2, region, chroma)),
+        quality=jnp.sum(quality) / batch,
+        mi=jnp.sum(mi) / batch,
+        correlation=jnp.sum(correlation) / batch,
+        smoothness=jnp.sum(registration.smoothness(out.deformation)) / batch,
+        folding=jnp.sum(registration.folding_penalty(out.deformation)) / batch,
+    )
+
+
+def weighted_total(terms, weights):
+    """sum_k weights[k] * terms[k] over the names in `weights` (a term without a weight is left
+    out)."""
+    return sum(weights[name] * terms[name] for name in weights)

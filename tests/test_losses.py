@@ -1,0 +1,387 @@
+"""Loss functions against float64 oracles and known answers, and the three-channel loss terms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from difffccf_jax import diffusion, losses, regions, unet
+from difffccf_jax.config_cli import load_config
+from difffccf_jax.errors import UserError
+
+
+def uniform(seed, shape, low=-1.0, high=1.0):
+    return jnp.asarray(np.random.default_rng(seed).uniform(low, high, shape), jnp.float32)
+
+
+def bin_centre_image(seed, bins, shape=(2, 64, 64, 1)):
+    """Values exactly on the `bins` centres of [-1, 1], with a non-uniform histogram."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.ones(bins))
+    index = rng.choice(bins, size=shape, p=probabilities)
+    return jnp.asarray(np.linspace(-1, 1, bins)[index], jnp.float32), index
+
+
+def hard_entropy(index, bins):
+    counts = np.bincount(index.ravel(), minlength=bins)
+    p = counts[counts > 0] / counts.sum()
+    return -np.sum(p * np.log(p))
+
+
+# ---- mutual information, correlation ratio, local NCC -------------------------------------------
+
+def test_mi_of_image_with_itself_is_its_entropy():
+    """Values on bin centres with a narrow kernel: MI(x, x) = the histogram entropy. A wider
+    kernel blurs the joint table, so MI stays below the soft entropy and grows as it narrows."""
+    x, index = bin_centre_image(0, 16)
+    mi = losses.mutual_information(x, x, bins=16, sigma=0.15)
+    for i in range(2):
+        assert float(mi[i]) == pytest.approx(hard_entropy(index[i], 16), abs=1e-4)
+    wide = [float(losses.mutual_information(x, x, 16, s)[0]) for s in (0.8, 0.5, 0.3)]
+    assert wide[0] < wide[1] < wide[2] < float(mi[0])
+    p = np.asarray(jnp.mean(losses.soft_bin_weights(x, 16, 0.5), axis=1))[0]
+    assert wide[1] <= -np.sum(p * np.log(p)) + 1e-5
+
+
+def test_mi_matches_float64_parzen_oracle():
+    a, b = uniform(1, (1, 24, 24, 1)), uniform(2, (1, 24, 24, 1))
+    b = 0.6 * a + 0.4 * b
+    bins, sigma = 12, 0.5
+    centres = np.linspace(-1, 1, bins)
+    width = 2 / (bins - 1)
+
+    def weights(x):
+        d = (np.asarray(x, np.float64).reshape(-1, 1) - centres) / (sigma * width)
+        w = np.exp(-0.5 * d ** 2)
+        return w / w.sum(axis=1, keepdims=True)
+
+    joint = weights(a).T @ weights(b) / a.size
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    expected = np.sum(joint * np.log(joint / outer))
+    assert float(losses.mutual_information(a, b, bins, sigma)[0]) == pytest.approx(expected,
+                                                                                   rel=1e-4)
+
+
+def test_mi_of_independent_noise_is_near_zero_and_gradient_flows():
+    a, b = uniform(3, (1, 128, 128, 1)), uniform(4, (1, 128, 128, 1))
+    mi_and_grad = jax.jit(jax.value_and_grad(lambda x, y: losses.mutual_information(x, y)[0],
+                                             argnums=1))
+    independent, grad = mi_and_grad(a, b)
+    assert abs(float(independent)) < 0.01
+    assert np.all(np.isfinite(grad)) and float(jnp.max(jnp.abs(grad))) > 0
+    dependent, grad = mi_and_grad(a, jnp.sin(3 * a))
+    assert float(dependent) > 1.0
+    assert np.all(np.isfinite(grad)) and float(jnp.max(jnp.abs(grad))) > 0
+
+
+def test_correlation_ratio_known_answers():
+    """eta^2(b | a) = 1 when b is a function of a's classes (compared with the definition on hard
+    classes), about 0 for independent b, and in between for b = f(a) + noise."""
+    a, index = bin_centre_image(5, 8, (1, 48, 48, 1))
+    b = jnp.cos(3 * a)
+    assert float(losses.correlation_ratio(a, b, 8, 0.15)[0]) == pytest.approx(1.0, abs=1e-4)
+    noise = uniform(6, a.shape)
+    noisy = b + 0.5 * noise
+    values, classes = np.asarray(noisy, np.float64).ravel(), index.ravel()
+    between = sum(np.sum(classes == k) * (values[classes == k].mean() - values.mean()) ** 2
+                  for k in np.unique(classes))
+    expected = between / np.sum((values - values.mean()) ** 2)
+    assert float(losses.correlation_ratio(a, noisy, 8, 0.15)[0]) == pytest.approx(expected,
+                                                                                  rel=1e-3)
+    assert float(losses.correlation_ratio(uniform(7, a.shape), noise, 8, 0.5)[0]) < 0.01
+
+
+def test_local_ncc_known_answers():
+    a = uniform(8, (2, 32, 32, 1))
+    np.testing.assert_allclose(losses.local_ncc(a, -2 * a + 0.3, 9), 1.0, atol=1e-3)
+    assert float(jnp.max(losses.local_ncc(a, uniform(9, a.shape), 9))) < 0.05
+
+
+# ---- SSIM, Sobel, quality loss ------------------------------------------------------------------
+
+def ssim_oracle(x, y, data_range=2.0):
+    """Float64 SSIM by explicit weighted sums over every 11 x 11 window (no padding)."""
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    h, wd = x.shape
+    values = []
+    for i in range(h - 10):
+        for j in range(wd - 10):
+            px, py = x[i:i + 11, j:j + 11], y[i:i + 11, j:j + 11]
+            mx, my = np.sum(w * px), np.sum(w * py)
+            vx, vy = np.sum(w * px * px) - mx * mx, np.sum(w * py * py) - my * my
+            cov = np.sum(w * px * py) - mx * my
+            values.append((2 * mx * my + c1) * (2 * cov + c2)
+                          / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    return np.mean(values)
+
+
+def test_ssim_identity_oracle_and_monotone_in_noise():
+    x = jnp.tanh(2 * uniform(10, (1, 24, 24, 1)))
+    noise = uniform(11, x.shape)
+    assert float(losses.ssim(x, x)[0]) == pytest.approx(1.0, abs=1e-6)
+    y = x + 0.3 * noise
+    expected = ssim_oracle(np.asarray(x, np.float64)[0, ..., 0],
+                           np.asarray(y, np.float64)[0, ..., 0])
+    assert float(losses.ssim(x, y)[0]) == pytest.approx(expected, abs=1e-5)
+    scores = [float(losses.ssim(x, x + s * noise)[0]) for s in (0.05, 0.2, 0.5, 1.0)]
+    assert all(first > second for first, second in zip(scores, scores[1:]))
+
+
+def test_sobel_magnitude_matches_scipy():
+    x = uniform(12, (1, 10, 12, 1))
+    xs = np.asarray(x, np.float64)[0, ..., 0]
+    expected = (np.abs(ndimage.sobel(xs, axis=1, mode="constant"))
+                + np.abs(ndimage.sobel(xs, axis=0, mode="constant")))
+    np.testing.assert_allclose(losses.sobel_magnitude(x)[0, ..., 0], expected, atol=1e-5)
+
+
+def test_quality_loss_terms():
+    """Zero for F = a = b; otherwise the weighted sum of the three terms built from the oracles."""
+    a = jnp.tanh(2 * uniform(13, (1, 20, 20, 1)))
+    b = uniform(14, a.shape)
+    fused = 0.5 * (a + b)
+    assert float(losses.quality_loss(a, a, a)[0]) == pytest.approx(0.0, abs=1e-5)
+    a64, b64, f64 = (np.asarray(v, np.float64)[0, ..., 0] for v in (a, b, fused))
+
+    def sobel(v):
+        return (np.abs(ndimage.sobel(v, axis=1, mode="constant"))
+                + np.abs(ndimage.sobel(v, axis=0, mode="constant")))
+
+    expected = (30 * (1 - 0.5 * (ssim_oracle(f64, a64) + ssim_oracle(f64, b64)))
+                + 40 * np.mean(np.abs(sobel(f64) - np.maximum(sobel(a64), sobel(b64))))
+                + 40 * np.mean(np.abs(f64 - np.maximum(a64, b64))))
+    got = losses.quality_loss(fused, a, b, (30.0, 40.0, 40.0))
+    assert float(got[0]) == pytest.approx(expected, rel=1e-4)
+
+
+# ---- noise and fusion losses, fused estimate ----------------------------------------------------
+
+def test_noise_and_fusion_losses_known_answers():
+    eps = uniform(15, (2, 8, 8, 1))
+    np.testing.assert_allclose(losses.noise_loss(eps, eps + 0.5, 128.0), 64.0, rtol=1e-6)
+    x_a, x_b = uniform(16, eps.shape), uniform(17, eps.shape)
+    half = jnp.full(eps.shape, 0.5)
+    chroma = jnp.array([False, True])
+    sign_gain = jnp.array([0.0, 1.0])
+    fused = losses.fuse(x_a, x_b, half, half, chroma, sign_gain)
+    np.testing.assert_allclose(fused[0], 0.5 * (x_a[0] + x_b[0]), atol=1e-6)
+    np.testing.assert_allclose(fused[1], x_b[1] + 0.5 * x_a[1], atol=1e-6)
+    region = jnp.broadcast_to(jnp.arange(8)[None, :, None, None] < 4, eps.shape)
+    got = losses.fusion_loss(fused, x_a, x_b, half, region, chroma)
+    # Y with m1 = 1/2: |f - x_a| + |f - x_b| = |x_a - x_b|. Cr with sign_gain 1: f - m2 x_a = x_b.
+    assert float(got[0]) == pytest.approx(float(jnp.mean(jnp.abs(x_a[0] - x_b[0]))), rel=1e-5)
+    assert float(got[1]) == pytest.approx(float(jnp.sum(jnp.abs(x_b[1, :4])) / 64), rel=1e-5)
+
+
+def test_clean_fused_estimate_restores_chroma_statistics():
+    a = uniform(18, (2, 16, 16, 1))
+    b = 0.4 * uniform(19, a.shape) + 0.1
+    m = jnp.full(a.shape, 0.7)
+    region = jnp.broadcast_to(jnp.arange(16)[None, None, :, None] >= 6, a.shape)
+    chroma = jnp.array([False, True])
+    cond_a = jnp.where(chroma[:, None, None, None], regions.standardise_in_region(a, b, region), a)
+    cond_b = jnp.where(chroma[:, None, None, None], b * region, b)
+    fused = np.asarray(losses.clean_fused_estimate(cond_a, cond_b, b, m, m, region, chroma,
+                                                   jnp.array([0.0, -0.45])))
+    np.testing.assert_allclose(fused[0], 0.7 * a[0] + 0.3 * b[0], atol=1e-6)
+    inside, r = fused[1][np.asarray(region[1])], np.asarray(region[1])
+    b1 = np.asarray(b[1])
+    assert inside.mean() == pytest.approx(b1[r].mean(), abs=1e-5)
+    assert inside.std() == pytest.approx(b1[r].std(), rel=1e-3)
+    np.testing.assert_array_equal(fused[1][~r], b1[~r])
+
+
+# ---- the three-channel loss terms ---------------------------------------------------------------
+
+def ycrcb_batch(seed, batch=2, size=32):
+    """A [B, H, W, 1] and B [B, H, W, 3] (YCrCb) in [-1, 1]: smooth structures with colour."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    a, b = [], []
+    for _ in range(batch):
+        cx, cy = rng.uniform(-0.4, 0.4, 2)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.2)
+        ring = np.exp(-((np.hypot(xx, yy) - 0.6) ** 2) / 0.02)
+        a.append(np.tanh(1.5 * ring + 0.5 * np.sin(4 * xx) * blob) * 1.6 - 0.8)
+        b.append(np.stack([blob * 1.6 - 0.8, 0.6 * blob * np.cos(3 * yy),
+                           -0.5 * blob * np.sin(2 * xx) + 0.05 * rng.normal(size=xx.shape)], -1))
+    return (jnp.asarray(np.array(a)[..., None], jnp.float32),
+            jnp.asarray(np.clip(np.array(b), -1, 1), jnp.float32))
+
+
+def test_channel_batch_layout(paper_config_path):
+    config = load_config(paper_config_path)
+    a, b = ycrcb_batch(1)
+    rules = regions.rules_from_config(config.regions, "spect", "train")
+    rows = losses.channel_batch(a, b, rules)
+    np.testing.assert_array_equal(rows["cond_a"][:2], a)
+    np.testing.assert_array_equal(rows["cond_b"][:2], b[..., :1])
+    np.testing.assert_array_equal(rows["chroma"], [False, False, True, True, True, True])
+    np.testing.assert_allclose(rows["sign_gain"], [0, 0, 1, 1, -1, -1])
+    for k, channel in ((1, 1), (2, 2)):
+        region = np.asarray(rows["region"][2 * k:2 * k + 2])
+        b_c = np.asarray(b[..., channel:channel + 1])
+        np.testing.assert_array_equal(rows["cond_b"][2 * k:2 * k + 2], np.where(region, b_c, 0))
+        cond_a = np.asarray(rows["cond_a"][2 * k:2 * k + 2])
+        assert np.all(cond_a[~region] == 0)
+        assert cond_a[0][region[0]].mean() == pytest.approx(b_c[0][region[0]].mean(), abs=1e-5)
+    # Spect Cr keeps >= the 70th percentile: 30 % of each image.
+    assert float(jnp.mean(rows["region"][2:4])) == pytest.approx(0.3, abs=2 / 1024)
+
+
+STAND_IN_SCHEDULE = diffusion.make_schedule("cosine", 50)
+
+
+def stand_in_network(variables, x, t, train, rngs=None):
+    """A network stand-in: noise = s_noise x the exact eps recovered from x_t^A, cond_A and t;
+    m1 = sigmoid(p_m1 cond_A), m2 = sigmoid(p_m2 cond_B); a folding field times s_deformation."""
+    p = variables["params"]
+    abar = STAND_IN_SCHEDULE.alphas_cumprod[t][:, None, None, None]
+    eps = (x[..., 2:3] - jnp.sqrt(abar) * x[..., 0:1]) / jnp.sqrt(1 - abar)
+    columns = jnp.arange(x.shape[2], dtype=jnp.float32)[None, None, :, None]
+    field = jnp.concatenate([2 * jnp.sin(columns) + x[..., 1:2], x[..., 0:1]], axis=-1)
+    return unet.UNetOutput(p["noise"] * eps, jax.nn.sigmoid(p["m1"] * x[..., 0:1]),
+                           jax.nn.sigmoid(p["m2"] * x[..., 1:2]), p["deformation"] * field)
+
+
+@pytest.fixture(scope="module")
+def stand_in_losses(paper_config_path):
+    """(config, jitted (params, a, b, rules) -> (terms, network input x, network t))."""
+    config = load_config(paper_config_path)
+    loss_config = losses.LossConfig.from_config(config.loss)
+
+    @jax.jit
+    def run(params, a, b, rules):
+        seen = {}
+
+        def recording_network(variables, x, t, train, rngs=None):
+            seen.update(x=x, t=t)
+            assert train is False and rngs is None
+            return stand_in_network(variables, x, t, train)
+
+        terms = losses.training_losses(recording_network, params, a, b, rules,
+                                       jax.random.PRNGKey(3), STAND_IN_SCHEDULE, loss_config)
+        return terms, seen["x"], seen["t"]
+
+    return config, run
+
+
+def as_arrays(rules):
+    return jax.tree.map(jnp.asarray, rules)
+
+
+def test_training_losses_with_a_perfect_denoiser(stand_in_losses):
+    """The stand-in with exact eps, m1 = m2 = 1/2 and a zero field: the noise term vanishes,
+    smoothness and folding are 0, and the other terms equal their definitions on the network
+    input."""
+    config, run = stand_in_losses
+    rules = regions.rules_from_config(config.regions, "spect", "train")
+    a, b = ycrcb_batch(2)
+    params = {"noise": 1.0, "m1": 0.0, "m2": 0.0, "deformation": 0.0}
+    terms, x, t = run(params, a, b, as_arrays(rules))
+    assert set(terms) == set(losses.TERMS)
+    assert x.shape == (6, 32, 32, 4) and t.shape == (6,)
+    assert float(terms["noise"]) < 1e-2 * config.loss.loss_scale
+    assert float(terms["smoothness"]) == 0.0 and float(terms["folding"]) == 0.0
+    x_a, x_b = np.asarray(x[..., 2:3]), np.asarray(x[..., 3:4])
+    region = np.asarray(losses.channel_batch(a, b, rules)["region"])
+    # m = 1/2. Y: |f - x_a| + |f - x_b| = |x_a - x_b|. Cr (+1): f - m2 x_a = x_b.
+    # Cb (-1): f - m2 x_a = x_b - x_a. Each a sum over pixels / (H W), summed over images.
+    expected_fusion = (np.sum(np.abs(x_a[:2] - x_b[:2])) + np.sum(np.abs(x_b[2:4] * region[2:4]))
+                       + np.sum(np.abs((x_b[4:] - x_a[4:]) * region[4:]))) / 1024
+    assert float(terms["fusion"]) == pytest.approx(float(expected_fusion), rel=1e-4)
+    y_fused = 0.5 * a + 0.5 * b[..., 0:1]
+    y_quality = losses.quality_loss(y_fused, a, b[..., 0:1], config.loss.quality_weights)
+    assert float(terms["quality"]) > float(jnp.sum(y_quality)) / 2 > 0
+    b_channels = jnp.concatenate([b[..., 0:1], b[..., 1:2], b[..., 2:3]], axis=0)
+    a3 = jnp.concatenate([a, a, a], axis=0)
+    mi = losses.mutual_information(a3, b_channels, config.loss.mi_bins, config.loss.mi_sigma)
+    assert float(terms["mi"]) == pytest.approx(-float(jnp.sum(mi)) / 2, rel=1e-5)
+    eta = losses.correlation_ratio(a3, b_channels, config.loss.mi_bins, config.loss.mi_sigma)
+    assert float(terms["correlation"]) == pytest.approx(float(jnp.sum(1 - eta)) / 2, rel=1e-5)
+
+
+# The network outputs each term depends on.
+DEPENDS_ON = {
+    "noise": {"noise"},
+    # The published Y fusion term |f - x_a| + |f - x_b| = |x_a - x_b| does not depend on m1.
+    "fusion": {"m2"},
+    "quality": {"m1", "m2"},
+    "mi": {"deformation"},
+    "correlation": {"deformation"},
+    "smoothness": {"deformation"},
+    "folding": {"deformation"},
+}
+
+
+def test_each_term_depends_on_its_network_outputs(stand_in_losses):
+    """Changing one stand-in output at a time changes exactly the terms that read it (the field
+    folds, so the folding term is active)."""
+    config, run = stand_in_losses
+    rules = as_arrays(regions.rules_from_config(config.regions, "ct", "train"))
+    a, b = ycrcb_batch(5)
+    base = {"noise": 0.5, "m1": 1.0, "m2": 1.5, "deformation": 1.0}
+    reference = run(base, a, b, rules)[0]
+    assert all(np.isfinite(float(v)) for v in reference.values())
+    assert float(reference["folding"]) > 0
+    readers = {name: set() for name in losses.TERMS}
+    for output in base:
+        changed = run({**base, output: base[output] + 0.25}, a, b, rules)[0]
+        for name in losses.TERMS:
+            # m1's exact independence in the fusion term shows as float32 rounding (1e-7).
+            if abs(float(changed[name] - reference[name])) > 1e-4 * abs(float(reference[name])):
+                readers[name].add(output)
+    assert readers == DEPENDS_ON
+
+
+def test_training_losses_gradient_reaches_every_parameter_group(tiny_config_path):
+    """The tiny network (one level, to compile quickly), dropout on, random parameters (the
+    zero-initialised deformation head would stop the registration gradient at the head): the
+    terms are finite and the gradient of their weighted total reaches every parameter group,
+    the deformation head and the fusion decoder behind it included."""
+    config = load_config(tiny_config_path)
+    config.model.channel_mult = (1,)
+    config.model.num_res_blocks = 1
+    size = 16
+    model = unet.model_from_config(config.model)
+    shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)},
+                                               jnp.zeros((1, size, size, 4)),
+                                               jnp.zeros((1,), jnp.int32))["params"])
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda leaf: jnp.asarray(rng.normal(0, 0.1, leaf.shape), jnp.float32),
+                          shapes)
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps)
+    rules = jax.tree.map(jnp.asarray, regions.rules_from_config(config.regions, "spect", "train"))
+    loss_config = losses.LossConfig.from_config(config.loss)
+
+    def total(params, a, b, rules):
+        terms = losses.training_losses(model.apply, params, a, b, rules, jax.random.PRNGKey(5),
+                                       schedule, loss_config, jax.random.PRNGKey(6))
+        return losses.weighted_total(terms, config.loss.weights), terms
+
+    grads, terms = jax.jit(jax.grad(total, has_aux=True))(params, *ycrcb_batch(4, size=size),
+                                                          rules)
+    assert all(np.isfinite(float(value)) for value in terms.values())
+    assert set(grads) == {"input_conv", "time_embed", "encoder", "middle", "graformer",
+                          "noise_decoder", "noise_head", "fusion_decoder", "mask1_head",
+                          "mask2_head", "deformation_head"}
+    for group, tree in grads.items():
+        leaves = jax.tree.leaves(tree)
+        assert all(np.all(np.isfinite(leaf)) for leaf in leaves), group
+        assert sum(float(jnp.sum(jnp.abs(leaf))) for leaf in leaves) > 0, group
+
+
+def test_loss_config_from_config_checks_fields(paper_config_path):
+    config = load_config(paper_config_path)
+    settings = losses.LossConfig.from_config(config.loss)
+    assert settings == losses.LossConfig(128.0, (30.0, 40.0, 40.0), 32, 0.5, "ratio", 9)
+    config.loss.correlation = "ncc"
+    a = uniform(20, (1, 16, 16, 1))
+    _, correlation = losses.similarity_loss(a, 3 * a, losses.LossConfig.from_config(config.loss))
+    assert float(correlation[0]) == pytest.approx(0.0, abs=1e-3)
+    config.loss.correlation = "mse"
+    with pytest.raises(UserError, match="loss.correlation"):
+        losses.LossConfig.from_config(config.loss)
