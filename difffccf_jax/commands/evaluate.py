@@ -1,0 +1,72 @@
+"""`difffccf evaluate`: scores folders of fused images, and optionally the classical baselines,
+with the standard fusion metrics and writes the comparison table (Markdown, CSV, JSON)."""
+
+import os
+
+from difffccf_jax.commands.common import add_config_argument, config_from_args
+from difffccf_jax.errors import UserError
+
+# The published settings; evaluation reads only their folder layouts (config.data.layouts).
+PAPER_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "configs", "paper.py")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate", help="score fused images with EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, ...",
+        description="Score fused images against their source pairs with the standard fusion "
+                    "metrics (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, AG, PSNR, CC, MSE) on 8-bit "
+                    "grey versions; one row per method, mean ± std over the pairs, written to "
+                    "--out as evaluation.md, evaluation.csv and evaluation.json.")
+    parser.add_argument("--task", required=True, help="task key: pet, spect, ct, gfp or adni")
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="data root holding the task's folder in the published layout")
+    parser.add_argument("--fused", action="append", default=[], metavar="NAME=DIR",
+                        help="a method's folder of fused images, one <pair stem>.png per pair "
+                             "(as `difffccf fuse` writes them); repeat for several methods")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also score the classical rules: average, maximum, ycrcb-average, "
+                             "ycrcb-maximum")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the tables")
+    parser.add_argument("--ssim-data-range", type=float, default=255.0, metavar="R",
+                        help="SSIM's data range (255 for 8-bit images; 2 reproduces numbers of "
+                             "older scikit-image on float images)")
+    add_config_argument(parser, default=PAPER_CONFIG)
+    parser.set_defaults(run=run)
+
+
+def parse_methods(texts, baseline_names=()):
+    """{name: folder} from the --fused NAME=DIR arguments, in the order given."""
+    methods = {}
+    for text in texts:
+        name, sep, folder = text.partition("=")
+        if not sep or not name or not folder:
+            raise UserError(f"--fused {text!r}: expected NAME=DIR")
+        if name in methods or name in baseline_names:
+            raise UserError(f"--fused {text!r}: method name {name!r} is already used")
+        methods[name] = folder
+    return methods
+
+
+def run(args):
+    import tqdm
+
+    from difffccf_jax import baselines, evaluation
+    from difffccf_jax.data import layouts
+
+    methods = parse_methods(args.fused, tuple(baselines.BASELINES) if args.baselines else ())
+    if not methods and not args.baselines:
+        raise UserError("nothing to evaluate: give --fused NAME=DIR and/or --baselines")
+    if not args.ssim_data_range > 0:
+        raise UserError(f"--ssim-data-range {args.ssim_data_range}: expected a positive number")
+    layout = layouts.layout_from_config(config_from_args(args).data, args.task)
+    pairs = layouts.list_pairs(args.data, layout)
+    scores, size = evaluation.score_pairs(
+        pairs, layout, methods, args.baselines, args.ssim_data_range,
+        progress=lambda items: tqdm.tqdm(items, desc="evaluate", unit="pair", leave=False))
+    info = dict(task=args.task, data=args.data, pairs=len(pairs), image_size=size,
+                ssim_data_range=args.ssim_data_range, fused=methods)
+    markdown, paths = evaluation.write_tables(args.out, scores, info)
+    print(markdown, end="")
+    print("written: " + ", ".join(paths))

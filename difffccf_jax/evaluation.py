@@ -1,0 +1,198 @@
+"""Scoring fused images against their source pairs and writing the comparison table.
+
+A method is a folder of fused RGB (or grey) images, one per pair, named like the pair's source
+files with a .png extension, or one of the classical rules of baselines.py applied on the fly.
+The sources are read as the model sees them (data.layouts.read_pair_uint8: A grey, B RGB,
+JET-mapped where the task's layout says so), resized to the fused images' size; the metrics
+compare the grey versions of F, A and B. Every pair is scored with metrics.all_metrics; each method's row holds, per metric, the mean
+and population standard deviation over the pairs where the metric is defined, and how many
+pairs it was undefined for (a constant image), so no NaN ever reaches a mean.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+
+from difffccf_jax import baselines, metrics
+from difffccf_jax.data import images, layouts
+from difffccf_jax.errors import UserError
+
+TABLE_NAME = "evaluation"  # evaluation.md, evaluation.csv, evaluation.json
+MAX_LISTED_NAMES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSummary:
+    """One metric of one method over the pairs: mean and std of the defined values (None when
+    no pair has one), the number of pairs where it is defined and where it is undefined."""
+    mean: float | None
+    std: float | None
+    defined: int
+    undefined: int
+
+
+def fused_path(folder, pair_name):
+    """The fused image of pair `pair_name` in `folder`: the pair's file stem with .png."""
+    return os.path.join(folder, os.path.splitext(pair_name)[0] + ".png")
+
+
+def check_fused_folders(methods, pair_names):
+    """UserError unless every method's folder exists and holds a fused image for every pair;
+    the message names the missing files of each method."""
+    problems = []
+    for name, folder in methods.items():
+        if not os.path.isdir(folder):
+            problems.append(f"method {name!r}: folder {folder} does not exist")
+            continue
+        missing = [os.path.basename(fused_path(folder, pair)) for pair in pair_names
+                   if not os.path.isfile(fused_path(folder, pair))]
+        if missing:
+            shown = ", ".join(missing[:MAX_LISTED_NAMES])
+            more = f" and {len(missing) - MAX_LISTED_NAMES} more" if len(
+                missing) > MAX_LISTED_NAMES else ""
+            problems.append(f"method {name!r}: {len(missing)} of {len(pair_names)} fused images "
+                            f"missing in {folder}: {shown}{more}")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def evaluation_size(methods, pairs):
+    """Side S of the square images scored: that of the first method's first fused image, or,
+    with no fused folder, the height of the first source A image."""
+    if methods:
+        path = fused_path(next(iter(methods.values())), pairs[0].name)
+        shape = images.read_image(path).shape
+        if shape[0] != shape[1]:
+            raise UserError(f"{path}: fused image is {shape[1]}x{shape[0]}; expected a square "
+                            "image like the fuse command writes")
+        return shape[0]
+    return images.read_image(pairs[0].a).shape[0]
+
+
+def _read_fused(path, size):
+    fused = images.read_image(path)
+    if fused.shape[:2] != (size, size):
+        raise UserError(f"{path}: fused image is {fused.shape[1]}x{fused.shape[0]}, expected "
+                        f"{size}x{size} like the other fused images")
+    return fused
+
+
+def score_pairs(pairs, layout, methods, with_baselines, ssim_data_range=255.0,
+                progress=lambda items: items):
+    """(scores, S): the metric values {method: {pair name: {metric: float or None}}} and the
+    side S of the images scored (see evaluation_size; sources are resized to it).
+
+    `pairs` are layouts.PairFiles, `methods` maps a method name to its fused folder;
+    with_baselines adds the rules of baselines.BASELINES, computed from the sources;
+    `progress` wraps the pair loop (a progress bar)."""
+    check_fused_folders(methods, [pair.name for pair in pairs])
+    size = evaluation_size(methods, pairs)
+    scores = {name: {} for name in methods}
+    if with_baselines:
+        scores.update({name: {} for name in baselines.BASELINES})
+    for pair in progress(pairs):
+        a, b = layouts.read_pair_uint8(pair, layout, size)
+        for name, folder in methods.items():
+            fused = _read_fused(fused_path(folder, pair.name), size)
+            scores[name][pair.name] = metrics.all_metrics(fused, a, b, ssim_data_range)
+        if with_baselines:
+            for name, rule in baselines.BASELINES.items():
+                scores[name][pair.name] = metrics.all_metrics(rule(a, b), a, b, ssim_data_range)
+    return scores, size
+
+
+def summarise(per_pair):
+    """{metric: MetricSummary} of one method from its {pair name: {metric: value}}."""
+    summary = {}
+    for metric in metrics.METRIC_NAMES:
+        values = [scores[metric] for scores in per_pair.values()]
+        defined = np.array([v for v in values if v is not None], np.float64)
+        summary[metric] = MetricSummary(
+            mean=float(np.mean(defined)) if defined.size else None,
+            std=float(np.std(defined)) if defined.size else None,
+            defined=int(defined.size), undefined=len(values) - int(defined.size))
+    return summary
+
+
+def _cell(summary):
+    if summary.mean is None:
+        return "undefined"
+    text = f"{summary.mean:.2f} ± {summary.std:.2f}"
+    return text + (f" ({summary.undefined} undef.)" if summary.undefined else "")
+
+
+def markdown_table(summaries, caption):
+    """The comparison table: one row per method, one column per metric ('mean ± std')."""
+    header = "| method | " + " | ".join(metrics.METRIC_NAMES) + " |"
+    rule = "|---" * (len(metrics.METRIC_NAMES) + 1) + "|"
+    rows = [f"| {method} | " + " | ".join(_cell(summary[m]) for m in metrics.METRIC_NAMES) + " |"
+            for method, summary in summaries.items()]
+    notes = ("mean ± population standard deviation over the pairs; '(k undef.)': undefined for "
+             "k pairs (a constant image), left out of the mean")
+    return "\n".join([caption, "", header, rule, *rows, "", notes, ""])
+
+
+def csv_table(summaries):
+    """CSV with columns method, then <metric>_mean, <metric>_std, <metric>_undefined; an
+    undefined mean is an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method"] + [f"{m}_{part}" for m in metrics.METRIC_NAMES
+                                  for part in ("mean", "std", "undefined")])
+    for method, summary in summaries.items():
+        row = [method]
+        for m in metrics.METRIC_NAMES:
+            s = summary[m]
+            row += ["" if s.mean is None else repr(s.mean), "" if s.std is None else repr(s.std),
+                    s.undefined]
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def json_report(summaries, per_pair, info):
+    """JSON text: `info` (task, pairs, size, ...), the summaries and every per-pair value;
+    undefined values are null."""
+    report = dict(info, metrics=list(metrics.METRIC_NAMES),
+                  methods={method: {m: dataclasses.asdict(s) for m, s in summary.items()}
+                           for method, summary in summaries.items()},
+                  per_pair=per_pair)
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+def write_text_files(items):
+    """Writes [(path, text)]: each to a temporary name first, renamed only once all are
+    written, so a failure leaves no half-written file under a real name."""
+    temporaries = []
+    try:
+        for path, text in items:
+            temporary = os.path.join(os.path.dirname(path),
+                                     f".{os.path.basename(path)}.tmp-{os.getpid()}")
+            temporaries.append(temporary)
+            with open(temporary, "w", encoding="utf-8", newline="") as file:
+                file.write(text)
+    except BaseException:
+        for temporary in temporaries:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        raise
+    for (path, _), temporary in zip(items, temporaries):
+        os.replace(temporary, path)
+
+
+def write_tables(out, scores, info):
+    """Summarises `scores` ({method: {pair: {metric: value}}}) and writes evaluation.md, .csv
+    and .json into `out`; returns (markdown text, [paths])."""
+    summaries = {method: summarise(per_pair) for method, per_pair in scores.items()}
+    caption = (f"Fusion metrics, task {info['task']}, {info['pairs']} pairs of "
+               f"{info['image_size']} x {info['image_size']}, SSIM data range "
+               f"{info['ssim_data_range']:g}")
+    markdown = markdown_table(summaries, caption)
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, f"{TABLE_NAME}.{ext}") for ext in ("md", "csv", "json")]
+    write_text_files(list(zip(paths, [markdown, csv_table(summaries),
+                                      json_report(summaries, scores, info)])))
+    return markdown, paths

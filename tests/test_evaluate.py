@@ -1,0 +1,191 @@
+"""Baseline fusion rules and the `difffccf evaluate` command on generated pairs."""
+
+import csv
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difffccf_jax import baselines, cli, color, evaluation, metrics
+from difffccf_jax.config_cli import load_config
+from difffccf_jax.data import generator, images, layouts
+
+SIZE = 48  # at least metrics.VIF_MIN_SIZE, so every metric is defined on real images
+NUM_PAIRS = 3
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_average_and_maximum_rules():
+    a = np.array([[[100]]], np.uint8)
+    b = np.array([[[200, 50, 1]]], np.uint8)
+    np.testing.assert_array_equal(baselines.average_fusion(a, b), [[[150, 75, 50]]])  # 50.5 -> 50
+    np.testing.assert_array_equal(baselines.maximum_fusion(a[..., 0], b), [[[200, 100, 100]]])
+
+
+def test_ycrcb_rules_keep_the_colour_of_b():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    b = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    b_ycrcb = color.rgb_to_ycrcb(b.astype(np.float64))
+    for fused, expected_y in (
+            (baselines.ycrcb_maximum_fusion(a, b), np.maximum(a[..., 0], b_ycrcb[..., 0])),
+            (baselines.ycrcb_weighted_fusion(a, b, weight=0.25),
+             0.25 * a[..., 0] + 0.75 * b_ycrcb[..., 0])):
+        assert fused.dtype == np.uint8 and fused.shape == b.shape
+        fused_ycrcb = color.rgb_to_ycrcb(fused.astype(np.float64))
+        unsaturated = np.all((fused > 0) & (fused < 255), axis=-1)
+        assert unsaturated.mean() > 0.5
+        # only the final rounding to uint8 separates the result from the rule (half a level)
+        assert np.abs(fused_ycrcb[..., 1:] - b_ycrcb[..., 1:])[unsaturated].max() <= 0.51
+        assert np.abs(fused_ycrcb[..., 0] - expected_y)[unsaturated].max() <= 0.51
+    # a black anatomy changes nothing: Y = max(0, Y of B) gives B back
+    np.testing.assert_array_equal(baselines.ycrcb_maximum_fusion(np.zeros_like(a), b), b)
+
+
+def test_summary_skips_undefined_values():
+    per_pair = {"1.png": dict.fromkeys(metrics.METRIC_NAMES, 1.0),
+                "2.png": dict.fromkeys(metrics.METRIC_NAMES, 3.0),
+                "3.png": dict.fromkeys(metrics.METRIC_NAMES, None)}
+    per_pair["3.png"]["EN"] = 5.0
+    summary = evaluation.summarise(per_pair)
+    assert summary["CC"] == evaluation.MetricSummary(mean=2.0, std=1.0, defined=2, undefined=1)
+    assert summary["EN"].mean == 3.0 and summary["EN"].undefined == 0
+    undefined = evaluation.summarise({"1.png": dict.fromkeys(metrics.METRIC_NAMES, None)})
+    assert undefined["SSIM"] == evaluation.MetricSummary(None, None, 0, 1)
+    assert "| m | undefined |" in evaluation.markdown_table({"m": undefined}, "caption")
+
+
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, paper_config_path):
+    """Generated pet pairs and two methods' fused folders: 'max' holds the maximum rule's
+    images; 'flat' the average rule's, except pair 1, which is one constant grey."""
+    root = tmp_path_factory.mktemp("evaluate")
+    layout = layouts.layout_from_config(load_config(paper_config_path).data, "pet")
+    generator.write_task(str(root / "data"), layout, NUM_PAIRS, SIZE, seed=3)
+    pairs = layouts.list_pairs(str(root / "data"), layout)
+    folders = {"max": root / "max", "flat": root / "flat"}
+    for folder in folders.values():
+        folder.mkdir()
+    for pair in pairs:
+        a, b = layouts.read_pair_uint8(pair, layout, SIZE)
+        stem = os.path.splitext(pair.name)[0]
+        flat = (np.full_like(b, 90) if pair.name == pairs[0].name
+                else baselines.average_fusion(a, b))
+        images.write_files([(str(folders["max"] / f"{stem}.png"), baselines.maximum_fusion(a, b)),
+                            (str(folders["flat"] / f"{stem}.png"), flat)])
+    return root, pairs, folders
+
+
+def _evaluate(root, folders, out, extra=()):
+    return cli.main(["evaluate", "--task", "pet", "--data", str(root / "data"),
+                     *[f"--fused={name}={folder}" for name, folder in folders.items()],
+                     "--out", str(out), *extra])
+
+
+def _grey_of_file(path):
+    """The file's rounded grey levels, computed here from the luma formula directly."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), np.float64)
+    return np.round(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+@pytest.fixture(scope="module")
+def evaluated(generated, tmp_path_factory):
+    root, pairs, folders = generated
+    out = tmp_path_factory.mktemp("tables")
+    assert _evaluate(root, folders, out, ["--baselines"]) == 0
+    return out
+
+
+def test_evaluate_writes_three_consistent_tables(generated, evaluated):
+    root, pairs, folders = generated
+    assert sorted(os.listdir(evaluated)) == ["evaluation.csv", "evaluation.json",
+                                             "evaluation.md"]
+    texts = {ext: (evaluated / f"evaluation.{ext}").read_text() for ext in ("md", "csv", "json")}
+    assert not any("nan" in text.lower() for text in texts.values())
+    report = json.loads(texts["json"])
+    methods = ["max", "flat", *baselines.BASELINES]
+    assert list(report["methods"]) == methods and report["pairs"] == NUM_PAIRS
+    assert report["metrics"][:8] == ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
+    rows = list(csv.DictReader(texts["csv"].splitlines()))
+    assert [row["method"] for row in rows] == methods
+    markdown_rows = [line for line in texts["md"].splitlines() if line.startswith("| ")]
+    assert markdown_rows[0].split(" | ")[1:9] == ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf",
+                                                  "SSIM"]
+    for method, row, line in zip(methods, rows, markdown_rows[1:]):
+        for metric in metrics.METRIC_NAMES:
+            values = [v[metric] for v in report["per_pair"][method].values()]
+            defined = [v for v in values if v is not None]
+            summary = report["methods"][method][metric]
+            assert summary["mean"] == pytest.approx(np.mean(defined), rel=1e-12)
+            assert summary["std"] == pytest.approx(np.std(defined), rel=1e-12, abs=1e-12)
+            assert float(row[f"{metric}_mean"]) == summary["mean"]
+            assert int(row[f"{metric}_undefined"]) == len(values) - len(defined)
+        assert line.startswith(f"| {method} | {report['methods'][method]['EN']['mean']:.2f} ± ")
+
+
+def test_fused_folder_scores_equal_direct_metrics(generated, evaluated):
+    """A method's values are the metrics of its files against the sources; the folder of
+    maximum-rule images scores exactly like the maximum baseline computed on the fly."""
+    root, pairs, folders = generated
+    report = json.loads((evaluated / "evaluation.json").read_text())
+    for pair in pairs:
+        fused = _grey_of_file(folders["max"] / pair.name)
+        a = np.asarray(Image.open(pair.a).convert("L"), np.float64)
+        b = _grey_of_file(pair.b)
+        expected = metrics.all_metrics(fused, a, b)
+        got = report["per_pair"]["max"][pair.name]
+        assert got == pytest.approx(expected, rel=1e-12)
+        assert got == report["per_pair"]["maximum"][pair.name]
+
+
+def test_constant_fused_image_is_undefined_not_nan(generated, evaluated):
+    root, pairs, folders = generated
+    report = json.loads((evaluated / "evaluation.json").read_text())
+    first = report["per_pair"]["flat"][pairs[0].name]
+    assert first["CC"] is None and first["EN"] == 0.0 and first["SD"] == 0.0
+    cc = report["methods"]["flat"]["CC"]
+    assert cc["undefined"] == 1 and cc["defined"] == NUM_PAIRS - 1
+    others = [report["per_pair"]["flat"][pair.name]["CC"] for pair in pairs[1:]]
+    assert cc["mean"] == pytest.approx(np.mean(others), rel=1e-12)
+    assert math.isfinite(cc["std"])
+    flat_row = next(line for line in (evaluated / "evaluation.md").read_text().splitlines()
+                    if line.startswith("| flat |"))
+    assert "(1 undef.)" in flat_row
+
+
+def test_missing_fused_files_are_named(generated, tmp_path, capsys):
+    root, pairs, folders = generated
+    partial = tmp_path / "partial"
+    shutil.copytree(folders["max"], partial)
+    os.remove(partial / pairs[1].name)
+    out = tmp_path / "out"
+    assert _evaluate(root, {"max": folders["max"], "partial": partial}, out) == 2
+    error = capsys.readouterr().err
+    assert f"method 'partial': 1 of {NUM_PAIRS} fused images missing" in error
+    assert pairs[1].name in error and "'max'" not in error
+    assert not out.exists()
+
+
+def test_bad_arguments_exit_2(generated, tmp_path, capsys):
+    root, pairs, folders = generated
+    assert cli.main(["evaluate", "--task", "pet", "--data", str(root / "data"),
+                     "--fused", "no-equals-sign", "--out", str(tmp_path)]) == 2
+    assert "expected NAME=DIR" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--task", "pet", "--data", str(root / "data"),
+                     "--out", str(tmp_path)]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    small = tmp_path / "small"
+    shutil.copytree(folders["max"], small)
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).resize((SIZE // 2, SIZE // 2)).save(
+        small / pairs[-1].name)
+    assert _evaluate(root, {"small": small}, tmp_path / "out") == 2
+    assert f"expected {SIZE}x{SIZE}" in capsys.readouterr().err
