@@ -13,8 +13,8 @@ import torch
 from difffccf_jax import torch_port
 from difffccf_jax.config_cli import load_config
 
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                         "paper_unet_state_dict.json")
+# Every tensor name and shape of the published model (a copy of the published reference facts).
+REFERENCE = os.path.join(os.path.dirname(__file__), "data", "paper_unet_state_dict.json")
 
 
 @pytest.fixture(scope="module")
