@@ -1,0 +1,285 @@
+"""Hierarchical condition-enhancement sampling (SPEC section 6) as one compiled program.
+
+Each pair's three colour channels Y, Cr, Cb are fused with A by three reverse diffusion runs that
+share one batch of 3B rows, channel-major as in training (`losses.channel_batch`: rows 0..B-1
+are the Y runs, then Cr, then Cb). One reverse step is the pure function `reverse_step` followed
+by `region_post_step`; `make_sampler` wraps registration and the whole reverse loop (a lax.scan
+over the schedule) in one jitted function whose batch is split over the devices of a mesh.
+
+Choices where SPEC 6 leaves room:
+- x, x^A and x^B start from three independent N(0, I) samples per channel run.
+- Reverse step i (i = 0 the noisiest, N steps in the schedule used) is in stage floor(3 i / N):
+  conditions (B, B), then (A, B), then (A, A).
+- The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
+  task's sampling rule on B_c) A standardised to B_c's statistics and B_c, outside R both 0.
+- Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
+  t = 0) warps all three channels of B before the fusion runs (bilinear, outside the image the
+  YCrCb of black). Regions, conditions and the post-step use the warped B. The deformation state
+  the reference carries through its loop never reaches the output and is left out.
+- Each pair draws its noise from fold_in(key, pair id), so a pair's result does not depend on
+  the batch it is fused in.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from difffccf_jax import color, diffusion, losses, parallel, regions, registration, unet
+from difffccf_jax.errors import UserError
+
+
+class SamplerState(NamedTuple):
+    """The reverse-process state of a 3B batch, each [3B, H, W, 1] in the diffusion space:
+    the fused image x and the two source trajectories x^A and x^B."""
+    x: jnp.ndarray
+    x_a: jnp.ndarray
+    x_b: jnp.ndarray
+
+
+class SampleOutput(NamedTuple):
+    """What the sampler returns for B pairs of H x W images.
+
+    fused [B, H, W, 3] YCrCb in [-1, 1]; rgb [B, H, W, 3] uint8; m1, m2 [B, H, W, 3] the masks of
+    the last reverse step of each channel run (Y, Cr, Cb); region [B, H, W, 3] bool, the chroma
+    regions R (all true for Y); deformation [B, H, W, 2] pixels (zero when registration is off);
+    warped_b [B, H, W, 3] YCrCb in [-1, 1], the B that was fused."""
+    fused: jnp.ndarray
+    rgb: jnp.ndarray
+    m1: jnp.ndarray
+    m2: jnp.ndarray
+    region: jnp.ndarray
+    deformation: jnp.ndarray
+    warped_b: jnp.ndarray
+
+
+def reflect_flags(reflect_channels, task):
+    """(Cr, Cb) booleans: which chroma channels of `task` take the reflecting post-step, from
+    config.sampling.reflect_channels entries like 'pet.cr'."""
+    return tuple(f"{task}.{channel}" in set(reflect_channels) for channel in ("cr", "cb"))
+
+
+def sampling_schedule(kind, diffusion_steps, sampling_steps):
+    """The schedule the reverse process runs on: the full one of `diffusion_steps` steps, or for
+    fewer `sampling_steps` a respaced one keeping evenly strided steps (both ends included)."""
+    full = diffusion.make_schedule(kind, diffusion_steps)
+    if int(sampling_steps) == int(diffusion_steps):
+        return full
+    return diffusion.respace(full, diffusion.respaced_steps(diffusion_steps, sampling_steps))
+
+
+def channels_to_last(rows):
+    """[3B, H, W, 1] channel-major rows (Y block, Cr block, Cb block) -> [B, H, W, 3]."""
+    return jnp.concatenate(jnp.split(rows, 3, axis=0), axis=-1)
+
+
+def per_image(values):
+    """[R] -> [R, 1, 1, 1], to broadcast per-row values against images."""
+    return jnp.reshape(values, (-1, 1, 1, 1))
+
+
+def stage_conditions(step, num_steps, cond_a, cond_b):
+    """The two conditions of reverse step `step` (0 = noisiest) of `num_steps`: (B, B) in the
+    first third, (A, B) in the middle third, (A, A) in the last."""
+    stage = (3 * step) // num_steps
+    return jnp.where(stage == 0, cond_b, cond_a), jnp.where(stage == 2, cond_a, cond_b)
+
+
+def posterior_step(schedule, z, index, eps, noise=None):
+    """z [R, H, W, 1] at schedule entry `index` moved to its posterior mean at the previous entry,
+    from the x0 estimate clipped to [-1, 1]; with `noise`, plus the posterior standard deviation
+    times noise (except at index 0)."""
+    t = jnp.full((z.shape[0],), index, jnp.int32)
+    x0 = jnp.clip(diffusion.predict_x0(schedule, z, t, eps), -1.0, 1.0)
+    mean, _, log_variance = diffusion.q_posterior(schedule, x0, z, t)
+    if noise is None:
+        return mean
+    return mean + jnp.where(index > 0, jnp.exp(0.5 * log_variance), 0.0) * noise
+
+
+def reverse_step(schedule, state, eps, m1, m2, index, chroma, sign_gain, noise=None):
+    """One reverse step at schedule entry `index` given the network's outputs eps, m1, m2
+    [3B, H, W, 1]: x <- (f + x) / 2 with the fused state f of `losses.fuse` (chroma bool [3B],
+    sign_gain [3B] per row), then x, x^A and x^B each to its posterior mean (plus the same
+    `noise` sample for all three in stochastic mode)."""
+    fused = losses.fuse(state.x_a, state.x_b, m1, m2, chroma, sign_gain)
+    x = 0.5 * (fused + state.x)
+    return SamplerState(*(posterior_step(schedule, z, index, eps, noise)
+                          for z in (x, state.x_a, state.x_b)))
+
+
+def region_post_step(x, b, region, chroma, reflect, reflect_offset):
+    """The chroma post-step after every reverse step (x, b [3B, H, W, 1], region bool, chroma and
+    reflect bool [3B]): inside R, x re-standardised to b's statistics in R (or offset - x on
+    reflecting rows), clipped to [-1, 1]; outside R, b. Y rows are returned unchanged."""
+    standardised = regions.standardise_in_region(x, b, region)
+    inside = jnp.clip(jnp.where(per_image(reflect), reflect_offset - x, standardised), -1.0, 1.0)
+    return jnp.where(per_image(chroma), jnp.where(region, inside, b), x)
+
+
+def black_ycrcb():
+    """The YCrCb of RGB black in [-1, 1], [3]: what warping brings in from outside the image."""
+    return color.to_unit(color.rgb_to_ycrcb(np.zeros((1, 3)))[0]).astype(np.float32)
+
+
+def warp_b(b, deformation):
+    """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2], black outside
+    the image, clipped to [-1, 1] against rounding."""
+    fill = black_ycrcb()
+    return jnp.clip(registration.warp(b - fill, deformation) + fill, -1.0, 1.0)
+
+
+def initial_state(pair_keys, height, width):
+    """Three independent N(0, I) samples per channel run for x, x^A, x^B, [3B, H, W, 1] each
+    (channel-major rows)."""
+    draws = jax.vmap(lambda key: jax.random.normal(key, (3, 3, height, width, 1)))(pair_keys)
+    return SamplerState(*(jnp.moveaxis(draws[:, s], 1, 0).reshape(-1, height, width, 1)
+                          for s in range(3)))
+
+
+def step_noise(pair_keys, step, height, width):
+    """The noise of reverse step `step` in stochastic mode, [3B, H, W, 1]: one sample per
+    channel run, shared by x, x^A and x^B."""
+    draws = jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, step),
+                                                   (3, height, width, 1)))(pair_keys)
+    return jnp.moveaxis(draws, 1, 0).reshape(-1, height, width, 1)
+
+
+def ycrcb_unit_to_rgb_uint8(fused):
+    """YCrCb in [-1, 1] [..., 3] -> RGB uint8 (0..255 YCrCb, converted, rounded and clipped)."""
+    return color.jnp_ycrcb_to_rgb_uint8(color.jnp_from_unit(fused))
+
+
+class FusionInputs(NamedTuple):
+    """What the reverse steps fuse: b [B, H, W, 3] (YCrCb, registered), the deformation that
+    registered it [B, H, W, 2], and `rows`, the 3B-row dict of `losses.channel_batch`
+    (conditions, B's channels, regions, per-row chroma flags and signed gains)."""
+    b: jnp.ndarray
+    deformation: jnp.ndarray
+    rows: dict
+
+
+def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, register=True,
+                 reflect_offset=0.8, mesh=None):
+    """The whole fusion of a batch of pairs as one jitted function
+
+        sample(params, schedule, a, b, key, pair_ids) -> SampleOutput
+
+    a [B, H, W, 1] and b [B, H, W, 3] (YCrCb) in [-1, 1]; schedule a `diffusion.Schedule` of N
+    steps (the reverse loop runs over all of them); key a PRNG key; pair_ids [B] int32 (each pair's
+    noise comes from fold_in(key, pair id)). It compiles once per input shape and N.
+
+    The network is evaluated by one lax.scan, so it is compiled once: with `register`, evaluation
+    -1 is the registration pass (the clean pairs (A, B_c) at t = 0; the Y rows' deformation warps
+    B), evaluations 0..N-1 are the reverse steps.
+
+    model: a `unet.UNet`; task_rules: the task's sampling `regions.TaskRules`; reflect: (Cr, Cb)
+    booleans, the PET Cr post-step (offset - x inside R) instead of re-standardising; add_noise:
+    stochastic mode; register: warp B by the predicted deformation first; mesh: a Mesh with axis
+    'data' over which the batch (and the 3B rows) is split, params replicated; B must be a
+    multiple of its size; by default all devices.
+    """
+    mesh = mesh or parallel.make_mesh()
+    replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+    def fusion_inputs(a, b, deformation):
+        rows = losses.channel_batch(a, b, task_rules)
+        return FusionInputs(b, deformation, jax.lax.with_sharding_constraint(rows, split))
+
+    def sample_pairs(params, schedule, a, b, key, pair_ids):
+        num_pairs, height, width, _ = a.shape
+        num_steps = schedule.betas.shape[0]
+        reflect_rows = np.repeat(np.array([False, *reflect]), num_pairs)
+        pair_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, pair_ids)
+        init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(pair_keys), 1, 0)
+        start = jax.lax.with_sharding_constraint(initial_state(init_keys, height, width), split)
+
+        def body(carry, evaluation):
+            inputs, state, m1, m2 = carry
+            rows, registering = inputs.rows, evaluation < 0
+            step = jnp.maximum(evaluation, 0)
+            index = num_steps - 1 - step
+            network_input = jnp.where(
+                registering,
+                jnp.concatenate([rows["a3"], rows["b3"]] * 2, axis=-1),
+                jnp.concatenate([*stage_conditions(step, num_steps, rows["cond_a"],
+                                                   rows["cond_b"]), state.x_a, state.x_b],
+                                axis=-1))
+            t = jnp.where(registering, 0, schedule.timesteps[index])
+            out = model.apply({"params": params}, network_input,
+                              jnp.full((3 * num_pairs,), t, jnp.int32), train=False)
+
+            def registered(_):
+                deformation = out.deformation[:num_pairs]  # the Y rows: (A, B_Y)
+                return fusion_inputs(a, warp_b(b, deformation), deformation), state, m1, m2
+
+            def reverse(_):
+                noise = step_noise(noise_keys, step, height, width) if add_noise else None
+                new = reverse_step(schedule, state, out.noise, out.m1, out.m2, index,
+                                   rows["chroma"], rows["sign_gain"], noise)
+                x = region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
+                                     reflect_rows, reflect_offset)
+                return inputs, new._replace(x=x), out.m1, out.m2
+
+            return jax.lax.cond(registering, registered, reverse, None), None
+
+        inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
+        masks = jnp.zeros_like(start.x)
+        evaluations = jnp.arange(-1 if register else 0, num_steps)
+        (inputs, state, m1, m2), _ = jax.lax.scan(body, (inputs, start, masks, masks),
+                                                  evaluations)
+        fused = jnp.clip(channels_to_last(state.x), -1.0, 1.0)
+        return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
+                            m1=channels_to_last(m1), m2=channels_to_last(m2),
+                            region=channels_to_last(inputs.rows["region"]),
+                            deformation=inputs.deformation, warped_b=inputs.b)
+
+    return jax.jit(sample_pairs,
+                   in_shardings=(replicated, replicated, split, split, replicated, split),
+                   out_shardings=split)
+
+
+def registers(config):
+    """Whether sampling with `config` registers B: config.sampling.register, except for the
+    published model (model.compat), whose "deformation" is [m1, m2], not a field."""
+    return bool(config.sampling.register and not config.model.compat)
+
+
+def sampler_from_config(config, task, mesh=None):
+    """(sample, schedule) fusing `task` pairs with the model, region, diffusion and sampling
+    settings of `config`; see `make_sampler`."""
+    sample = make_sampler(
+        unet.model_from_config(config.model),
+        regions.rules_from_config(config.regions, task, "sample"),
+        reflect=reflect_flags(config.sampling.reflect_channels, task),
+        add_noise=bool(config.sampling.add_noise),
+        register=registers(config),
+        reflect_offset=float(config.sampling.reflect_offset), mesh=mesh)
+    schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
+                                 config.sampling.steps)
+    return sample, schedule
+
+
+def padded_batch_size(batch_size, num_devices):
+    """The batch size rounded up to a multiple of the device count."""
+    return -(-int(batch_size) // num_devices) * num_devices
+
+
+def fuse_pairs(sample, params, schedule, a, b, key, batch_size, num_devices=None):
+    """Fuses N pairs batch by batch; yields (first pair index, SampleOutput of NumPy arrays for the
+    batch's pairs). a [N, H, W, 1], b [N, H, W, 3] YCrCb in [-1, 1] (NumPy).
+
+    Every batch holds `batch_size` pairs rounded up to a multiple of the device count, so the
+    sampler compiles once; the last batch is filled up with copies of its last pair, whose
+    results are dropped. Pair i's noise comes from fold_in(key, i).
+    """
+    if len(a) != len(b) or len(a) == 0:
+        raise UserError(f"expected the same, non-zero number of A and B images, got {len(a)} "
+                        f"and {len(b)}")
+    size = padded_batch_size(batch_size, num_devices or jax.device_count())
+    for start in range(0, len(a), size):
+        ids = np.arange(start, min(start + size, len(a)))
+        padded = np.concatenate([ids, np.full(size - len(ids), ids[-1])]).astype(np.int32)
+        out = sample(params, schedule, a[padded], b[padded], key, padded)
+        yield start, SampleOutput(*(np.asarray(field)[:len(ids)] for field in out))

@@ -1,0 +1,265 @@
+"""The hierarchical sampler: one step against a float64 NumPy oracle, the region post-step, and the
+whole compiled reverse process on the tiny model (4 simulated devices)."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from difffccf_jax import color, diffusion, regions, sampling, unet
+from difffccf_jax.config_cli import load_config
+
+NUM_PAIRS = 4
+# The tiny config with a two-level, one-block U-Net: the sampler compiles in a few seconds.
+TEST_OVERRIDES = (("model.channel_mult", "(1, 2)"), ("model.num_res_blocks", "1"))
+SHIFT = (1.5, -1.0)  # the deformation (pixels along x, along y) the test network predicts
+
+
+def synthetic_pairs(num_pairs, size, seed):
+    """Grey A (textured anatomy with a bright blob) and a hot-mapped B (the blob's uptake on
+    black), as [N, H, W, 1] and YCrCb [N, H, W, 3] in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:size, 0:size]
+    a, b = [], []
+    for _ in range(num_pairs):
+        centre = rng.uniform(0.35 * size, 0.65 * size, 2)
+        radius = rng.uniform(0.15 * size, 0.25 * size)
+        blob = np.exp(-((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / (2 * radius ** 2))
+        a.append(255 * (0.2 + 0.6 * blob) * rng.uniform(0.8, 1.0, (size, size)))
+        uptake = np.where(blob > 0.2, 255 * blob, 0.0)
+        b.append(color.rgb_to_ycrcb(color.apply_colormap(uptake[..., None], "hot")))
+    return (color.to_unit(np.stack(a)[..., None]).astype(np.float32),
+            color.to_unit(np.stack(b)).astype(np.float32))
+
+
+def shifting_params(params, max_displacement):
+    """params whose deformation head predicts the constant field SHIFT (zero kernel, bias
+    atanh(shift / max_displacement))."""
+    bias = np.arctanh(np.array(SHIFT) / max_displacement).astype(np.float32)
+    head = params["deformation_head"]
+    conv = dict(head["conv"], kernel=jnp.zeros_like(head["conv"]["kernel"]), bias=jnp.asarray(bias))
+    return dict(params, deformation_head=dict(head, conv=conv))
+
+
+class CompileCounter(logging.Handler):
+    """Counts the compilations of functions named `name` that jax.log_compiles reports."""
+
+    def __init__(self, name):
+        super().__init__(logging.DEBUG)
+        self.pattern = f"Compiling jit({name})"
+        self.count = 0
+
+    def emit(self, record):
+        self.count += record.getMessage().startswith(self.pattern)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_config_path):
+    config = load_config(tiny_config_path, TEST_OVERRIDES)
+    model = unet.model_from_config(config.model)
+    params = shifting_params(unet.init_params(model, jax.random.PRNGKey(0), 32),
+                             config.model.max_displacement)
+    sample = sampling.make_sampler(
+        model, regions.rules_from_config(config.regions, "pet", "sample"),
+        reflect=sampling.reflect_flags(config.sampling.reflect_channels, "pet"))
+    schedule = sampling.sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
+                                          config.sampling.steps)
+    a, b = synthetic_pairs(NUM_PAIRS, 32, seed=1)
+    ids = np.arange(NUM_PAIRS, dtype=np.int32)
+    counter = CompileCounter("sample_pairs")
+    logger = logging.getLogger("jax._src.interpreters.pxla")
+    logger.addHandler(counter)
+    try:
+        with jax.log_compiles():
+            first = jax.device_get(sample(params, schedule, a, b, jax.random.PRNGKey(7), ids))
+            compiles = [counter.count]
+            second = jax.device_get(sample(params, schedule, a, b, jax.random.PRNGKey(7), ids))
+            other_key = jax.device_get(sample(params, schedule, a, b, jax.random.PRNGKey(8), ids))
+            compiles.append(counter.count)
+            # a full schedule of as many steps, and it respaced keeping every step
+            full = diffusion.make_schedule(config.diffusion.schedule, config.sampling.steps)
+            every_step = diffusion.respace(full, np.arange(config.sampling.steps))
+            with_full = jax.device_get(sample(params, full, a, b, jax.random.PRNGKey(7), ids))
+            compiles.append(counter.count)
+            with_respaced = jax.device_get(
+                sample(params, every_step, a, b, jax.random.PRNGKey(7), ids))
+            compiles.append(counter.count)
+    finally:
+        logger.removeHandler(counter)
+    return dict(sample=sample, params=params, schedule=schedule, a=a, b=b, first=first,
+                second=second, other_key=other_key, with_full=with_full,
+                with_respaced=with_respaced, compiles=compiles)
+
+
+# ---- one reverse step and the post-step against NumPy ------------------------------------
+
+def oracle_schedule(steps):
+    """float64 abar, posterior coefficients and log variance of the cosine schedule."""
+    f = lambda s: np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+    i = np.arange(steps, dtype=np.float64)
+    betas = np.minimum(1 - f((i + 1) / steps) / f(i / steps), 0.999)
+    abar = np.cumprod(1 - betas)
+    abar_prev = np.concatenate([[1.0], abar[:-1]])
+    coef1 = betas * np.sqrt(abar_prev) / (1 - abar)
+    coef2 = (1 - abar_prev) * np.sqrt(1 - betas) / (1 - abar)
+    log_variance = np.log(np.maximum(betas * (1 - abar_prev) / (1 - abar), 1e-20))
+    return abar, coef1, coef2, log_variance
+
+
+@pytest.mark.parametrize("index, stochastic", [(17, False), (17, True), (0, True)])
+def test_reverse_step_matches_numpy_oracle(index, stochastic):
+    rng = np.random.default_rng(index)
+    shape = (6, 5, 4, 1)  # 2 pairs x (Y, Cr, Cb), channel-major rows
+    x, x_a, x_b, eps, noise = (rng.normal(size=shape) for _ in range(5))
+    m1, m2 = rng.uniform(size=shape), rng.uniform(size=shape)
+    chroma = np.array([False, False, True, True, True, True])
+    sign_gain = np.array([0.0, 0.0, -1.0, -1.0, 0.45, 0.45])
+    schedule = diffusion.make_schedule("cosine", 50)
+    state = sampling.SamplerState(*(jnp.asarray(v, jnp.float32) for v in (x, x_a, x_b)))
+    got = jax.jit(sampling.reverse_step)(
+        schedule, state, *(jnp.asarray(v, jnp.float32) for v in (eps, m1, m2)), index,
+        jnp.asarray(chroma), jnp.asarray(sign_gain, jnp.float32),
+        jnp.asarray(noise, jnp.float32) if stochastic else None)
+
+    abar, coef1, coef2, log_variance = oracle_schedule(50)
+    rows = chroma[:, None, None, None]
+    fused = np.where(rows, x_b + sign_gain[:, None, None, None] * m2 * x_a,
+                     m1 * x_a + (1 - m1) * x_b)
+    for name, z in (("x", (fused + x) / 2), ("x_a", x_a), ("x_b", x_b)):
+        x0 = np.clip(np.sqrt(1 / abar[index]) * z - np.sqrt(1 / abar[index] - 1) * eps, -1, 1)
+        expected = coef1[index] * x0 + coef2[index] * z
+        if stochastic and index > 0:
+            expected = expected + np.exp(0.5 * log_variance[index]) * noise
+        np.testing.assert_allclose(getattr(got, name), expected, rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+
+
+def test_region_post_step_matches_numpy_oracle():
+    rng = np.random.default_rng(3)
+    shape = (6, 8, 8, 1)  # 2 pairs; Cr rows reflect, Cb rows re-standardise
+    x = rng.normal(0.2, 0.6, shape)
+    b = rng.uniform(-1, 1, shape)
+    region = rng.uniform(size=shape) < 0.4
+    chroma = np.repeat([False, True, True], 2)
+    reflect = np.repeat([False, True, False], 2)
+    got = np.asarray(jax.jit(sampling.region_post_step)(
+        jnp.asarray(x, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(region),
+        jnp.asarray(chroma), jnp.asarray(reflect), 0.8))
+
+    for row in range(6):
+        inside, outside = region[row], ~region[row]
+        if not chroma[row]:
+            np.testing.assert_allclose(got[row], x[row], rtol=1e-6)
+            continue
+        np.testing.assert_array_equal(got[row][outside], b[row][outside].astype(np.float32))
+        if reflect[row]:
+            expected = np.clip(0.8 - x[row][inside], -1, 1)
+        else:
+            xs, bs = x[row][inside], b[row][inside]
+            expected = np.clip((xs - xs.mean()) / xs.std() * bs.std() + bs.mean(), -1, 1)
+        np.testing.assert_allclose(got[row][inside], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_stages_split_the_schedule_in_thirds():
+    for steps, sizes in ((12, [4, 4, 4]), (2000, [667, 667, 666]), (50, [17, 17, 16])):
+        a, b = jnp.zeros(()), jnp.ones(())
+        pairs = [tuple(float(c) for c in sampling.stage_conditions(i, steps, a, b))
+                 for i in range(steps)]
+        expected = [(1.0, 1.0)] * sizes[0] + [(0.0, 1.0)] * sizes[1] + [(0.0, 0.0)] * sizes[2]
+        assert pairs == expected
+
+
+# ---- the whole compiled sampler -------------------------------------------------------------
+
+def test_sampler_compiles_once_per_shape_and_step_count(setup):
+    # the first call compiles; calls with another key, another schedule of as many steps
+    # (full or respaced) reuse that compilation
+    assert setup["compiles"] == [1, 1, 1, 1]
+
+
+def test_outputs_have_shapes_ranges_and_consistent_colour(setup):
+    out = setup["first"]
+    assert out.fused.shape == out.rgb.shape == out.warped_b.shape == (NUM_PAIRS, 32, 32, 3)
+    assert out.m1.shape == out.m2.shape == out.region.shape == (NUM_PAIRS, 32, 32, 3)
+    assert out.deformation.shape == (NUM_PAIRS, 32, 32, 2)
+    assert out.rgb.dtype == np.uint8 and out.region.dtype == bool
+    assert out.fused.min() >= -1 and out.fused.max() <= 1
+    assert 0 <= out.m1.min() and out.m1.max() <= 1 and 0 <= out.m2.min() and out.m2.max() <= 1
+    np.testing.assert_array_equal(out.rgb, color.ycrcb_to_rgb_uint8(color.from_unit(out.fused)))
+    # the fused Y run is neither B's nor A's channel copied through
+    assert np.abs(out.fused[..., 0] - out.warped_b[..., 0]).max() > 0.05
+    assert np.abs(out.fused[..., 0] - setup["a"][..., 0]).max() > 0.05
+
+
+def test_registration_warps_b_by_the_predicted_field(setup):
+    out, b = setup["first"], setup["b"]
+    np.testing.assert_allclose(out.deformation, np.broadcast_to(SHIFT, out.deformation.shape),
+                               rtol=1e-5)
+    # B sampled at (x + 1.5, y - 1) bilinearly, black (Y -1, Cr = Cb = 128) outside the image
+    black = color.to_unit(color.rgb_to_ycrcb(np.zeros(3)))
+    rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
+    for i in range(NUM_PAIRS):
+        for c in range(3):
+            expected = ndimage.map_coordinates(b[i, ..., c].astype(np.float64),
+                                               [rows + SHIFT[1], cols + SHIFT[0]], order=1,
+                                               mode="grid-constant", cval=black[c])
+            np.testing.assert_allclose(out.warped_b[i, ..., c], expected, atol=1e-5)
+    # the regions are the PET sampling rules on the warped B: Cr >= 10 x and Cb <= -100 x the
+    # background pixel (row 0, column 5)
+    background = out.warped_b[:, :1, 5:6, :]
+    np.testing.assert_array_equal(out.region[..., 1],
+                                  out.warped_b[..., 1] >= 10 * background[..., 1])
+    np.testing.assert_array_equal(out.region[..., 2],
+                                  out.warped_b[..., 2] <= -100 * background[..., 2])
+    assert out.region[..., 0].all()
+
+
+def test_region_post_step_keeps_b_outside_the_region(setup):
+    out = setup["first"]
+    for channel in (1, 2):  # Cr reflects (PET), Cb re-standardises
+        region = out.region[..., channel]
+        assert 0.05 < region.mean() < 0.95  # the test data has real regions
+        np.testing.assert_array_equal(out.fused[..., channel][~region],
+                                      out.warped_b[..., channel][~region])
+        assert not np.array_equal(out.fused[..., channel][region],
+                                  out.warped_b[..., channel][region])
+
+
+def test_deterministic_mode_is_bit_reproducible(setup):
+    for name, first, second in zip(sampling.SampleOutput._fields, setup["first"], setup["second"]):
+        np.testing.assert_array_equal(first, second, err_msg=name)
+    # the key does matter: it draws the initial states
+    assert np.abs(setup["first"].fused - setup["other_key"].fused).max() > 1e-3
+
+
+def test_respaced_schedule_with_every_step_equals_full_schedule(setup):
+    full, respaced = setup["with_full"], setup["with_respaced"]
+    np.testing.assert_array_equal(full.region, respaced.region)
+    # respace recomputes the tables in float64: they agree with the full ones to 1 ulp
+    np.testing.assert_allclose(full.fused, respaced.fused, atol=1e-4)
+    # the 12 steps strided out of 50 are another schedule, with another result
+    assert np.abs(full.fused - setup["first"].fused).max() > 1e-3
+
+
+def test_fuse_pairs_pads_the_last_batch_and_keeps_each_pairs_result(setup):
+    # 5 pairs in batches of 4: the second batch is padded; pairs 0..3 are the setup's pairs
+    a = np.concatenate([setup["a"], setup["a"][1:2]])
+    b = np.concatenate([setup["b"], setup["b"][1:2]])
+    batches = list(sampling.fuse_pairs(setup["sample"], setup["params"], setup["schedule"], a, b,
+                                       jax.random.PRNGKey(7), batch_size=3, num_devices=4))
+    assert [start for start, _ in batches] == [0, 4]
+    assert [len(out.fused) for _, out in batches] == [4, 1]
+    np.testing.assert_array_equal(batches[0][1].fused, setup["first"].fused)
+    # pair 4 repeats pair 1 but draws its own noise (fold_in(key, 4))
+    assert np.abs(batches[1][1].fused[0] - setup["first"].fused[1]).max() > 1e-3
+    np.testing.assert_array_equal(batches[1][1].warped_b[0], setup["first"].warped_b[1])
+
+
+def test_a_pairs_result_does_not_depend_on_its_batch(setup):
+    order = np.array([2, 0, 3, 1])
+    out = setup["sample"](setup["params"], setup["schedule"], setup["a"][order],
+                          setup["b"][order], jax.random.PRNGKey(7), order.astype(np.int32))
+    np.testing.assert_allclose(np.asarray(out.fused), setup["first"].fused[order], atol=1e-6)
