@@ -13,6 +13,7 @@ import os
 
 import ml_collections
 
+from difffccf_jax import files
 from difffccf_jax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
@@ -38,10 +39,7 @@ def load_json_config(path):
 
 def save_json_config(config, path):
     """Writes the resolved config as JSON, atomically (temporary name, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as file:
-        file.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    files.write_text(path, config.to_json(indent=2, sort_keys=True))
 
 
 def load_python_file(path):

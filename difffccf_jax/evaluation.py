@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from difffccf_jax import baselines, metrics
+from difffccf_jax import baselines, files, metrics
 from difffccf_jax.data import images, layouts
 from difffccf_jax.errors import UserError
 
@@ -163,26 +163,6 @@ def json_report(summaries, per_pair, info):
     return json.dumps(report, indent=2, allow_nan=False) + "\n"
 
 
-def write_text_files(items):
-    """Writes [(path, text)]: each to a temporary name first, renamed only once all are
-    written, so a failure leaves no half-written file under a real name."""
-    temporaries = []
-    try:
-        for path, text in items:
-            temporary = os.path.join(os.path.dirname(path),
-                                     f".{os.path.basename(path)}.tmp-{os.getpid()}")
-            temporaries.append(temporary)
-            with open(temporary, "w", encoding="utf-8", newline="") as file:
-                file.write(text)
-    except BaseException:
-        for temporary in temporaries:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-        raise
-    for (path, _), temporary in zip(items, temporaries):
-        os.replace(temporary, path)
-
-
 def write_tables(out, scores, info):
     """Summarises `scores` ({method: {pair: {metric: value}}}) and writes evaluation.md, .csv
     and .json into `out`; returns (markdown text, [paths])."""
@@ -193,6 +173,6 @@ def write_tables(out, scores, info):
     markdown = markdown_table(summaries, caption)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"{TABLE_NAME}.{ext}") for ext in ("md", "csv", "json")]
-    write_text_files(list(zip(paths, [markdown, csv_table(summaries),
+    files.write_files(list(zip(paths, [markdown, csv_table(summaries),
                                       json_report(summaries, scores, info)])))
     return markdown, paths

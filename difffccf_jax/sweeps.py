@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 
+from difffccf_jax import files
 from difffccf_jax.config_cli import (apply_override, load_config_file, load_python_file,
                                      save_json_config)
 from difffccf_jax.errors import UserError
@@ -94,14 +95,7 @@ def write_runs(runs, workdir):
         os.makedirs(run_dir, exist_ok=True)
         save_json_config(run.config, os.path.join(run_dir, "config.json"))
     index = [{"name": run.name, "overrides": run.overrides} for run in runs]
-    _write_text(os.path.join(workdir, "sweep.json"), json.dumps(index, indent=2, default=str))
-
-
-def _write_text(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(tmp, path)
+    files.write_text(os.path.join(workdir, "sweep.json"), json.dumps(index, indent=2, default=str))
 
 
 def is_done(run_dir):
@@ -119,8 +113,8 @@ def run_local(runs, workdir, run_fn, log=print):
             continue
         log(f"[sweep] {run.name}: running")
         metrics = run_fn(run.config, run_dir)
-        _write_text(os.path.join(run_dir, RESULT_FILE), json.dumps(metrics, indent=2))
-        _write_text(os.path.join(run_dir, DONE_FILE), "")
+        files.write_text(os.path.join(run_dir, RESULT_FILE), json.dumps(metrics, indent=2))
+        files.write_text(os.path.join(run_dir, DONE_FILE), "")
 
 
 def slurm_script(runs, workdir, nodes=1, gpus_per_node=1, cpus_per_task=8, time="24:00:00",
@@ -212,6 +206,6 @@ def report_csv(rows):
 def write_report(rows, workdir):
     """Writes report.md and report.csv into the sweep's workdir; returns the Markdown."""
     markdown = report_markdown(rows)
-    _write_text(os.path.join(workdir, "report.md"), markdown)
-    _write_text(os.path.join(workdir, "report.csv"), report_csv(rows))
+    files.write_text(os.path.join(workdir, "report.md"), markdown)
+    files.write_text(os.path.join(workdir, "report.csv"), report_csv(rows))
     return markdown

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from difffccf_jax import baselines, cli, evaluation, metrics
+from difffccf_jax import baselines, cli, evaluation, files, metrics
 from difffccf_jax.data import generator, images, layouts
 
 TARGET_SECONDS = 60.0
@@ -52,7 +52,7 @@ def make_data(folder, num, size):
     for pair in pairs:
         a, b = layouts.read_pair_uint8(pair, layout, size)
         fused = baselines.maximum_fusion(a, b)
-        images.write_files([(os.path.join(folder, "fused", pair.name), fused)])
+        files.write_files([(os.path.join(folder, "fused", pair.name), fused)])
         triples.append((fused, a, b))
     return pairs, triples
 

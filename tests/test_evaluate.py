@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difffccf_jax import baselines, cli, color, evaluation, metrics
+from difffccf_jax import baselines, cli, color, evaluation, files, metrics
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts
 
@@ -80,7 +80,7 @@ def generated(tmp_path_factory, paper_config_path):
         stem = os.path.splitext(pair.name)[0]
         flat = (np.full_like(b, 90) if pair.name == pairs[0].name
                 else baselines.average_fusion(a, b))
-        images.write_files([(str(folders["max"] / f"{stem}.png"), baselines.maximum_fusion(a, b)),
+        files.write_files([(str(folders["max"] / f"{stem}.png"), baselines.maximum_fusion(a, b)),
                             (str(folders["flat"] / f"{stem}.png"), flat)])
     return root, pairs, folders
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from difffccf_jax import cli
+from difffccf_jax import cli, files
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import cells, fields, generator, images, layouts, misalign, phantom
 from difffccf_jax.errors import UserError
@@ -249,9 +249,9 @@ def test_written_set_has_published_layout_and_true_fields(tmp_path, paper_layout
 def test_write_files_leaves_nothing_when_a_file_fails(tmp_path):
     good, bad = str(tmp_path / "1.png"), str(tmp_path / "missing" / "1.png")
     with pytest.raises(FileNotFoundError):
-        images.write_files([(good, np.zeros((4, 4), np.uint8)), (bad, np.zeros((4, 4), np.uint8))])
+        files.write_files([(good, np.zeros((4, 4), np.uint8)), (bad, np.zeros((4, 4), np.uint8))])
     assert os.listdir(tmp_path) == []  # neither the real name nor a temporary
-    images.write_files([(good, np.full((4, 4), 7, np.uint8))])
+    files.write_files([(good, np.full((4, 4), 7, np.uint8))])
     assert os.listdir(tmp_path) == ["1.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(good)), 7)
 

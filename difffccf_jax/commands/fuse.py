@@ -198,8 +198,8 @@ def run(args):
     import jax
     import tqdm
 
-    from difffccf_jax import checkpoints, parallel, sampling
-    from difffccf_jax.data import images, layouts
+    from difffccf_jax import checkpoints, files, parallel, sampling
+    from difffccf_jax.data import layouts
 
     config, params = checkpoints.load_for_inference(args.checkpoint)
     settings = sampling_settings(config, args)
@@ -224,7 +224,7 @@ def run(args):
                 paths = planned[start + offset]
                 for path in paths.values():
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                images.write_files(pair_files(paths, out, offset))
+                files.write_files(pair_files(paths, out, offset))
             progress.update(len(out.rgb))
     print(f"fused {len(pairs.names)} {task} pairs into {args.out} ({schedule.betas.shape[0]} "
           f"steps{', registered' if sampling.registers(config) else ''}"

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from difffccf_jax import color
+from difffccf_jax import color, files
 from difffccf_jax.data import cells, images, misalign, phantom
 from difffccf_jax.data.layouts import DISPLACEMENT_FOLDER
 from difffccf_jax.errors import UserError
@@ -142,9 +142,9 @@ def write_task(out, layout, num, size, seed, misalign_b=False):
     for index in range(num):
         pair = make_pair(layout.task, size, seed, index, misalign_b)
         name = f"{index + 1}.png"
-        files = [(os.path.join(b_folder, name), pair.b)]
+        outputs = [(os.path.join(b_folder, name), pair.b)]
         if pair.displacement is not None:
-            files.append((os.path.join(field_folder, f"{index + 1}.npy"), pair.displacement))
-        files.append((os.path.join(a_folder, name), pair.a))
-        images.write_files(files)
+            outputs.append((os.path.join(field_folder, f"{index + 1}.npy"), pair.displacement))
+        outputs.append((os.path.join(a_folder, name), pair.a))
+        files.write_files(outputs)
     return folder

@@ -1,11 +1,9 @@
 """Reading and writing image files: 8-bit arrays in, atomically written files out.
 
 `read_image` returns uint8 [H, W] (grey) or [H, W, 3] (RGB) whatever the file's pixel format,
-or raises UserError naming the file. Writers put each file under a hidden temporary name in the
-destination folder and rename it into place, so no half-written file ever carries a real name.
+or raises UserError naming the file. Writing goes through `difffccf_jax.files.write_files`.
 """
 
-import contextlib
 import os
 
 import numpy as np
@@ -64,37 +62,3 @@ def resize(image, size):
     if image.shape[:2] == (size, size):
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def _temporary_name(path):
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
-
-
-def _write_png(path, array):
-    Image.fromarray(array).save(path, format="PNG", compress_level=1)
-
-
-def _write_npy(path, array):
-    with open(path, "wb") as file:
-        np.save(file, array)
-
-
-def write_files(items):
-    """Writes [(path, array)] (.png: uint8 image, .npy: any array) all-or-nothing: every file
-    goes to a temporary name first; only when all are written are they renamed, in the given
-    order. On an error the temporaries are removed and the error re-raised."""
-    writers = {".png": _write_png, ".npy": _write_npy}
-    temporaries = []
-    try:
-        for path, array in items:
-            temporary = _temporary_name(path)
-            temporaries.append(temporary)
-            writers[os.path.splitext(path)[1].lower()](temporary, array)
-    except BaseException:
-        for temporary in temporaries:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
-        raise
-    for (path, _), temporary in zip(items, temporaries):
-        os.replace(temporary, path)
