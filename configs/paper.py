@@ -8,9 +8,11 @@ import ml_collections
 TASKS = ("pet", "spect", "ct", "gfp", "adni")
 
 
-def _layout(folder, a, b, b_is_color, jet):
+def _layout(folder, a, b, b_is_color, jet, alternates=()):
+    """One task's folder, its A and B sub-folders, whether B files are colour, whether grey B
+    images are JET-mapped, and other accepted "A:B" sub-folder spellings."""
     return ml_collections.ConfigDict(
-        dict(folder=folder, a=a, b=b, b_is_color=b_is_color, jet=jet))
+        dict(folder=folder, a=a, b=b, b_is_color=b_is_color, jet=jet, alternates=alternates))
 
 
 def _rule(kind, threshold, above):
@@ -56,11 +58,13 @@ def get_config(arg=None):
         image_size=256,
         batch_size=4,  # global batch
         shuffle_seed=0,
+        tfds_dir="",  # "" reads the image folders into memory; else a tfds array_record cache
         layouts=dict(
             pet=_layout("HARVARD-PET-MRI", "MRI", "PET", True, False),
             spect=_layout("HARVARD-SPECT-MRI", "MRI", "SPECT", True, False),
             ct=_layout("HARVARD-CT-MRI", "CT", "MRI", False, True),
-            gfp=_layout("GFP", "t", "g", True, False),
+            # The reference loader reads t/g, its README shows g/f (phase contrast/GFP).
+            gfp=_layout("GFP", "t", "g", True, False, alternates=("g:f",)),
             adni=_layout("ADNI", "MRI", "PET", False, True),
         ),
     ))
@@ -78,9 +82,13 @@ def get_config(arg=None):
         graph_heads=4,
         graph_ffn_width=256,
         cheb_order=3,
-        laplacian="scaled",  # 'scaled' (2L/lambda_max - I) or 'unnormalized' (the reference)
+        # 'scaled' (2 L / lambda_max - I, lambda_max the grid's exact largest eigenvalue) or
+        # 'unnormalized' (L = D - A, the reference)
+        laplacian="scaled",
         max_displacement=4.0,  # pixels, the deformation head's tanh bound
-        compat=False,  # True reproduces the published model exactly (SPEC section 3 quirks)
+        # True reproduces the published model exactly (SPEC section 3 quirks; needs a 32 x 32 x 512
+        # bottleneck) and implies laplacian 'unnormalized', norm_eps 1e-5, deformation = [m1, m2]
+        compat=False,
         dtype="float32",  # compute dtype; parameters stay float32
     ))
 
@@ -116,7 +124,10 @@ def get_config(arg=None):
         entropy_stable=1e-4,
         explore_fraction=0.3,  # share of training in the exploration phase
         trust_bound=0.1,  # initial max change of a log-weight per step
-        trend_window=100,
+        trust_bound_min=1e-3,  # the bound adapts (x1.1 / x0.9) within these limits
+        trust_bound_max=1.0,
+        trend_window=100,  # rewards whose trend adapts the trust bound
+        loss_trend_window=10,  # recent total losses whose mean slope enters the reward
     ))
 
     config.optim = ml_collections.ConfigDict(dict(
@@ -135,6 +146,9 @@ def get_config(arg=None):
         keep_checkpoints=3,
         log_every_steps=50,
         distributed=False,  # call jax.distributed.initialize() (also when SLURM asks for it)
+        init_params="",  # a checkpoint directory whose parameters start training (convert-torch)
+        fast_compile=False,  # XLA backend optimisation level 0: ~3x faster compiles on CPU
+        max_minutes=0.0,  # > 0: stop (with a checkpoint) at the first epoch end past this time
     ))
 
     config.sampling = ml_collections.ConfigDict(dict(
@@ -142,5 +156,10 @@ def get_config(arg=None):
         add_noise=False,  # the paper preset is deterministic
         register=True,  # warp B by the predicted deformation field before fusing
         batch_size=4,
+        seed=0,  # the key of the initial (and, with add_noise, per-step) noise
+        # Chroma channels ("task.channel") whose post-step is x <- offset - x inside the region
+        # instead of re-standardising to B_c's statistics (SPEC 6: PET Cr, offset 0.8).
+        reflect_channels=("pet.cr",),
+        reflect_offset=0.8,
     ))
     return config

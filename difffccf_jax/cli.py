@@ -12,7 +12,16 @@ from difffccf_jax.config_cli import split_overrides
 from difffccf_jax.errors import UserError
 
 COMMAND_MODULES = (
+    "difffccf_jax.commands.demo",
+    "difffccf_jax.commands.sweep",
     "difffccf_jax.commands.show_config",
+    "difffccf_jax.commands.model_summary",
+    "difffccf_jax.commands.make_data",
+    "difffccf_jax.commands.evaluate",
+    "difffccf_jax.commands.convert_torch",
+    "difffccf_jax.commands.train",
+    "difffccf_jax.commands.fuse",
+    "difffccf_jax.commands.benchmark",
 )
 
 

@@ -85,3 +85,55 @@ def test_report_sorts_and_skips_unfinished(tmp_path, repo_root):
         assert file.read().splitlines()[1].startswith(runs[1].name + ",")
     with pytest.raises(UserError, match="no run has the metric 'SSIM'; available: MI"):
         sweeps.sort_rows(rows, "SSIM")
+
+
+def test_local_sweep_skips_finished_runs(tmp_path, repo_root):
+    runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "sampling_steps.py"))
+    workdir = str(tmp_path)
+    sweeps.write_runs(runs, workdir)
+    calls = []
+
+    def interrupted_after_two(config, run_dir):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(os.path.basename(run_dir))
+        return {"MI": float(config.sampling.steps)}
+
+    with pytest.raises(KeyboardInterrupt):
+        sweeps.run_local(runs, workdir, interrupted_after_two, log=lambda _: None)
+    assert calls == [runs[0].name, runs[1].name]
+    assert [sweeps.is_done(os.path.join(workdir, r.name)) for r in runs] == [
+        True, True, False, False]
+    calls.clear()
+    sweeps.run_local(runs, workdir, lambda c, d: calls.append(os.path.basename(d)) or {},
+                     log=lambda _: None)
+    assert calls == [runs[2].name, runs[3].name]
+
+
+def test_two_run_local_sweep_on_tiny(tmp_path, repo_root, tiny_config_path):
+    from difffccf_jax import cli
+
+    data = str(tmp_path / "data")
+    assert cli.main(["make-data", "--task", "pet", "--num", "4", "--size", "32", "--seed", "0",
+                     "--out", data]) == 0
+    sweep_file = tmp_path / "two.py"
+    sweep_file.write_text(
+        "from difffccf_jax.config_cli import load_config_file\n"
+        "from difffccf_jax.sweeps import zipped\n"
+        f"def get_config(arg=None):\n    return load_config_file({tiny_config_path!r})\n"
+        "def get_sweep(arg=None):\n    return zipped(('seed', [0, 1]))\n")
+    workdir = str(tmp_path / "sweep")
+    overrides = ["--config.data.root", data, "--config.train.epochs=1",
+                 "--config.train.steps_per_epoch=2", "--config.train.fast_compile=True",
+                 "--config.sampling.steps=3"]
+    assert cli.main(["sweep", "--sweep", str(sweep_file), "--workdir", workdir,
+                     "--launcher", "local"] + overrides) == 0
+    assert cli.main(["sweep-report", "--workdir", workdir, "--sort-by", "EN"]) == 0
+    with open(os.path.join(workdir, "report.csv"), encoding="utf-8") as file:
+        lines = file.read().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("run,seed,loss,EN")
+    assert {line.split(",")[1] for line in lines[1:]} == {"0", "1"}
+    for line in lines[1:]:
+        run_dir = os.path.join(workdir, line.split(",")[0])
+        assert len([n for n in os.listdir(os.path.join(run_dir, "fused"))
+                    if n.endswith(".png")]) == 4

@@ -1,0 +1,491 @@
+"""The cases of `difffccf benchmark`, each measured in a fresh process so that its peak memory
+is its own:
+
+    python -m difffccf_jax.benchmark_cases '{"kind": "forward", "framework": "jax", ...}'
+
+prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": ...}. Kinds:
+- matmul: a float32 n x n matrix product (the machine's reference rate);
+- forward: the U-Net forward in evaluation mode, JAX or the PyTorch port;
+- train: one optimisation step of a stand-in objective, the same on both sides (the L1 of every
+  output head against a target: the noise for the noise head, 0 for the masks and the
+  deformation; AdamW with config.optim's learning rate and weight decay), JAX or the port;
+- train_full: the real JAX training step of train.py (all losses, adaptive weighting);
+- sampling: the whole jitted sampler of sampling.py, run whole, or estimated from its per-step
+  time (runs of 2 and 4 steps) when a whole run takes too long;
+- graph: the bottleneck graph on a pixel grid, stencil operators (graph.py) against dense
+  N x N matrices (built only here): the operators alone, or the whole Graformer layer.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from difffccf_jax import benchmarking
+from difffccf_jax.benchmarking import Row, Timing
+
+RESULT_PREFIX = "RESULT "
+FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch port"}
+ESTIMATE_STEPS = (2, 4)  # sampler lengths whose times give the per-step estimate
+
+
+class Case(NamedTuple):
+    """What one worker process measures (JSON-serialisable)."""
+    kind: str  # matmul, forward, train, train_full, sampling or graph
+    framework: str = "jax"  # 'jax' or 'torch'
+    config: str = ""  # config file path
+    label: str = ""  # the configuration's name in the table
+    batch: int = 1
+    compat: bool = False  # JAX model in compatibility (published) mode
+    steps: int = 0  # sampling: reverse steps
+    diffusion_steps: int = 0  # sampling: overrides config.diffusion.steps when > 0
+    estimate: bool = False  # sampling: per-step estimate instead of a whole run
+    size: int = 0  # graph: grid side; matmul: matrix side
+    variant: str = ""  # graph: 'stencil' or 'dense'
+    part: str = ""  # graph: 'operators' or 'layer'
+    max_repeats: int = 5
+    budget_s: float = 60.0  # wall-clock budget of the steady repeats
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def load_case_config(case):
+    """The case's config with model.compat set (and the diffusion steps overridden)."""
+    from difffccf_jax.config_cli import load_config
+
+    config = load_config(case.config)
+    config.model.compat = bool(case.compat)
+    if case.diffusion_steps:
+        config.diffusion.steps = int(case.diffusion_steps)
+    return config
+
+
+def example_inputs(batch, size, in_channels, diffusion_steps, seed=0):
+    """Random network inputs (NumPy): x [B, H, W, C] in [-1, 1], t [B] int32 in
+    [0, diffusion_steps), and a noise target [B, H, W, 1]."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, (batch, size, size, in_channels)).astype(np.float32)
+    t = rng.integers(0, diffusion_steps, batch).astype(np.int32)
+    noise = rng.standard_normal((batch, size, size, 1)).astype(np.float32)
+    return x, t, noise
+
+
+def make_row(case, case_name, timing, **fields):
+    return Row(case=case_name, config=case.label, batch=case.batch,
+               framework=FRAMEWORK_NAMES[case.framework], timing=timing, **fields)
+
+
+def jax_row(case, case_name, timing, compiled, note=""):
+    """A row with XLA's FLOP count and buffer size of `compiled`."""
+    return make_row(case, case_name, timing, flops=benchmarking.xla_flops(compiled),
+                    buffers_mib=benchmarking.xla_buffer_bytes(compiled) / benchmarking.MIB,
+                    note=note)
+
+
+def torch_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_inputs(x, t, noise, device):
+    """NHWC NumPy inputs as NCHW torch tensors on `device` (t as int64)."""
+    import torch
+
+    def nchw(array):
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2))).to(device)
+
+    return nchw(x), torch.from_numpy(t.astype(np.int64)).to(device), nchw(noise)
+
+
+def standin_loss(out, noise, mean_abs):
+    """The stand-in objective of the training-step comparison: L1 of the noise head against
+    the noise plus L1 of the masks and the deformation field against 0, so that every head and
+    both decoders are trained. mean_abs: the framework's mean absolute value."""
+    return (mean_abs(out.noise - noise) + mean_abs(out.m1) + mean_abs(out.m2)
+            + mean_abs(out.deformation))
+
+
+# ---- cases ---------------------------------------------------------------------------------------
+
+def matmul_jax(case):
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(0))
+    a, b = (jax.random.normal(k, (case.size, case.size), jnp.float32) for k in keys)
+    timing, compiled = benchmarking.time_jax(jax.jit(jnp.matmul), (a, b), case.max_repeats,
+                                             case.budget_s)
+    return [jax_row(case, "float32 matmul", timing, compiled)]
+
+
+def matmul_torch(case):
+    import torch
+
+    device = torch_device()
+    a, b = (torch.randn(case.size, case.size, device=device) for _ in range(2))
+
+    def call():
+        torch.mm(a, b)
+        torch_sync(device)
+
+    timing = benchmarking.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    return [make_row(case, "float32 matmul", timing, flops=2.0 * case.size ** 3)]
+
+
+def forward_jax(case):
+    import jax
+    import jax.numpy as jnp
+
+    from difffccf_jax import unet
+
+    config = load_case_config(case)
+    size = config.data.image_size
+    model = unet.model_from_config(config.model)
+    params = unet.init_params(model, jax.random.key(0), size)
+    x, t, _ = example_inputs(case.batch, size, model.in_channels, config.diffusion.steps)
+    apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False))
+    timing, compiled = benchmarking.time_jax(apply, (params, jnp.asarray(x), jnp.asarray(t)),
+                                             case.max_repeats, case.budget_s)
+    return [jax_row(case, "U-Net forward", timing, compiled)]
+
+
+def forward_torch(case):
+    import torch
+
+    from difffccf_jax import torch_port
+
+    config = load_case_config(case)
+    size = config.data.image_size
+    device = torch_device()
+    model = torch_port.model_from_config(config.model, size).to(device).eval()
+    x, t, _ = torch_inputs(*example_inputs(case.batch, size, config.model.in_channels,
+                                           config.diffusion.steps), device)
+
+    def call():
+        with torch.inference_mode():
+            model(x, t)
+        torch_sync(device)
+
+    timing = benchmarking.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    return [make_row(case, "U-Net forward", timing)]
+
+
+def train_jax(case):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from difffccf_jax import unet
+
+    config = load_case_config(case)
+    size = config.data.image_size
+    model = unet.model_from_config(config.model)
+    params = unet.init_params(model, jax.random.key(0), size)
+    tx = optax.adamw(config.optim.learning_rate, weight_decay=config.optim.weight_decay)
+    x, t, noise = (jnp.asarray(v) for v in example_inputs(
+        case.batch, size, model.in_channels, config.diffusion.steps))
+    dropout_key = jax.random.key(1)
+
+    def step(params, opt_state, x, t, noise, key):
+        def loss_fn(p):
+            out = model.apply({"params": p}, x, t, train=True, rngs={"dropout": key})
+            return standin_loss(out, noise, lambda v: jnp.mean(jnp.abs(v)))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    state = [params, tx.init(params)]
+    compiled, compile_s = benchmarking.compile_jax(jitted, *state, x, t, noise, dropout_key)
+
+    def call():
+        state[:] = jax.block_until_ready(compiled(*state, x, t, noise, dropout_key))[:2]
+
+    timing = benchmarking.time_calls(call, case.max_repeats, compile_s, case.budget_s)
+    return [jax_row(case, "train step (stand-in L1, AdamW)", timing, compiled)]
+
+
+def train_torch(case):
+    import torch
+
+    from difffccf_jax import torch_port
+
+    config = load_case_config(case)
+    size = config.data.image_size
+    device = torch_device()
+    model = torch_port.model_from_config(config.model, size).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.learning_rate,
+                                  weight_decay=config.optim.weight_decay)
+    x, t, noise = torch_inputs(*example_inputs(case.batch, size, config.model.in_channels,
+                                               config.diffusion.steps), device)
+
+    def call():
+        optimizer.zero_grad(set_to_none=True)
+        loss = standin_loss(model(x, t), noise, lambda v: v.abs().mean())
+        loss.backward()
+        optimizer.step()
+        torch_sync(device)
+
+    timing = benchmarking.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    return [make_row(case, "train step (stand-in L1, AdamW)", timing)]
+
+
+def train_full_jax(case):
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    from difffccf_jax import parallel, train
+    from difffccf_jax.data import generator, layouts
+
+    config = load_case_config(case)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    with tempfile.TemporaryDirectory() as root:
+        # One task's generated pairs feed the data pipeline that training builds.
+        config.data.root, config.data.multi_task = root, False
+        config.data.batch_size = case.batch
+        generator.write_task(root, layouts.layout_from_config(config.data, config.data.task),
+                             case.batch, config.data.image_size, seed=0)
+        run = train.setup_run(config, mesh)
+        batch = next(run.batches[config.data.task])
+    state = [train.new_state(run, config, mesh)]
+    step = train.make_train_step(mesh, parallel.replicated(mesh), **run.step_options)
+    args = (run.rules[config.data.task],
+            jax.device_put(jnp.float32(config.optim.learning_rate), parallel.replicated(mesh)))
+    compiled, compile_s = benchmarking.compile_jax(step, state[0], batch, *args)
+
+    def call():
+        state[0] = jax.block_until_ready(compiled(state[0], batch, *args))[0]
+
+    timing = benchmarking.time_calls(call, case.max_repeats, compile_s, case.budget_s)
+    return [jax_row(case, "train step (train.py, all losses)", timing, compiled,
+                    note=f"network batch 3 x {case.batch} (Y, Cr, Cb)")]
+
+
+def sampling_jax(case):
+    import jax
+
+    from difffccf_jax import parallel, sampling, unet
+
+    config = load_case_config(case)
+    size = config.data.image_size
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = unet.model_from_config(config.model)
+    params = unet.init_params(model, jax.random.key(0), size)
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (case.batch, size, size, 1)).astype(np.float32)
+    b = rng.uniform(-1, 1, (case.batch, size, size, 3)).astype(np.float32)
+    pair_ids = np.arange(case.batch, dtype=np.int32)
+
+    def measure(steps):
+        config.sampling.steps = steps
+        sample, schedule = sampling.sampler_from_config(config, config.data.task, mesh)
+        args = (params, schedule, a, b, jax.random.key(0), pair_ids)
+        return benchmarking.time_jax(sample, args, case.max_repeats, case.budget_s)
+
+    def name(steps):
+        full = steps == config.diffusion.steps
+        return f"sampler, {steps} steps ({'full' if full else 'respaced'})"
+
+    if not case.estimate:
+        timing, compiled = measure(case.steps)
+        note = f"{case.batch / timing.steady_s:.3g} pairs/s; network batch 3 x {case.batch}"
+        return [make_row(case, name(case.steps), timing,
+                         buffers_mib=benchmarking.xla_buffer_bytes(compiled) / benchmarking.MIB,
+                         note=note)]
+    (short, _), (long, compiled) = (measure(n) for n in ESTIMATE_STEPS)
+    spread = ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]
+    per_step = (long.steady_s - short.steady_s) / spread
+    per_step_cpu = (long.cpu_s - short.cpu_s) / spread
+    fixed = short.steady_s - ESTIMATE_STEPS[0] * per_step
+    fixed_cpu = short.cpu_s - ESTIMATE_STEPS[0] * per_step_cpu
+    rows = []
+    for steps in (case.steps, config.diffusion.steps):
+        estimated = Timing(long.compile_s, 0.0, fixed + steps * per_step,
+                           fixed_cpu + steps * per_step_cpu, long.repeats)
+        note = (f"estimated: {fixed:.3g} s + {steps} x {per_step:.3g} s/step (from "
+                f"{ESTIMATE_STEPS[0]}- and {ESTIMATE_STEPS[1]}-step runs); "
+                f"{case.batch / estimated.steady_s:.3g} pairs/s")
+        rows.append(make_row(case, name(steps), estimated, note=note,
+                             buffers_mib=benchmarking.xla_buffer_bytes(compiled)
+                             / benchmarking.MIB))
+    return rows
+
+
+def dense_graph_matrices(height, width, laplacian_kind):
+    """The dense [N, N] float32 normalised adjacency D~^-1/2 (A + I) D~^-1/2 and Laplacian
+    (L = D - A, or 2 L / lambda_max - I when 'scaled') of the 4-neighbour pixel grid."""
+    from difffccf_jax import graph
+
+    n = height * width
+    index = np.arange(n).reshape(height, width)
+    adjacency = np.zeros((n, n))
+    for first, second in ((index[:, :-1], index[:, 1:]), (index[:-1], index[1:])):
+        adjacency[first.ravel(), second.ravel()] = 1.0
+        adjacency[second.ravel(), first.ravel()] = 1.0
+    degree = adjacency.sum(axis=1)
+    scale = 1.0 / np.sqrt(degree + 1.0)
+    normalised = scale[:, None] * (adjacency + np.eye(n)) * scale[None, :]
+    laplacian = np.diag(degree) - adjacency
+    if laplacian_kind == "scaled":
+        laplacian = 2.0 * laplacian / graph.laplacian_max_eigenvalue(height, width) - np.eye(n)
+    return normalised.astype(np.float32), laplacian.astype(np.float32)
+
+
+def dense_graph(adjacency, laplacian):
+    """A graph.GridGraph whose operators multiply node features [B, H, W, C] by dense
+    [N, N] matrices."""
+    import jax.numpy as jnp
+
+    from difffccf_jax import graph
+
+    def apply(matrix):
+        def operator(z):
+            b, h, w, c = z.shape
+            return jnp.einsum("nm,bmc->bnc", matrix, z.reshape(b, h * w, c)).reshape(z.shape)
+        return operator
+
+    return graph.GridGraph(apply(adjacency), apply(laplacian))
+
+
+def graph_jax(case):
+    import jax
+    import jax.numpy as jnp
+
+    from difffccf_jax import graph
+
+    m = load_case_config(case).model
+    channels = m.model_channels * m.channel_mult[-1]
+    z = jax.random.normal(jax.random.key(0), (case.batch, case.size, case.size, channels))
+    dense = case.variant == "dense"
+    matrices = (tuple(jnp.asarray(a) for a in dense_graph_matrices(case.size, case.size,
+                                                                   m.laplacian))
+                if dense else ())
+
+    def grid_graph(matrices):
+        return dense_graph(*matrices) if dense else graph.stencil_graph(m.laplacian)
+
+    def layer(matrices):
+        return graph.GraformerLayer(m.graph_heads, m.graph_ffn_width, m.cheb_order,
+                                    grid_graph(matrices), m.norm_eps)
+
+    if case.part == "operators":
+        def run(z, *matrices):
+            g = grid_graph(matrices)
+            return g.adjacency(z), graph.chebyshev_basis(z, g.laplacian, m.cheb_order)
+        args = (z, *matrices)
+        name = f"graph operators (A z, T_0..T_{m.cheb_order - 1}(L) z), {case.variant}"
+    else:
+        params = jax.jit(lambda k: layer(matrices).init(k, z))(jax.random.key(1))
+
+        def run(params, z, *matrices):
+            return layer(matrices).apply(params, z)
+        args = (params, z, *matrices)
+        name = f"Graformer layer, {case.variant}"
+    timing, compiled = benchmarking.time_jax(jax.jit(run), args, case.max_repeats, case.budget_s)
+    row = jax_row(case, name, timing, compiled,
+                  note=f"{case.size} x {case.size} x {channels} grid, N = {case.size ** 2}")
+    return [row._replace(config=f"{case.label} {case.size}x{case.size}")]
+
+
+CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
+         ("forward", "jax"): forward_jax, ("forward", "torch"): forward_torch,
+         ("train", "jax"): train_jax, ("train", "torch"): train_torch,
+         ("train_full", "jax"): train_full_jax, ("sampling", "jax"): sampling_jax,
+         ("graph", "jax"): graph_jax}
+
+
+# ---- the worker process and its caller -----------------------------------------------------------
+
+def row_to_dict(row):
+    return dict(row._asdict(), timing=row.timing._asdict() if row.timing else None)
+
+
+def row_from_dict(data):
+    timing = data.get("timing")
+    return Row(**dict(data, timing=Timing(**timing) if timing else None))
+
+
+def import_framework(framework):
+    """Imports the framework before the memory baseline, so that its own footprint (and the
+    threads it starts) are not counted as the case's memory."""
+    if framework == "torch":
+        import torch  # noqa: F401
+    else:
+        import jax
+
+        import flax.linen  # noqa: F401
+        import optax  # noqa: F401
+
+        jax.config.update("jax_enable_compilation_cache", False)  # compile times are real
+
+
+def accelerator_name(framework):
+    """The GPU the case ran on, or None on CPU."""
+    if framework == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    import jax
+
+    device = jax.devices()[0]
+    return None if device.platform == "cpu" else f"{device.device_kind} ({device.platform})"
+
+
+def run_here(case):
+    """Measures `case` in this process; returns the worker's result dict."""
+    import_framework(case.framework)
+    baseline = benchmarking.peak_rss_mib()
+    rows = CASES[(case.kind, case.framework)](case)
+    rss = benchmarking.peak_rss_mib() - baseline
+    return {"rows": [row_to_dict(r._replace(rss_mib=rss)) for r in rows],
+            "accelerator": accelerator_name(case.framework)}
+
+
+def run_in_subprocess(case, timeout_s=None):
+    """Measures `case` in a fresh Python process; returns (rows, accelerator name). A failed
+    or timed-out case gives one row without timing whose note says why."""
+    command = [sys.executable, "-m", "difffccf_jax.benchmark_cases", json.dumps(case._asdict())]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
+                              env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        return [failed_row(case, f"timed out after {timeout_s:.0f} s")], None
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+            return [row_from_dict(r) for r in result["rows"]], result["accelerator"]
+    lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+    return [failed_row(case, "failed: " + lines[-1][:200])], None
+
+
+def failed_row(case, note):
+    names = {"matmul": "float32 matmul", "forward": "U-Net forward",
+             "train": "train step (stand-in L1, AdamW)",
+             "train_full": "train step (train.py, all losses)",
+             "sampling": f"sampler, {case.steps} steps", "graph": f"graph {case.part}, "
+             f"{case.variant} {case.size}x{case.size}"}
+    return make_row(case, names[case.kind], None, note=note)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    case = Case(**json.loads(argv[0]))
+    print(RESULT_PREFIX + json.dumps(run_here(case)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""The benchmark suite of `difffccf benchmark`: which cases run for the chosen configurations,
+batch sizes and parts, the target ratios computed from their rows, and the whole run.
+"""
+
+import os
+import sys
+from typing import NamedTuple
+
+from difffccf_jax import benchmarking
+from difffccf_jax.benchmark_cases import Case, run_in_subprocess
+from difffccf_jax.errors import UserError
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+PUBLISHED_BOTTLENECK = (32, 512)  # side and width the compatibility mode requires
+FULL_SAMPLING_STEPS = 2000  # the paper's diffusion steps, the full sampler
+FORWARD_TARGET = 0.7  # JAX time / PyTorch port time, paper configuration, batch 1
+TRAIN_TARGET = 0.7
+GRAPH_SPEED_TARGET = 10.0  # dense time / stencil time
+SAMPLING_TARGET = 15.0  # respaced throughput / full throughput
+TARGET_CONFIG, TARGET_BATCH = "paper", 1
+
+
+class Options(NamedTuple):
+    """What to run (see the command's --help)."""
+    configs: tuple  # config file paths
+    batch_sizes: tuple
+    parts: tuple
+    graph_sizes: tuple
+    matmul_size: int
+    max_repeats: int
+    budget_s: float
+    sampling_steps: int  # steps of the respaced sampler
+    whole_sampling_max_size: int  # larger images get the per-step sampling estimate
+    case_timeout_s: float
+
+
+def config_path(name):
+    """'paper' and 'tiny' name the shipped configs; anything else is a config file path."""
+    path = os.path.join(CONFIG_DIR, f"{name}.py") if os.sep not in name and not \
+        name.endswith((".py", ".json")) else name
+    if not os.path.isfile(path):
+        raise UserError(f"--configs: no config file {path!r} (give 'paper', 'tiny' or a path)")
+    return path
+
+
+def config_label(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def load(path):
+    from difffccf_jax.config_cli import load_config
+
+    return load_config(path)
+
+
+def has_published_bottleneck(config):
+    """True when the model's bottleneck is the published 32 x 32 x 512, the only shape the
+    compatibility mode (the port's behaviour) accepts."""
+    m = config.model
+    side = config.data.image_size // 2 ** (len(m.channel_mult) - 1)
+    return (side, m.model_channels * m.channel_mult[-1]) == PUBLISHED_BOTTLENECK
+
+
+def comparison_cases(options, path, config, kind):
+    """JAX and PyTorch-port cases of `kind` ('forward' or 'train') for each batch size: the
+    JAX model in compatibility mode where the bottleneck allows it, else in default mode."""
+    compat = has_published_bottleneck(config)
+    label = config_label(path) + (" (compat)" if compat else "")
+    common = dict(config=path, label=label, compat=compat, max_repeats=options.max_repeats,
+                  budget_s=options.budget_s)
+    return [Case(kind, framework, batch=batch, **common)
+            for batch in options.batch_sizes for framework in ("jax", "torch")]
+
+
+def sampling_cases(options, path, config):
+    """The respaced and the full sampler: whole runs for small images (every batch size),
+    else one per-step estimate at the smallest batch size."""
+    respaced, full = options.sampling_steps, FULL_SAMPLING_STEPS
+    label = config_label(path)
+    if config.diffusion.steps != full:
+        label += f", T={full}"
+    common = dict(config=path, label=label, diffusion_steps=full,
+                  max_repeats=options.max_repeats, budget_s=options.budget_s)
+    if config.data.image_size > options.whole_sampling_max_size:
+        return [Case("sampling", batch=min(options.batch_sizes), steps=respaced, estimate=True,
+                     **common)]
+    return [Case("sampling", batch=batch, steps=steps, **common)
+            for batch in options.batch_sizes for steps in (respaced, full)]
+
+
+def plan(options):
+    """The ordered list of cases. JAX and PyTorch cases of one comparison run back to back,
+    so both meet about the same machine load."""
+    cases = []
+    repeats = dict(max_repeats=options.max_repeats, budget_s=options.budget_s)
+    if "matmul" in options.parts:
+        cases += [Case("matmul", framework, label=f"{options.matmul_size}^2",
+                       size=options.matmul_size, **repeats) for framework in ("jax", "torch")]
+    for path in options.configs:
+        config = load(path)
+        for kind in ("forward", "train"):
+            if kind in options.parts:
+                cases += comparison_cases(options, path, config, kind)
+        if "train_full" in options.parts:
+            cases += [Case("train_full", config=path, label=config_label(path), batch=batch,
+                           **repeats) for batch in options.batch_sizes]
+        if "sampling" in options.parts:
+            cases += sampling_cases(options, path, config)
+    if "graph" in options.parts:
+        paper = config_path("paper")
+        cases += [Case("graph", config=paper, label="paper", size=size, variant=variant,
+                       part=part, **repeats)
+                  for size in options.graph_sizes for part in ("operators", "layer")
+                  for variant in ("stencil", "dense")]
+    return cases
+
+
+# ---- targets -------------------------------------------------------------------------------------
+
+def find(rows, case, config, batch, framework="JAX"):
+    for row in rows:
+        if ((row.case, row.config, row.batch, row.framework) == (case, config, batch, framework)
+                and row.timing is not None):
+            return row
+    return None
+
+
+def _ratio(numerator, denominator):
+    return None if numerator is None or denominator is None or not denominator else \
+        numerator / denominator
+
+
+def _steady(row):
+    return row.timing.steady_s if row else None
+
+
+def framework_targets(rows, case, bound):
+    """JAX time / PyTorch-port time of `case` for every (config, batch) measured on both."""
+    targets = []
+    for row in rows:
+        if row.case != case or row.framework != "JAX":
+            continue
+        port = find(rows, case, row.config, row.batch, "PyTorch port")
+        required = bound if (row.config.split(" ")[0], row.batch) == (
+            TARGET_CONFIG, TARGET_BATCH) else None
+        targets.append(benchmarking.Target(
+            f"{case}: JAX / PyTorch port, {row.config}, batch {row.batch}",
+            _ratio(_steady(row), _steady(port)), required, True, "steady time ratio"))
+    return targets
+
+
+def graph_targets(rows):
+    """Dense / stencil time and stencil / dense memory of the graph cases, per grid size."""
+    targets = []
+    for row in rows:
+        if not row.case.endswith(", stencil"):
+            continue
+        dense = find(rows, row.case[:-len("stencil")] + "dense", row.config, row.batch)
+        operators = row.case.startswith("graph operators")
+        name = "graph operators" if operators else "Graformer layer"
+        targets.append(benchmarking.Target(
+            f"{name}: dense / stencil time, {row.config}", _ratio(_steady(dense), _steady(row)),
+            GRAPH_SPEED_TARGET if operators else None, False, "steady time ratio"))
+        targets.append(benchmarking.Target(
+            f"{name}: stencil / dense memory, {row.config}",
+            _ratio(row.buffers_mib, dense.buffers_mib if dense else None),
+            1.0 if operators else None, True,
+            "XLA buffers ratio (the target: a fraction of the dense form's memory)"))
+    return targets
+
+
+def sampling_targets(rows):
+    """Throughput of the respaced sampler / throughput of the full one, per config and batch."""
+    targets = []
+    for row in rows:
+        if not row.case.endswith("(respaced)") or row.timing is None:
+            continue
+        whole = next((r for r in rows if r.case.endswith("(full)") and r.timing
+                      and (r.config, r.batch) == (row.config, row.batch)), None)
+        steps = (row.case, whole.case if whole else "the full sampler")
+        estimated = "estimated" in row.note
+        targets.append(benchmarking.Target(
+            f"sampling throughput: {' / '.join(s.split(', ')[1] for s in steps)}, "
+            f"{row.config}, batch {row.batch}",
+            _ratio(_steady(whole), _steady(row)), SAMPLING_TARGET, False,
+            "full time / respaced time" + (" (both estimated from the per-step time)"
+                                           if estimated else " (both run whole)")))
+    return targets
+
+
+def all_targets(rows):
+    return (framework_targets(rows, "U-Net forward", FORWARD_TARGET)
+            + framework_targets(rows, "train step (stand-in L1, AdamW)", TRAIN_TARGET)
+            + sampling_targets(rows) + graph_targets(rows))
+
+
+def matmul_rate(rows):
+    """The highest measured float32 matmul rate, GFLOP/s (None when not measured)."""
+    rates = [row.flops / row.timing.steady_s / 1e9 for row in rows
+             if row.case == "float32 matmul" and row.timing and row.flops]
+    return max(rates) if rates else None
+
+
+def with_counterpart_flops(rows):
+    """PyTorch rows take the FLOP count of their JAX counterpart (same case, config, batch)."""
+    out = []
+    for row in rows:
+        if row.framework == "PyTorch port" and row.flops is None:
+            twin = find(rows, row.case, row.config, row.batch)
+            if twin and twin.flops:
+                row = row._replace(flops=twin.flops)
+        out.append(row)
+    return out
+
+
+NOTES = (
+    "Every case ran in a fresh process. JAX programs were compiled ahead of time "
+    "(`jit(...).lower(...).compile()`, the 'compile s' column, with the persistent compilation "
+    "cache off); 'first call s' is the first call after that (for eager PyTorch, which compiles "
+    "nothing, the first call). 'steady s' is the median wall time of the repeated calls that "
+    "followed (2 to the max repeats, as many as fit the time budget), each waited for "
+    "(`jax.block_until_ready`).",
+    "'CPU s/call': process CPU time of all threads per steady call. On a shared machine wall "
+    "times grow with other processes' load (column 'load': the 1-minute load average when "
+    "the case started); CPU time shows the work itself. PyTorch's OpenMP threads spin while "
+    "they wait, which counts as CPU time.",
+    "'peak RSS MiB': growth of the process's peak resident memory from just after importing "
+    "the framework to the end of the case: parameters, inputs, JAX compilation and the runs. "
+    "'XLA buffers MiB': arguments + outputs + temporaries of the compiled JAX program "
+    "(`compiled.memory_analysis()`), without the compiler's own memory.",
+    "'GFLOP': XLA's cost analysis of the JAX program (a multiply-add counts 2). PyTorch rows "
+    "use the count of their JAX counterpart (the same computation; the port's dense graph "
+    "products are extra work that is not counted). Samplers have none: XLA counts a loop "
+    "body once. '% of matmul': the achieved GFLOP/s against the measured float32 "
+    "matrix-multiply rate (the faster of JAX and PyTorch).",
+    "Forward and training comparisons: configurations with the published 32 x 32 x 512 "
+    "bottleneck (paper) run the JAX model in compatibility mode, the published behaviour the "
+    "port has; others (tiny) run the JAX default mode (scaled Laplacian, own deformation head) "
+    "against the port, as compatibility mode needs that bottleneck.",
+    "The PyTorch port has no training losses, so the framework comparison of a training step "
+    "uses a stand-in objective identical on both sides: mean |noise head - noise| + mean |m1| "
+    "+ mean |m2| + mean |deformation| (every head trained), AdamW with config.optim's "
+    "learning rate and weight decay, dropout on. 'train step (train.py, all losses)' is the "
+    "real JAX step (3 network passes' worth of batch: Y, Cr and Cb; all loss terms; adaptive "
+    "weighting), which has no PyTorch counterpart.",
+    "Sampling: the jitted sampler of sampling.py (registration forward, then the reverse loop "
+    "as one lax.scan) with the paper's 2000-step cosine schedule (the tiny configuration's 50 "
+    "diffusion steps are raised to 2000 for this) and the respaced 100-step schedule. Small "
+    "images run both samplers whole; larger ones, where 2000 steps take hours on a CPU, are "
+    "estimated as fixed time + steps x per-step time from 2- and 4-step runs (marked "
+    "'estimated').",
+    "Graph bottleneck: the stencil operators of graph.py against dense N x N matrices (built "
+    "only in the benchmark and passed to the program as arguments, the dense form's best "
+    "case): the operators alone (A z and the Chebyshev basis, the target rows) and the whole "
+    "Graformer layer, whose dense graph attention (softmax of N x N scores) is the same in "
+    "both forms.",
+    "Threads: JAX uses XLA's CPU thread pool over all cores, PyTorch its default intra-op "
+    "thread count (one per core).",
+)
+
+
+def run(options, command, out, progress=sys.stderr):
+    """Runs every planned case, writes the report to `out` atomically and returns its text."""
+    started = benchmarking.utc_now()
+    load_start = os.getloadavg()[0]
+    rows, accelerator = [], None
+    for case in plan(options):
+        load = os.getloadavg()[0]
+        print(f"measuring {case.kind} {case.framework} {case.label} batch {case.batch} "
+              f"{case.variant} {case.part} {case.size or ''} (load {load:.1f})".rstrip(),
+              file=progress, flush=True)
+        new_rows, name = run_in_subprocess(case, options.case_timeout_s)
+        accelerator = accelerator or name
+        rows += [row._replace(load=load) for row in new_rows]
+    rows = with_counterpart_flops(rows)
+    text = benchmarking.report(
+        "Benchmarks: JAX against the PyTorch port", command, rows, all_targets(rows),
+        benchmarking.machine_description(accelerator), matmul_rate(rows), NOTES, started,
+        (load_start, os.getloadavg()[0]))
+    benchmarking.write_report(out, text)
+    return text

@@ -1,0 +1,257 @@
+"""Measuring tools of `difffccf benchmark`: timing with compilation apart, FLOP counts, memory,
+the machine's matrix-multiply rate, and the Markdown report.
+
+Timing protocol: a JAX program is compiled ahead of time (`jitted.lower(...).compile()`, timed
+as the compile time), then called once (the first call) and `repeats` more times; the steady
+time is the median of the repeats, each waited for (`jax.block_until_ready`). Eager PyTorch has
+no compile step: its first call is timed the same way. The process CPU time of every repeat is
+recorded too: on a shared machine it says what the work costs even when wall time is inflated
+by other processes.
+"""
+
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import NamedTuple, Optional
+
+from difffccf_jax.files import write_text
+
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch")
+MIB = 1024.0 * 1024.0
+
+
+class Timing(NamedTuple):
+    """Seconds of one measured program."""
+    compile_s: float  # tracing + lowering + XLA compilation (0 where nothing is compiled)
+    first_s: float  # the first call after compilation
+    steady_s: float  # median wall time of the repeated calls
+    cpu_s: float  # median process CPU time (all threads) of the repeated calls
+    repeats: int
+
+
+def time_calls(call, repeats, compile_s=0.0, budget_s=None):
+    """Times `call()` (which must return only once its work is done): one first call, then
+    `repeats` calls whose median wall and CPU times are the steady state. With `budget_s`,
+    fewer repeats (at least 2) are made when `repeats` calls as slow as the first would take
+    longer than that."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if budget_s is not None:
+        repeats = repeats_within(first, budget_s, repeats, min(2, repeats))
+    walls, cpus = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        call()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
+    return Timing(compile_s, first, statistics.median(walls), statistics.median(cpus), repeats)
+
+
+def repeats_within(first_s, budget_s, max_repeats, min_repeats=2):
+    """How many steady calls fit in `budget_s` seconds when one takes about `first_s`, clamped
+    to [min_repeats, max_repeats]."""
+    fitting = int(budget_s // max(first_s, 1e-9))
+    return max(min_repeats, min(max_repeats, fitting))
+
+
+def compile_jax(jitted, *args):
+    """(compiled program, seconds to trace, lower and compile it) of a jax.jit function."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def time_jax(jitted, args, repeats, budget_s=None):
+    """(Timing, compiled) of `jitted(*args)`, compiled ahead of time and then called (see
+    `time_calls`). Not for programs that donate their arguments."""
+    import jax
+
+    compiled, compile_s = compile_jax(jitted, *args)
+    timing = time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats, compile_s,
+                        budget_s)
+    return timing, compiled
+
+
+def xla_flops(compiled):
+    """Floating-point operations of one call of a compiled JAX program, from XLA's cost
+    analysis (a multiply-add counts 2). Loops count their body once."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def xla_buffer_bytes(compiled):
+    """Bytes of the buffers a compiled JAX program holds while it runs: arguments, outputs and
+    temporaries (aliased buffers counted once)."""
+    stats = compiled.memory_analysis()
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+
+
+def peak_rss_mib():
+    """This process's peak resident memory so far, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gib():
+    """Total memory of the machine in GiB, or None where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / (1024.0 * 1024.0)
+    except OSError:
+        pass
+    return None
+
+
+def package_versions(names=VERSIONED_PACKAGES):
+    """{package: installed version or 'not installed'}."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def machine_description(accelerator):
+    """One Markdown bullet list describing the machine; `accelerator` is the JAX device kind
+    (or None on a CPU-only machine)."""
+    memory = memory_gib()
+    lines = [f"- CPU: {cpu_model()}, {os.cpu_count()} cores"
+             + (f", {memory:.1f} GiB memory" if memory else ""),
+             f"- GPU: {accelerator}" if accelerator else
+             "- GPU: none on this machine (CPU run only; no GPU run is recorded yet)",
+             f"- Python {platform.python_version()}, "
+             + ", ".join(f"{k} {v}" for k, v in package_versions().items())]
+    return "\n".join(lines)
+
+
+class Row(NamedTuple):
+    """One measured case of the report."""
+    case: str  # what was measured, e.g. 'U-Net forward'
+    config: str  # configuration label, e.g. 'paper (compat)'
+    batch: int
+    framework: str  # 'JAX' or 'PyTorch port'
+    timing: Optional[Timing]  # None when the case failed
+    flops: Optional[float] = None  # per call
+    rss_mib: Optional[float] = None  # peak resident memory growth of the case's process
+    buffers_mib: Optional[float] = None  # XLA buffers (JAX only)
+    load: Optional[float] = None  # 1-minute load average when the case started
+    note: str = ""
+
+
+def _number(value, digits):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def _seconds(value):
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+MEASUREMENT_COLUMNS = ("case", "config", "batch", "framework", "compile s", "first call s",
+                       "steady s", "CPU s/call", "peak RSS MiB", "XLA buffers MiB", "GFLOP",
+                       "GFLOP/s", "% of matmul", "load", "note")
+
+
+def measurement_row(row, matmul_gflops):
+    """The cells of `row` in MEASUREMENT_COLUMNS order."""
+    t = row.timing
+    rate = row.flops / t.steady_s / 1e9 if (t and row.flops and t.steady_s > 0) else None
+    share = 100.0 * rate / matmul_gflops if (rate and matmul_gflops) else None
+    return (row.case, row.config, str(row.batch), row.framework,
+            _seconds(t.compile_s) if (t and t.compile_s) else "—",
+            _seconds(t.first_s) if t and t.first_s else "—",
+            _seconds(t.steady_s) if t else "failed",
+            _seconds(t.cpu_s) if t and t.cpu_s else "—",
+            _number(row.rss_mib, 0), _number(row.buffers_mib, 1),
+            _number(row.flops / 1e9 if row.flops else None, 2), _number(rate, 1),
+            _number(share, 0), _number(row.load, 1), row.note)
+
+
+def markdown_table(columns, rows):
+    """A Markdown table of string cells."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+class Target(NamedTuple):
+    """A ratio between two measured quantities and, where one is set, the required bound."""
+    name: str
+    measured: Optional[float]  # None when a side is missing
+    required: Optional[float]  # None: reported for information
+    at_most: bool = True  # True: measured <= required; False: measured >= required
+    how: str = ""
+
+
+TARGET_COLUMNS = ("comparison", "ratio", "target", "met", "how it is computed")
+
+
+def target_row(target):
+    if target.measured is None:
+        met = "not measured"
+    elif target.required is None:
+        met = "—"
+    else:
+        ok = (target.measured <= target.required if target.at_most
+              else target.measured >= target.required)
+        met = "yes" if ok else "no"
+    bound = ("—" if target.required is None
+             else f"{'<=' if target.at_most else '>='} {target.required:g}")
+    return (target.name, _number(target.measured, 2), bound, met, target.how)
+
+
+def report(title, command, rows, targets, machine, matmul_gflops, notes, started, loads):
+    """The whole BENCHMARKS.md text. loads: (1-minute load average at start, at end)."""
+    table = markdown_table(MEASUREMENT_COLUMNS, [measurement_row(r, matmul_gflops)
+                                                 for r in rows])
+    return "\n\n".join([
+        f"# {title}",
+        f"Run on {started:%Y-%m-%d %H:%M} UTC with\n\n    {command}",
+        "## Machine\n\n" + machine
+        + f"\n- Measured float32 matrix-multiply rate: {_number(matmul_gflops, 1)} GFLOP/s"
+        + f"\n- Load average (1 min) at start / end: {loads[0]:.1f} / {loads[1]:.1f} "
+          f"on {os.cpu_count()} cores",
+        "## Targets\n\n" + markdown_table(TARGET_COLUMNS, [target_row(t) for t in targets]),
+        "## Measurements\n\n" + table,
+        "## Notes\n\n" + "\n".join(f"- {note}" for note in notes),
+    ]) + "\n"
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def write_report(path, text):
+    """Writes the report atomically (temporary name, then rename), creating its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    write_text(path, text)

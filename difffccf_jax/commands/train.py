@@ -1,0 +1,20 @@
+"""`difffccf train`: trains a model, checkpointing and logging into a work directory."""
+
+from difffccf_jax.commands.common import add_config_argument, config_from_args
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "train", help="train a model (resumes from the work directory's latest checkpoint)",
+        description="Train Diff-FCCF on the configured data. Checkpoints, config.json, "
+                    "metrics.jsonl and TensorBoard events go to --workdir; an existing "
+                    "checkpoint there is resumed.")
+    add_config_argument(parser)
+    parser.add_argument("--workdir", required=True, help="folder for checkpoints and logs")
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    from difffccf_jax import train
+
+    train.train_and_evaluate(config_from_args(args), args.workdir)

@@ -1,0 +1,409 @@
+"""Training (SPEC sections 5 and 7): the train state, one pure sharded step, the epoch loop.
+
+Data-parallel over a ('data',) mesh of all devices: parameters, optimiser and policy state are
+replicated, every global batch is split along its first axis, and the state is donated to the
+step. The step's randomness is `fold_in(state.rng, state.step)`, so a run resumed from a
+checkpoint draws exactly what the uninterrupted run would have drawn.
+
+    difffccf train --config configs/tiny.py --workdir runs/tiny --config.data.root=DATA
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from difffccf_jax import checkpoints, diffusion, losses, parallel, regions, unet, weighting
+from difffccf_jax.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+class NonFiniteLoss(UserError):
+    """Training stopped because a loss term became NaN or infinite."""
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes; a PyTree of arrays."""
+    step: jax.Array  # [] int32, steps taken
+    params: Any
+    opt_state: optax.OptState
+    ema_params: Any  # exponential moving average of params, or None when disabled
+    policy: weighting.PolicyState
+    rng: jax.Array  # [2] uint32, the run's base key
+
+
+# ---- optimiser -----------------------------------------------------------------------------------
+
+def make_optimizer(optim):
+    """AdamW without its learning-rate factor (applied by the step, from `learning_rate_at`),
+    after optional global-norm clipping. optim: config.optim."""
+    parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+    parts += [optax.scale_by_adam(), optax.add_decayed_weights(optim.weight_decay)]
+    return optax.chain(*parts)
+
+
+def learning_rate_at(optim, epoch):
+    """The paper's step decay: learning_rate * decay_rate ** floor(epoch / decay_every_epochs)."""
+    schedule = optax.exponential_decay(optim.learning_rate, optim.decay_every_epochs,
+                                       optim.decay_rate, staircase=True)
+    return float(schedule(epoch))
+
+
+def task_for_epoch(seed, epoch, tasks):
+    """The task trained in `epoch`: drawn uniformly from `tasks`, a function of (seed, epoch)."""
+    return tasks[int(np.random.default_rng([seed, epoch]).integers(len(tasks)))]
+
+
+def rules_as_arrays(task_rules):
+    """TaskRules with every number as a float32/int32/bool array, so all tasks share one
+    compiled step."""
+    return jax.tree.map(jnp.asarray, task_rules)
+
+
+# ---- state ---------------------------------------------------------------------------------------
+
+def create_train_state(model, tx, policy_settings, key, image_size, ema, params=None):
+    """A fresh TrainState (params from `model`'s initialiser unless given).
+
+    ema: keep an exponential moving average of the parameters."""
+    init_key, rng = jax.random.split(key)
+    if params is None:
+        params = unet.init_params(model, init_key, image_size)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.array, params) if ema else None,
+        policy=weighting.init_policy(policy_settings), rng=rng)
+
+
+def state_to_items(state):
+    """The checkpoint items of a TrainState (see checkpoints.py)."""
+    items = {"params": state.params,
+             "train": dict(step=state.step, opt_state=state.opt_state, policy=state.policy,
+                           rng=state.rng)}
+    if state.ema_params is not None:
+        items["ema_params"] = state.ema_params
+    return items
+
+
+def state_from_items(items):
+    """The TrainState of checkpoint items written by `state_to_items`."""
+    train = items["train"]
+    return TrainState(step=train["step"], params=items["params"], opt_state=train["opt_state"],
+                      ema_params=items.get("ema_params"), policy=train["policy"],
+                      rng=train["rng"])
+
+
+def abstract_like(tree, sharding):
+    """Tree of jax.ShapeDtypeStruct of `tree` with `sharding` (the restore target)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        tree)
+
+
+def restore_state(manager, step, state_template, mesh):
+    """(TrainState, progress) of checkpoint `step`, replicated over `mesh` (any device count)."""
+    targets = abstract_like(state_to_items(state_template), parallel.replicated(mesh))
+    items, progress = checkpoints.restore(manager, step, targets)
+    return state_from_items(items), progress
+
+
+def ema_update(ema_params, params, decay):
+    """decay * ema + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
+
+
+# ---- the step ------------------------------------------------------------------------------------
+
+def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss_config, tx,
+               policy_settings, ema_decay):
+    """One optimisation step; returns (new state, dict of scalar metrics).
+
+    batch: dict a [B, H, W, 1] and b [B, H, W, 3] (YCrCb) in [-1, 1]; task_rules: TaskRules of
+    the batch's task (arrays); learning_rate: [] float32. A step whose loss is not finite leaves
+    the state unchanged (its metrics show which term failed).
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    policy_key, loss_key, dropout_key = jax.random.split(rng, 3)
+    terms_order = policy_settings.terms
+    log_weights = weighting.sample_log_weights(policy_settings, state.policy, policy_key,
+                                               state.step)
+    weights = jax.lax.stop_gradient(weighting.normalise(policy_settings, log_weights))
+
+    def loss_fn(params):
+        terms = losses.training_losses(model.apply, params, batch["a"], batch["b"], task_rules,
+                                       loss_key, schedule, loss_config, dropout_key)
+        total = sum(weights[i] * terms[name] for i, name in enumerate(terms_order))
+        return total, terms
+
+    (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p - learning_rate * u, state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        ema_params = ema_update(ema_params, params, ema_decay)
+    loss_vector = jnp.stack([terms[name] for name in terms_order])
+    policy, policy_info = weighting.update_policy(policy_settings, state.policy, log_weights,
+                                                  loss_vector, state.step)
+    finite = jnp.isfinite(total) & jnp.all(jnp.isfinite(loss_vector))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                           ema_params=ema_params, policy=policy, rng=state.rng)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    metrics = {"loss": total, "learning_rate": learning_rate,
+               "grad_norm": optax.tree.norm(grads), **policy_info}
+    metrics.update({f"loss/{name}": terms[name] for name in terms_order})
+    metrics.update({f"weight/{name}": weights[i] for i, name in enumerate(terms_order)})
+    return new_state, metrics
+
+
+def make_train_step(mesh, state_sharding, **static):
+    """train_step jitted over `mesh`: state replicated and donated, batch split on 'data'.
+
+    static: the keyword arguments of train_step (model, schedule, ...)."""
+    replicated = parallel.replicated(mesh)
+    batch_sharding = parallel.batch_sharded(mesh)
+    return jax.jit(functools.partial(train_step, **static),
+                   in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+# ---- logging -------------------------------------------------------------------------------------
+
+class MetricsLog:
+    """JSON lines (always) and TensorBoard event files (tensorboardX, no TensorFlow)."""
+
+    def __init__(self, workdir, enabled=True):
+        self.enabled = enabled
+        self.file = self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.file = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+            self.writer = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def write(self, step, values):
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **values}, sort_keys=True) + "\n")
+        self.file.flush()
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self):
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
+
+
+def first_non_finite(records):
+    """(step, term) of the first record with a non-finite loss term (or total), or None."""
+    for step, record in records:
+        names = sorted(name for name in record if name.startswith("loss/")) + ["loss"]
+        for name in names:
+            if not np.isfinite(record[name]):
+                return step, name.split("/")[-1] if "/" in name else "total"
+    return None
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+class Run(NamedTuple):
+    """What a training run derives from its config before the first step."""
+    batches: dict  # task -> data.pipeline.BatchIterator
+    plan: list  # per epoch (task, steps)
+    model: Any
+    tx: optax.GradientTransformation
+    step_options: dict  # the keyword arguments of train_step
+    rules: dict  # task -> TaskRules as arrays
+    create: Any  # key -> fresh TrainState (create_train_state with the run's settings)
+
+
+def epoch_plan(seed, epochs, tasks, steps_per_epoch, steps_per_pass):
+    """[(task, steps)] for every epoch: the drawn task and the epoch's length (config's
+    steps_per_epoch, or with 0 one pass over the task's data, `steps_per_pass[task]`)."""
+    plan = []
+    for epoch in range(epochs):
+        task = task_for_epoch(seed, epoch, tasks)
+        plan.append((task, steps_per_epoch or steps_per_pass[task]))
+    return plan
+
+
+def setup_run(config, mesh):
+    """The data iterators, epoch plan, model, optimiser and step options of `config`."""
+    from difffccf_jax.data import pipeline
+
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    tasks = tuple(config.data.tasks) if config.data.multi_task else (config.data.task,)
+    batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task),
+                                            config.data.batch_size, mesh,
+                                            seed=config.data.shuffle_seed)
+               for task in dict.fromkeys(tasks)}
+    plan = epoch_plan(config.seed, config.train.epochs, tasks, config.train.steps_per_epoch,
+                      {task: it.steps_per_epoch for task, it in batches.items()})
+    model = unet.model_from_config(config.model)
+    tx = make_optimizer(config.optim)
+    policy_settings = weighting.settings_from_config(
+        config.weighting, config.loss.weights, sum(steps for _, steps in plan))
+    step_options = dict(
+        model=model, tx=tx, policy_settings=policy_settings,
+        schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps),
+        loss_config=losses.LossConfig.from_config(config.loss),
+        ema_decay=float(config.optim.ema_decay))
+    rules = {task: rules_as_arrays(regions.rules_from_config(config.regions, task, "train"))
+             for task in batches}
+    create = functools.partial(create_train_state, model, tx, policy_settings,
+                               image_size=config.data.image_size,
+                               ema=config.optim.ema_decay > 0)
+    return Run(batches=batches, plan=plan, model=model, tx=tx, step_options=step_options,
+               rules=rules, create=create)
+
+
+def initial_params(config, mesh, abstract_params):
+    """Parameters named by config.train.init_params (a checkpoint directory), or None."""
+    path = config.train.init_params
+    if not path:
+        return None
+    _, params = checkpoints.read_params(path, prefer_ema=False,
+                                        sharding=parallel.replicated(mesh))
+    checkpoints.check_shapes(abstract_params, params, f"config.train.init_params={path}")
+    return params
+
+
+def new_state(run, config, mesh):
+    """A fresh TrainState replicated over `mesh` (config.train.init_params when set)."""
+    key = jax.random.PRNGKey(config.seed)
+    params = initial_params(config, mesh, jax.eval_shape(run.create, key).params)
+    return jax.jit(lambda k, p: run.create(k, params=p),
+                   out_shardings=parallel.replicated(mesh))(key, params)
+
+
+def compile_step(step_fn, args, fast):
+    """The AOT-compiled step for `args`; fast: XLA backend optimisation level 0 (much shorter
+    compiles on CPU, slower steps)."""
+    options = {"xla_backend_optimization_level": 0} if fast else None
+    return step_fn.lower(*args).compile(compiler_options=options)
+
+
+def _scalars(record):
+    return {name: float(value) for name, value in record.items()}
+
+
+def over_time_budget(max_minutes, start):
+    """True when a positive budget of `max_minutes` has passed since `start` (perf_counter);
+    training then stops at the end of the epoch with a checkpoint."""
+    return max_minutes > 0 and time.perf_counter() - start >= 60 * max_minutes
+
+
+def train_and_evaluate(config, workdir):
+    """Trains as `config` says, checkpointing and logging into `workdir`; resumes from the
+    latest checkpoint there. Returns the final TrainState."""
+    from tqdm import tqdm
+
+    parallel.initialize_distributed(config.train.distributed)
+    mesh = parallel.make_mesh()
+    replicated = parallel.replicated(mesh)
+    run = setup_run(config, mesh)
+    checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    lead = jax.process_index() == 0
+    if lead:
+        os.makedirs(workdir, exist_ok=True)
+        checkpoints.write_config(checkpoint_dir, config)
+    manager = checkpoints.open_manager(checkpoint_dir, keep=config.train.keep_checkpoints)
+    start_epoch, latest = 0, manager.latest_step()
+    if latest is not None:
+        abstract = jax.eval_shape(run.create, jax.random.PRNGKey(config.seed))
+        state, progress = restore_state(manager, latest, abstract, mesh)
+        start_epoch = int(progress["epoch"])
+        for task, position in progress["data"].items():
+            run.batches[task].restore(position)
+    else:
+        state = new_state(run, config, mesh)
+
+    step_fn = make_train_step(mesh, replicated, **run.step_options)
+    rules = jax.device_put(run.rules, replicated)
+    log = MetricsLog(workdir, enabled=lead)
+    compiled, pending, host_step = None, [], int(state.step)
+    progress_bar = tqdm(total=sum(steps for _, steps in run.plan), initial=host_step,
+                        unit="step", disable=not lead, dynamic_ncols=True)
+    interval_start = time.perf_counter()
+
+    def flush(epoch, task):
+        """Fetches the pending steps' metrics, stops on a non-finite loss, logs."""
+        nonlocal pending, interval_start
+        if not pending:
+            return
+        records = [(step, _scalars(values)) for step, values in jax.device_get(pending)]
+        pending = []
+        rate = len(records) / (time.perf_counter() - interval_start)
+        bad = first_non_finite(records)
+        if bad is not None:
+            step, term = bad
+            raise NonFiniteLoss(
+                f"training stopped: loss term '{term}' is not finite at step {step} "
+                f"(epoch {epoch}, task {task}); the last good checkpoint is step "
+                f"{manager.latest_step()} in {checkpoint_dir}")
+        for step, values in records:
+            if step % config.train.log_every_steps == 0 or step == records[-1][0]:
+                log.write(step, dict(values, epoch=epoch, task=task, steps_per_second=rate,
+                                     images_per_second=rate * config.data.batch_size))
+        progress_bar.update(len(records))
+        progress_bar.set_postfix(task=task, loss=f"{records[-1][1]['loss']:.4g}")
+        interval_start = time.perf_counter()
+
+    loop_start = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, config.train.epochs):
+            task, steps = run.plan[epoch]
+            learning_rate = jax.device_put(
+                jnp.float32(learning_rate_at(config.optim, epoch)), replicated)
+            for _ in range(steps):
+                batch = next(run.batches[task])
+                args = (state, batch, rules[task], learning_rate)
+                if compiled is None:
+                    started = time.perf_counter()
+                    compiled = compile_step(step_fn, args, config.train.fast_compile)
+                    seconds = time.perf_counter() - started
+                    parallel.wait_for_all_processes("difffccf-train-step-compiled")
+                    progress_bar.write(f"compiled the train step in {seconds:.1f} s")
+                    log.write(host_step, {"compile_seconds": seconds})
+                    interval_start = time.perf_counter()
+                state, metrics = compiled(*args)
+                host_step += 1
+                pending.append((host_step, metrics))
+                if len(pending) >= config.train.log_every_steps:
+                    flush(epoch, task)
+            flush(epoch, task)
+            out_of_time = over_time_budget(config.train.max_minutes, loop_start)
+            if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or (
+                    epoch + 1 == config.train.epochs) or out_of_time:
+                progress = dict(epoch=epoch + 1, step=host_step,
+                                data={name: it.state() for name, it in run.batches.items()})
+                checkpoints.save(manager, host_step, state_to_items(state), progress)
+                interval_start = time.perf_counter()
+            if out_of_time:
+                progress_bar.write(f"stopped after epoch {epoch + 1}: the time budget of "
+                                   f"{config.train.max_minutes:g} min is spent")
+                break
+    finally:
+        progress_bar.close()
+        log.close()
+        manager.close()
+    return state
+
+
+def read_metrics_log(workdir):
+    """The records of `workdir`'s metrics.jsonl that carry the training loss, in order."""
+    with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as file:
+        records = [json.loads(line) for line in file if line.strip()]
+    return [record for record in records if "loss" in record]

@@ -1,0 +1,221 @@
+"""The benchmark's measuring tools, report, pairing of rows into target ratios, case plan and
+worker protocol (the benchmark itself is run by `difffccf benchmark`, never timed here)."""
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from difffccf_jax import benchmark_cases, benchmark_plan, benchmarking, files, graph
+from difffccf_jax.benchmarking import Row, Target, Timing
+from difffccf_jax.commands import benchmark as benchmark_command
+from difffccf_jax.errors import UserError
+
+
+def test_first_call_includes_compilation_and_steady_state_does_not():
+    f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+    x = jnp.ones((64, 64))
+    calls = []
+
+    def call():
+        calls.append(1)
+        jax.block_until_ready(f(x))
+
+    timing = benchmarking.time_calls(call, repeats=5)
+    assert len(calls) == 6 and timing.repeats == 5
+    assert timing.first_s > timing.steady_s  # the first call traced and compiled f
+
+    g = jax.jit(lambda x: jnp.cos(x) * 3.0)
+    timing, compiled = benchmarking.time_jax(g, (x,), repeats=3)
+    assert timing.compile_s > timing.steady_s
+    np.testing.assert_allclose(compiled(x), np.cos(np.ones((64, 64))) * 3.0, rtol=1e-6)
+
+
+def test_steady_time_is_the_median_of_the_repeats_and_cpu_time_excludes_sleep():
+    durations = iter([0.2, 0.01, 0.05, 0.03])
+
+    def call():
+        time.sleep(next(durations))
+
+    timing = benchmarking.time_calls(call, repeats=3)
+    assert timing.first_s >= 0.2
+    assert 0.03 <= timing.steady_s < 0.05  # median of 0.01, 0.05, 0.03
+    assert timing.cpu_s < 0.02  # sleeping costs no CPU
+
+
+def test_repeats_fit_the_budget_within_bounds():
+    assert benchmarking.repeats_within(1.0, 10.0, 5) == 5
+    assert benchmarking.repeats_within(1.0, 3.0, 5) == 3
+    assert benchmarking.repeats_within(10.0, 1.0, 5) == 2
+    calls = []
+
+    def call():
+        calls.append(1)
+        time.sleep(0.05)
+
+    timing = benchmarking.time_calls(call, repeats=10, budget_s=0.12)
+    assert timing.repeats == 2 and len(calls) == 3
+
+
+def test_xla_flop_count_of_a_matmul_is_2mnk_and_buffers_hold_its_operands():
+    m, k, n = 64, 32, 48
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert benchmarking.xla_flops(compiled) == 2 * m * n * k
+    operands = 4 * (m * k + k * n + m * n)
+    assert operands <= benchmarking.xla_buffer_bytes(compiled) < operands + 2 ** 20
+
+
+def test_measurement_row_derives_rate_and_share_of_matmul():
+    row = Row("U-Net forward", "paper (compat)", 1, "JAX", Timing(2.0, 0.6, 0.5, 0.9, 4),
+              flops=2e9, rss_mib=100.4, buffers_mib=12.25, load=1.5, note="n")
+    cells = benchmarking.measurement_row(row, matmul_gflops=8.0)
+    assert len(cells) == len(benchmarking.MEASUREMENT_COLUMNS)
+    named = dict(zip(benchmarking.MEASUREMENT_COLUMNS, cells))
+    assert named["GFLOP/s"] == "4.0" and named["% of matmul"] == "50"
+    assert named["steady s"] == "0.5" and named["compile s"] == "2"
+    assert named["peak RSS MiB"] == "100" and named["XLA buffers MiB"] == "12.2"
+    failed = benchmarking.measurement_row(row._replace(timing=None), 8.0)
+    assert dict(zip(benchmarking.MEASUREMENT_COLUMNS, failed))["steady s"] == "failed"
+
+
+def test_markdown_table_has_header_rule_and_rows():
+    text = benchmarking.markdown_table(("a", "b"), [("1", "2"), ("3", "4")])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
+
+
+def test_target_rows_say_whether_the_bound_is_met():
+    assert benchmarking.target_row(Target("t", 0.6, 0.7, True))[1:4] == ("0.60", "<= 0.7", "yes")
+    assert benchmarking.target_row(Target("t", 0.8, 0.7, True))[3] == "no"
+    assert benchmarking.target_row(Target("t", 16.0, 15.0, False))[2:4] == (">= 15", "yes")
+    assert benchmarking.target_row(Target("t", None, 15.0, False))[3] == "not measured"
+    assert benchmarking.target_row(Target("t", 3.0, None))[2:4] == ("—", "—")
+
+
+def _row(case, config, batch, framework, steady, **fields):
+    return Row(case, config, batch, framework, Timing(1.0, steady, steady, steady, 3), **fields)
+
+
+def test_targets_pair_jax_with_the_port_graph_forms_and_samplers():
+    forward, train = "U-Net forward", "train step (stand-in L1, AdamW)"
+    operators = "graph operators (A z, T_0..T_2(L) z), "
+    rows = [
+        _row(forward, "paper (compat)", 1, "JAX", 3.0),
+        _row(forward, "paper (compat)", 1, "PyTorch port", 5.0),
+        _row(forward, "tiny", 4, "JAX", 1.0),
+        _row(forward, "tiny", 4, "PyTorch port", 4.0),
+        _row(train, "paper (compat)", 1, "JAX", 8.0),
+        _row(train, "paper (compat)", 1, "PyTorch port", 10.0),
+        _row(operators + "stencil", "paper 32x32", 1, "JAX", 0.01, buffers_mib=2.0),
+        _row(operators + "dense", "paper 32x32", 1, "JAX", 0.2, buffers_mib=10.0),
+        _row("sampler, 100 steps (respaced)", "tiny, T=2000", 1, "JAX", 2.0),
+        _row("sampler, 2000 steps (full)", "tiny, T=2000", 1, "JAX", 36.0),
+    ]
+    found = {t.name: t for t in benchmark_plan.all_targets(rows)}
+    paper = found["U-Net forward: JAX / PyTorch port, paper (compat), batch 1"]
+    assert paper.measured == pytest.approx(0.6) and paper.required == 0.7 and paper.at_most
+    tiny = found["U-Net forward: JAX / PyTorch port, tiny, batch 4"]
+    assert tiny.measured == pytest.approx(0.25) and tiny.required is None
+    step = found[f"{train}: JAX / PyTorch port, paper (compat), batch 1"]
+    assert step.measured == pytest.approx(0.8)
+    speed = found["graph operators: dense / stencil time, paper 32x32"]
+    assert speed.measured == pytest.approx(20.0) and speed.required == 10.0 and not speed.at_most
+    memory = found["graph operators: stencil / dense memory, paper 32x32"]
+    assert memory.measured == pytest.approx(0.2)
+    sampler = found["sampling throughput: 100 steps (respaced) / 2000 steps (full), "
+                    "tiny, T=2000, batch 1"]
+    assert sampler.measured == pytest.approx(18.0) and sampler.required == 15.0
+    assert len(found) == 6
+
+
+def test_port_rows_take_the_flop_count_of_their_jax_counterpart():
+    rows = [_row("U-Net forward", "tiny", 1, "JAX", 1.0, flops=5e9),
+            _row("U-Net forward", "tiny", 1, "PyTorch port", 2.0),
+            _row("U-Net forward", "tiny", 4, "PyTorch port", 2.0)]
+    filled = benchmark_plan.with_counterpart_flops(rows)
+    assert [r.flops for r in filled] == [5e9, 5e9, None]
+    assert benchmark_plan.matmul_rate(
+        [_row("float32 matmul", "8^2", 1, "JAX", 0.5, flops=4e9),
+         _row("float32 matmul", "8^2", 1, "PyTorch port", 1.0, flops=4e9)]) == pytest.approx(8.0)
+
+
+def test_report_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "BENCHMARKS.md"
+    rows = [_row("U-Net forward", "tiny", 1, "JAX", 1.0, flops=2e9)]
+    text = benchmarking.report("Title", "difffccf benchmark --quick", rows, [], "- CPU: x",
+                               4.0, ["a note"], benchmarking.utc_now(), (1.0, 2.0))
+    benchmarking.write_report(str(path), text)
+    assert path.read_text() == text and os.listdir(path.parent) == ["BENCHMARKS.md"]
+    for heading in ("# Title", "## Machine", "## Targets", "## Measurements", "## Notes"):
+        assert heading in text
+    assert "    difffccf benchmark --quick" in text and "| 2.00 | 2.0 | 50 |" in text
+
+    def write_half_then_fail(temporary, content):
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(content[:10])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files, "_write_text", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        benchmarking.write_report(str(path), "new text " * 100)
+    assert path.read_text() == text and os.listdir(path.parent) == ["BENCHMARKS.md"]
+
+
+def test_dense_graph_of_the_benchmark_equals_the_stencil_operators():
+    z = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
+    for kind in ("scaled", "unnormalized"):
+        dense = benchmark_cases.dense_graph(*benchmark_cases.dense_graph_matrices(3, 5, kind))
+        stencil = graph.stencil_graph(kind)
+        np.testing.assert_allclose(dense.adjacency(z), stencil.adjacency(z), atol=1e-5)
+        np.testing.assert_allclose(dense.laplacian(z), stencil.laplacian(z), atol=1e-5)
+
+
+def _args(**overrides):
+    values = dict(quick=False, configs=None, batch_sizes=None, cases="forward,sampling",
+                  graph_sizes=None, matmul_size=None, max_repeats=None, budget_s=None,
+                  sampling_steps=100, whole_sampling_max_size=64, case_timeout_s=100.0,
+                  out="B.md")
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_plan_compares_paper_in_compat_mode_and_estimates_its_sampler():
+    options, command = benchmark_command.options_from_args(_args(batch_sizes="1,4"))
+    assert command.startswith("difffccf benchmark --configs paper,tiny --batch-sizes 1,4")
+    cases = benchmark_plan.plan(options)
+    forward = [(c.label, c.batch, c.framework, c.compat) for c in cases if c.kind == "forward"]
+    assert forward == [("paper (compat)", 1, "jax", True), ("paper (compat)", 1, "torch", True),
+                       ("paper (compat)", 4, "jax", True), ("paper (compat)", 4, "torch", True),
+                       ("tiny", 1, "jax", False), ("tiny", 1, "torch", False),
+                       ("tiny", 4, "jax", False), ("tiny", 4, "torch", False)]
+    sampling = [(c.label, c.batch, c.steps, c.estimate, c.diffusion_steps)
+                for c in cases if c.kind == "sampling"]
+    assert sampling == [("paper", 1, 100, True, 2000),
+                        ("tiny, T=2000", 1, 100, False, 2000), ("tiny, T=2000", 1, 2000, False, 2000),
+                        ("tiny, T=2000", 4, 100, False, 2000), ("tiny, T=2000", 4, 2000, False, 2000)]
+
+
+def test_quick_options_and_bad_options():
+    options, _ = benchmark_command.options_from_args(_args(quick=True, cases="graph"))
+    assert options.batch_sizes == (1,) and options.graph_sizes == (32,)
+    assert [os.path.basename(p) for p in options.configs] == ["tiny.py"]
+    with pytest.raises(UserError, match="--cases"):
+        benchmark_command.options_from_args(_args(cases="forward,speed"))
+    with pytest.raises(UserError, match="--batch-sizes"):
+        benchmark_command.options_from_args(_args(batch_sizes="1,x"))
+    with pytest.raises(UserError, match="--configs"):
+        benchmark_command.options_from_args(_args(configs="nonexistent"))
+
+
+def test_worker_process_measures_a_matmul_and_reports_a_failure():
+    case = benchmark_cases.Case("matmul", size=64, label="64^2", max_repeats=2, budget_s=1.0)
+    rows, accelerator = benchmark_cases.run_in_subprocess(case, timeout_s=120)
+    (row,) = rows
+    assert row.flops == 2 * 64 ** 3 and row.timing.repeats == 2 and row.rss_mib >= 0
+    assert accelerator is None or isinstance(accelerator, str)
+    broken = case._replace(kind="forward", config="/nonexistent/config.py")
+    (row,), _ = benchmark_cases.run_in_subprocess(broken, timeout_s=120)
+    assert row.timing is None and row.note.startswith("failed:")

@@ -1,0 +1,135 @@
+"""Checkpoint files: config.json, rotation, params-only checkpoints, a save killed midway."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from difffccf_jax import checkpoints
+from difffccf_jax.config_cli import load_config
+from difffccf_jax.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tiny_config_path):
+    return load_config(tiny_config_path)
+
+
+@pytest.fixture(scope="module")
+def random_params(tiny_config):
+    """Parameters of the tiny model's shapes filled with distinct random numbers."""
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype),
+                        checkpoints.expected_params(tiny_config))
+
+
+def assert_trees_equal(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+def test_config_json_round_trip_keeps_tuples(tmp_path, tiny_config):
+    checkpoints.write_config(str(tmp_path), tiny_config)
+    assert os.listdir(tmp_path) == [checkpoints.CONFIG_FILE]  # no temporary file left
+    restored = checkpoints.read_config(str(tmp_path))
+    assert restored.to_dict() == tiny_config.to_dict()
+    assert restored.model.channel_mult == (1, 2, 2, 4)
+    with pytest.raises(UserError, match="config.json does not exist"):
+        checkpoints.read_config(str(tmp_path / "missing"))
+
+
+def test_manager_keeps_the_last_n_steps_next_to_config(tmp_path, tiny_config):
+    checkpoints.write_config(str(tmp_path), tiny_config)
+    manager = checkpoints.open_manager(str(tmp_path), keep=2)
+    for step in (1, 2, 3, 4):
+        tree = {"w": np.full((3,), step, np.float32), "count": np.array(step, np.int32)}
+        checkpoints.save(manager, step, {"train": tree}, {"epoch": step})
+    assert list(manager.all_steps()) == [3, 4]
+    restored, progress = checkpoints.restore(
+        manager, 3, {"train": {"w": np.zeros(3, np.float32), "count": np.array(0, np.int32)}})
+    np.testing.assert_array_equal(restored["train"]["w"], [3.0, 3.0, 3.0])
+    assert progress == {"epoch": 3}
+    manager.close()
+    assert checkpoints.read_config(str(tmp_path)).to_dict() == tiny_config.to_dict()
+
+
+def test_params_checkpoint_round_trip_and_errors(tmp_path, tiny_config, random_params):
+    path = str(tmp_path / "converted")
+    checkpoints.write_params_checkpoint(path, tiny_config, random_params)
+    config, params = checkpoints.load_for_inference(path)
+    assert config.to_dict() == tiny_config.to_dict()
+    assert_trees_equal(params, random_params)
+    with pytest.raises(UserError, match="not empty"):
+        checkpoints.write_params_checkpoint(path, tiny_config, random_params)
+    with pytest.raises(UserError, match="does not exist"):
+        checkpoints.load_for_inference(str(tmp_path / "nowhere"))
+    wrong = jax.tree.map(np.copy, random_params)
+    name = sorted(wrong)[0]
+    leaf_path, leaf = jax.tree_util.tree_flatten_with_path(wrong[name])[0][0]
+    keys = [name] + [k.key for k in leaf_path]
+    target = wrong
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = np.zeros(leaf.shape + (2,), leaf.dtype)
+    with pytest.raises(UserError, match="/".join(keys)):
+        checkpoints.write_params_checkpoint(str(tmp_path / "bad"), tiny_config, wrong)
+
+
+def test_load_for_inference_prefers_ema_params(tmp_path, tiny_config, random_params):
+    checkpoints.write_config(str(tmp_path), tiny_config)
+    manager = checkpoints.open_manager(str(tmp_path))
+    ema = jax.tree.map(lambda x: x + 1.0, random_params)
+    checkpoints.save(manager, 7, {"params": random_params, "ema_params": ema}, {"epoch": 1})
+    manager.close()
+    _, params = checkpoints.load_for_inference(str(tmp_path))
+    assert_trees_equal(params, ema)
+    _, raw = checkpoints.read_params(str(tmp_path), prefer_ema=False)
+    assert_trees_equal(raw, random_params)
+
+
+KILLED_SAVER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from difffccf_jax import checkpoints
+    manager = checkpoints.open_manager(sys.argv[1], keep=3)
+    checkpoints.save(manager, 1, {"train": {"w": np.arange(8, dtype=np.float32)}}, {"epoch": 1})
+    print("saved", flush=True)
+    big = np.random.default_rng(0).normal(size=(48, 1024, 1024)).astype(np.float32)
+    checkpoints.save(manager, 2, {"train": {"w": big}}, {"epoch": 2})
+    print("second save finished", flush=True)
+""")
+
+
+def test_process_killed_during_a_save_leaves_the_previous_step(tmp_path):
+    directory = str(tmp_path / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    child = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, directory],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline().strip() == "saved"
+    deadline = time.time() + 120
+    in_progress = []
+    while not in_progress and time.time() < deadline and child.poll() is None:
+        in_progress = [name for name in os.listdir(directory)
+                       if name.startswith("2") and "tmp" in name]
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert in_progress, "the second save was not caught in progress"
+    assert child.returncode == -signal.SIGKILL
+    manager = checkpoints.open_manager(directory)
+    assert manager.latest_step() == 1
+    restored, progress = checkpoints.restore(
+        manager, 1, {"train": {"w": np.zeros(8, np.float32)}})
+    np.testing.assert_array_equal(restored["train"]["w"], np.arange(8))
+    assert progress == {"epoch": 1}
+    # The half-written step is cleaned up and can be saved again.
+    checkpoints.save(manager, 2, {"train": {"w": np.ones(8, np.float32)}}, {"epoch": 2})
+    assert list(manager.all_steps()) == [1, 2]
+    manager.close()

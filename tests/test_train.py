@@ -1,0 +1,314 @@
+"""Training on generated data with the tiny config: sharding, resume, restore, multi-process.
+
+One uninterrupted multi-task run (module fixture, 2 epochs x 3 steps on 4 devices) is the
+reference that the other runs are compared with; every run has the same step program, so the
+persistent compilation cache compiles it once per device layout.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from difffccf_jax import checkpoints, cli, losses, parallel, train, weighting
+from difffccf_jax.config_cli import load_config
+from difffccf_jax.data import generator, layouts
+
+# The reference run: tiny model, pet and spect drawn per epoch, a checkpoint per epoch.
+OVERRIDES = (("seed", "1"), ("data.multi_task", "True"), ("data.tasks", "('pet', 'spect')"),
+             ("train.epochs", "2"), ("train.steps_per_epoch", "3"),
+             ("train.checkpoint_every_epochs", "1"), ("train.log_every_steps", "1"),
+             ("train.fast_compile", "True"))
+TIMING_KEYS = ("steps_per_second", "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, tiny_config_path):
+    root = str(tmp_path_factory.mktemp("data"))
+    data = load_config(tiny_config_path).data
+    for task in ("pet", "spect"):
+        generator.write_task(root, layouts.layout_from_config(data, task), 8, 32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def overrides(data_root):
+    return OVERRIDES + (("data.root", data_root),)
+
+
+@pytest.fixture(scope="module")
+def config(tiny_config_path, overrides):
+    return load_config(tiny_config_path, overrides)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, config):
+    """(final state, workdir) of the uninterrupted run."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    return train.train_and_evaluate(config, workdir), workdir
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, train.METRICS_FILE), encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def step_records(records):
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS}
+            for r in records if "loss" in r}
+
+
+def host_tree(tree):
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def params_at(checkpoint_dir, config):
+    """{step: params} of every step in a checkpoint directory."""
+    manager = checkpoints.open_manager(checkpoint_dir, read_only=True)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = train.abstract_like(checkpoints.expected_params(config), sharding)
+    return {step: checkpoints.restore(manager, step, {"params": target})[0]["params"]
+            for step in manager.all_steps()}
+
+
+def assert_trees_equal(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(host_tree(actual)), jax.tree.leaves(host_tree(expected))):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_step_decay_task_draw_and_epoch_plan(paper_config_path):
+    optim = load_config(paper_config_path).optim
+    rates = [train.learning_rate_at(optim, epoch) for epoch in (0, 999, 1000, 2999, 3000)]
+    np.testing.assert_allclose(rates, 2e-4 * 0.99 ** np.array([0, 0, 1, 2, 3]), rtol=1e-6)
+    tasks = ("pet", "spect", "ct", "gfp", "adni")
+    plan = train.epoch_plan(0, 500, tasks, 0, {t: i + 1 for i, t in enumerate(tasks)})
+    assert plan == train.epoch_plan(0, 500, tasks, 0, {t: i + 1 for i, t in enumerate(tasks)})
+    assert plan != train.epoch_plan(1, 500, tasks, 0, {t: i + 1 for i, t in enumerate(tasks)})
+    counts = {t: sum(task == t for task, _ in plan) for t in tasks}
+    assert all(70 <= c <= 130 for c in counts.values()), counts  # uniform: 100 each
+    assert all(steps == tasks.index(task) + 1 for task, steps in plan)
+    assert {s for _, s in train.epoch_plan(0, 9, tasks, 7, {})} == {7}
+
+
+def test_ema_update_is_the_exponential_moving_average():
+    ema, params = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([3.0, 6.0])}
+    updated = train.ema_update(ema, params, 0.75)
+    np.testing.assert_allclose(updated["w"], [1.5, 3.0])
+
+
+@pytest.fixture(scope="module")
+def one_device_run(config):
+    """100 steps of the reference config on one device from the same start, on the pet
+    batches the reference run sees first: (metrics per step, host params after step 3)."""
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    replicated = parallel.replicated(mesh)
+    run = train.setup_run(config, mesh)
+    state = train.new_state(run, config, mesh)
+    rules = jax.device_put(run.rules["pet"], replicated)
+    learning_rate = jax.device_put(jnp.float32(config.optim.learning_rate), replicated)
+    batches = run.batches["pet"]
+    step_fn = train.make_train_step(mesh, replicated, **run.step_options)
+    batch = next(batches)
+    compiled = train.compile_step(step_fn, (state, batch, rules, learning_rate), True)
+    metrics, params_at_3 = [], None
+    for step in range(1, 101):
+        state, values = compiled(state, batch, rules, learning_rate)
+        metrics.append(jax.device_get(values))
+        batch = next(batches)
+        if step == 3:
+            params_at_3 = host_tree(state.params)
+    return metrics, params_at_3
+
+
+def test_one_device_takes_the_same_steps_as_four_devices(reference, config, one_device_run):
+    """The reference run (4 devices, batch split 1 per device) against one device."""
+    _, workdir = reference
+    batch = next(train.setup_run(config, parallel.make_mesh()).batches["pet"])
+    assert batch["b"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert [s.data.shape[0] for s in batch["a"].addressable_shards] == [1, 1, 1, 1]
+    four_devices = step_records(read_metrics(workdir))
+    metrics, params_at_3 = one_device_run
+    for step in (1, 2, 3):  # epoch 0 of the reference run trains on pet
+        for name, value in metrics[step - 1].items():
+            np.testing.assert_allclose(value, four_devices[step][name], rtol=2e-5, err_msg=name)
+    saved = params_at(os.path.join(workdir, train.CHECKPOINT_DIR), config)[3]
+    for a, b in zip(jax.tree.leaves(host_tree(saved)), jax.tree.leaves(params_at_3)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_loss_decreases_over_100_steps(one_device_run):
+    totals = np.array([values["loss"] for values in one_device_run[0]])
+    assert np.all(np.isfinite(totals))
+    assert totals[-20:].mean() < 0.8 * totals[:20].mean()
+
+
+def test_reference_run_logs_and_checkpoints(reference, config):
+    state, workdir = reference
+    records = read_metrics(workdir)
+    assert records[0]["compile_seconds"] > 0 and "loss" not in records[0]
+    steps = step_records(records)
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    plan = train.epoch_plan(1, 2, ("pet", "spect"), 3, {})
+    assert [steps[s]["task"] for s in sorted(steps)] == [t for t, n in plan for _ in range(n)]
+    assert {steps[s]["task"] for s in steps} == {"pet", "spect"}
+    for record in steps.values():
+        weights = [record[f"weight/{name}"] for name in config.loss.weights]
+        np.testing.assert_allclose(sum(weights), sum(config.loss.weights.values()), rtol=1e-5)
+        assert record["learning_rate"] == pytest.approx(1e-3)
+    assert all(r["steps_per_second"] > 0 for r in records if "loss" in r)
+    events = os.listdir(os.path.join(workdir, train.TENSORBOARD_DIR))
+    with open(os.path.join(workdir, train.TENSORBOARD_DIR, events[0]), "rb") as file:
+        assert b"weight/noise" in file.read()
+    manager = checkpoints.open_manager(os.path.join(workdir, train.CHECKPOINT_DIR))
+    assert list(manager.all_steps()) == [3, 6]
+    assert int(state.step) == 6
+
+
+def test_policy_moves_the_weights_during_training(reference, config):
+    state, workdir = reference
+    steps = step_records(read_metrics(workdir))
+    names = list(config.loss.weights)
+    first = np.array([steps[1][f"weight/{n}"] for n in names])
+    last = np.array([steps[6][f"weight/{n}"] for n in names])
+    assert np.max(np.abs(first - last)) > 1e-3
+    settings = weighting.settings_from_config(config.weighting, config.loss.weights, 6)
+    initial = weighting.init_policy(settings).mean
+    assert np.max(np.abs(np.asarray(host_tree(state.policy).mean) - initial)) > 1e-3
+    assert int(host_tree(state.policy).count) == 6
+
+
+def back_to_epoch_one(workdir, destination):
+    """A copy of the reference run's work directory as it was after epoch 1 of 2 (step 3)."""
+    shutil.copytree(workdir, destination)
+    shutil.rmtree(os.path.join(destination, train.CHECKPOINT_DIR, "6"))
+    os.remove(os.path.join(destination, train.METRICS_FILE))
+    return destination
+
+
+def test_resume_continues_exactly_like_the_uninterrupted_run(reference, config, tmp_path):
+    state, workdir = reference
+    resumed_dir = back_to_epoch_one(workdir, str(tmp_path / "resumed"))
+    resumed = train.train_and_evaluate(config, resumed_dir)
+    assert_trees_equal(resumed, state)
+    expected = step_records(read_metrics(workdir))
+    got = step_records(read_metrics(resumed_dir))
+    assert sorted(got) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert got[step] == expected[step]
+
+
+def test_restore_onto_two_and_one_devices(reference, config):
+    state, workdir = reference
+    manager = checkpoints.open_manager(os.path.join(workdir, train.CHECKPOINT_DIR))
+    for count in (2, 1):
+        mesh = parallel.make_mesh(jax.devices()[:count])
+        abstract = jax.eval_shape(train.setup_run(config, mesh).create,
+                                  jax.random.PRNGKey(config.seed))
+        restored, progress = train.restore_state(manager, 6, abstract, mesh)
+        assert progress["epoch"] == 2 and progress["step"] == 6
+        assert_trees_equal(restored, state)
+        for leaf in jax.tree.leaves(restored):
+            assert leaf.sharding.device_set == set(jax.devices()[:count])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(reference, config, tmp_path):
+    _, workdir = reference
+    exploding = config.copy_and_resolve_references()
+    exploding.optim.decay_rate = 1e30  # epoch 1 trains with a learning rate of 1e27
+    exploding.optim.decay_every_epochs = 1
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    with pytest.raises(train.NonFiniteLoss) as error:
+        train.train_and_evaluate(exploding, run_dir)
+    message = str(error.value)
+    step = int(message.split(" at step ")[1].split()[0])
+    term = message.split("loss term '")[1].split("'")[0]
+    assert step > 4 and term in losses.TERMS + ("total",)
+    assert "the last good checkpoint is step 3" in message
+    logged = step_records(read_metrics(run_dir))
+    assert sorted(logged) == list(range(4, step))
+    assert all(np.isfinite(logged[s]["loss"]) for s in logged)
+    kept = params_at(os.path.join(run_dir, train.CHECKPOINT_DIR), config)
+    assert list(kept) == [3]
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(host_tree(kept[3])))
+
+
+def test_training_starts_from_a_params_checkpoint(reference, config, tmp_path):
+    state, _ = reference
+    path = str(tmp_path / "params")
+    checkpoints.write_params_checkpoint(path, config, host_tree(state.params))
+    starting = config.copy_and_resolve_references()
+    starting.train.init_params = path
+    mesh = parallel.make_mesh()
+    fresh = train.new_state(train.setup_run(starting, mesh), starting, mesh)
+    assert_trees_equal(fresh.params, state.params)
+    assert int(fresh.step) == 0
+    assert all(float(np.abs(leaf).max()) == 0.0
+               for leaf in jax.tree.leaves(host_tree(fresh.opt_state)))
+
+
+def test_cli_train_reports_a_missing_data_folder(tiny_config_path, tmp_path, capsys):
+    status = cli.main(["train", "--config", tiny_config_path, "--workdir", str(tmp_path),
+                       f"--config.data.root={tmp_path / 'no-data'}"])
+    assert status == 2
+    assert "no-data" in capsys.readouterr().err
+
+
+WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    import numpy as np
+    from difffccf_jax import train
+    from difffccf_jax.config_cli import load_config
+    config = load_config(sys.argv[1], [tuple(item) for item in json.loads(sys.argv[2])])
+    state = train.train_and_evaluate(config, sys.argv[3])
+    leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
+    np.savez(sys.argv[4], *leaves)
+""")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_like_one_process_with_four_devices(
+        reference, tiny_config_path, overrides, tmp_path):
+    """Two processes with 2 devices each resume the reference run after epoch 1 and train
+    epoch 2 together; both end with the reference run's parameters."""
+    state, workdir = reference
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    port = free_port()
+    workers = []
+    for process_id in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(process_id))
+        workers.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, tiny_config_path, json.dumps(overrides), run_dir,
+             str(tmp_path / f"params{process_id}.npz")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [worker.communicate(timeout=400)[0] for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for worker, output in zip(workers, outputs):
+        assert worker.returncode == 0, output[-3000:]
+    params = [np.load(tmp_path / f"params{i}.npz") for i in range(2)]
+    expected = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
+    for i, leaf in enumerate(expected):
+        np.testing.assert_array_equal(params[0][f"arr_{i}"], params[1][f"arr_{i}"])
+        np.testing.assert_allclose(params[0][f"arr_{i}"], leaf, rtol=1e-5, atol=1e-6)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
