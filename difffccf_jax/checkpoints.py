@@ -13,15 +13,14 @@ killed during a save leaves the previous step as the latest complete checkpoint.
 restored with the shardings of the target tree, so a run saved on 4 devices restores onto 2 or 1.
 """
 
-import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from difffccf_jax.config_cli import load_json_config, save_json_config
 from difffccf_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -59,23 +58,10 @@ def open_manager(directory, keep=None, read_only=False):
                                  item_handlers=handlers)
 
 
-def _to_tuples(value):
-    """JSON lists back to the tuples the configs use."""
-    if isinstance(value, dict):
-        return {k: _to_tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_to_tuples(v) for v in value)
-    return value
-
-
 def write_config(directory, config):
     """Writes `config` as directory/config.json (temporary name, then rename)."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, CONFIG_FILE)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(temporary, path)
+    save_json_config(config, os.path.join(directory, CONFIG_FILE))
 
 
 def read_config(directory):
@@ -84,12 +70,7 @@ def read_config(directory):
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist: expected a checkpoint directory written by "
                         "`difffccf train` or `difffccf convert-torch`")
-    try:
-        with open(path, encoding="utf-8") as file:
-            values = json.load(file)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path} is not valid JSON: {error}") from error
-    return ml_collections.ConfigDict(_to_tuples(values))
+    return load_json_config(path)
 
 
 def save(manager, step, items, progress):
