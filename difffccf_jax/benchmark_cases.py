@@ -410,15 +410,6 @@ CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
 
 # ---- the worker process and its caller -----------------------------------------------------------
 
-def row_to_dict(row):
-    return dict(row._asdict(), timing=row.timing._asdict() if row.timing else None)
-
-
-def row_from_dict(data):
-    timing = data.get("timing")
-    return Row(**dict(data, timing=Timing(**timing) if timing else None))
-
-
 def import_framework(framework):
     """Imports the framework before the memory baseline, so that its own footprint (and the
     threads it starts) are not counted as the case's memory."""
@@ -445,13 +436,33 @@ def accelerator_name(framework):
     return None if device.platform == "cpu" else f"{device.device_kind} ({device.platform})"
 
 
+def device_peak_mib(framework):
+    """Peak memory the case used on its GPU, MiB, or None on CPU."""
+    if framework == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / benchmarking.MIB \
+            if torch.cuda.is_available() else None
+    import jax
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return stats["peak_bytes_in_use"] / benchmarking.MIB if stats else None
+
+
+def with_device_peak(note, framework):
+    peak = device_peak_mib(framework)
+    return note if peak is None else "; ".join(filter(None, [note, f"GPU peak {peak:.0f} MiB"]))
+
+
 def run_here(case):
     """Measures `case` in this process; returns the worker's result dict."""
     import_framework(case.framework)
     baseline = benchmarking.peak_rss_mib()
     rows = CASES[(case.kind, case.framework)](case)
     rss = benchmarking.peak_rss_mib() - baseline
-    return {"rows": [row_to_dict(r._replace(rss_mib=rss)) for r in rows],
+    rows = [r._replace(rss_mib=rss, note=with_device_peak(r.note, case.framework)) for r in rows]
+    return {"rows": [benchmarking.row_to_dict(r) for r in rows],
             "accelerator": accelerator_name(case.framework)}
 
 
@@ -467,9 +478,14 @@ def run_in_subprocess(case, timeout_s=None):
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
-            return [row_from_dict(r) for r in result["rows"]], result["accelerator"]
-    lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-    return [failed_row(case, "failed: " + lines[-1][:200])], None
+            return ([benchmarking.row_from_dict(r) for r in result["rows"]],
+                    result["accelerator"])
+    if done.returncode < 0:
+        why = f"killed by signal {-done.returncode}" + (
+            " (out of memory?)" if done.returncode == -9 else "")
+    else:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return [failed_row(case, "failed: " + why[:200])], None
 
 
 def failed_row(case, note):

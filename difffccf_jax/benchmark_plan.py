@@ -256,26 +256,51 @@ NOTES = (
     "both forms.",
     "Threads: JAX uses XLA's CPU thread pool over all cores, PyTorch its default intra-op "
     "thread count (one per core).",
+    "Column 'run': the numbered run (see Runs) that measured the row; a run with --update "
+    "re-measures some cases and replaces their rows, the targets use the rows shown.",
 )
 
 
-def run(options, command, out, progress=sys.stderr):
-    """Runs every planned case, writes the report to `out` atomically and returns its text."""
-    started = benchmarking.utc_now()
-    load_start = os.getloadavg()[0]
+def previous_results(out):
+    """(runs, rows, accelerator) kept next to the report `out` by an earlier run."""
+    path = benchmarking.data_path(out)
+    if not os.path.isfile(path):
+        raise UserError(f"--update: no earlier results at {path} (run without --update first)")
+    try:
+        return benchmarking.read_results(path)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"--update: {path} is not a results file of this benchmark: "
+                        f"{error}") from error
+
+
+def measure_all(cases, timeout_s, run_number, progress):
+    """(rows, accelerator name or None) of the cases, each in its own process."""
     rows, accelerator = [], None
-    for case in plan(options):
+    for case in cases:
         load = os.getloadavg()[0]
-        print(f"measuring {case.kind} {case.framework} {case.label} batch {case.batch} "
-              f"{case.variant} {case.part} {case.size or ''} (load {load:.1f})".rstrip(),
-              file=progress, flush=True)
-        new_rows, name = run_in_subprocess(case, options.case_timeout_s)
+        what = " ".join(str(v) for v in (case.kind, case.framework, case.label, case.variant,
+                                         case.part, case.size or "") if v)
+        print(f"measuring {what}, batch {case.batch} (load {load:.1f})", file=progress,
+              flush=True)
+        new_rows, name = run_in_subprocess(case, timeout_s)
         accelerator = accelerator or name
-        rows += [row._replace(load=load) for row in new_rows]
-    rows = with_counterpart_flops(rows)
+        rows += [row._replace(load=load, run=run_number) for row in new_rows]
+    return rows, accelerator
+
+
+def run(options, command, out, update=False, progress=sys.stderr):
+    """Runs every planned case and writes the report to `out` (and its rows to the JSON file
+    next to it) atomically; with `update`, the new rows replace the same cases of the earlier
+    results and are added to them. Returns the report text."""
+    runs, rows, accelerator = previous_results(out) if update else ([], [], None)
+    started, load_start = benchmarking.utc_now(), os.getloadavg()[0]
+    new_rows, new_accelerator = measure_all(plan(options), options.case_timeout_s,
+                                            len(runs) + 1, progress)
+    runs = runs + [benchmarking.Run(command, started, load_start, os.getloadavg()[0])]
+    rows = with_counterpart_flops(benchmarking.merge_rows(rows, new_rows))
+    accelerator = new_accelerator or accelerator
     text = benchmarking.report(
-        "Benchmarks: JAX against the PyTorch port", command, rows, all_targets(rows),
-        benchmarking.machine_description(accelerator), matmul_rate(rows), NOTES, started,
-        (load_start, os.getloadavg()[0]))
-    benchmarking.write_report(out, text)
+        "Benchmarks: JAX against the PyTorch port", runs, rows, all_targets(rows),
+        benchmarking.machine_description(accelerator), matmul_rate(rows), NOTES)
+    benchmarking.write_report(out, text, benchmarking.results_json(runs, rows, accelerator))
     return text

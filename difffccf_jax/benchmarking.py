@@ -11,6 +11,7 @@ by other processes.
 
 import datetime
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -19,7 +20,7 @@ import statistics
 import time
 from typing import NamedTuple, Optional
 
-from difffccf_jax.files import write_text
+from difffccf_jax.files import write_files
 
 VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch")
 MIB = 1024.0 * 1024.0
@@ -162,6 +163,37 @@ class Row(NamedTuple):
     buffers_mib: Optional[float] = None  # XLA buffers (JAX only)
     load: Optional[float] = None  # 1-minute load average when the case started
     note: str = ""
+    run: int = 1  # which run of the report measured it (see Run)
+
+
+class Run(NamedTuple):
+    """One invocation of the benchmark that contributed rows to a report."""
+    command: str
+    started: str  # UTC, 'YYYY-MM-DD HH:MM'
+    load_start: float  # 1-minute load average at its start and end
+    load_end: float
+
+
+def row_to_dict(row):
+    """A JSON-ready dict of `row`."""
+    return dict(row._asdict(), timing=row.timing._asdict() if row.timing else None)
+
+
+def row_from_dict(data):
+    timing = data.get("timing")
+    return Row(**dict(data, timing=Timing(**timing) if timing else None))
+
+
+def row_key(row):
+    """What a row measures: rows with the same key replace each other when runs merge."""
+    return row.case, row.config, row.batch, row.framework
+
+
+def merge_rows(old, new):
+    """`old` rows with those measured again in `new` replaced (in place), then new ones."""
+    replaced = {row_key(row): row for row in new}
+    merged = [replaced.pop(row_key(row), row) for row in old]
+    return merged + [row for row in new if row_key(row) in replaced]
 
 
 def _number(value, digits):
@@ -178,7 +210,7 @@ def _seconds(value):
 
 MEASUREMENT_COLUMNS = ("case", "config", "batch", "framework", "compile s", "first call s",
                        "steady s", "CPU s/call", "peak RSS MiB", "XLA buffers MiB", "GFLOP",
-                       "GFLOP/s", "% of matmul", "load", "note")
+                       "GFLOP/s", "% of matmul", "load", "run", "note")
 
 
 def measurement_row(row, matmul_gflops):
@@ -193,7 +225,7 @@ def measurement_row(row, matmul_gflops):
             _seconds(t.cpu_s) if t and t.cpu_s else "—",
             _number(row.rss_mib, 0), _number(row.buffers_mib, 1),
             _number(row.flops / 1e9 if row.flops else None, 2), _number(rate, 1),
-            _number(share, 0), _number(row.load, 1), row.note)
+            _number(share, 0), _number(row.load, 1), str(row.run), row.note)
 
 
 def markdown_table(columns, rows):
@@ -229,17 +261,23 @@ def target_row(target):
     return (target.name, _number(target.measured, 2), bound, met, target.how)
 
 
-def report(title, command, rows, targets, machine, matmul_gflops, notes, started, loads):
-    """The whole BENCHMARKS.md text. loads: (1-minute load average at start, at end)."""
+def runs_list(runs):
+    """A numbered Markdown list of the runs: date, load average and the exact command."""
+    return "\n".join(
+        f"{i}. {run.started} UTC, load average (1 min) {run.load_start:.1f} at the start, "
+        f"{run.load_end:.1f} at the end:\n\n       {run.command}\n"
+        for i, run in enumerate(runs, start=1))
+
+
+def report(title, runs, rows, targets, machine, matmul_gflops, notes):
+    """The whole BENCHMARKS.md text; `runs` lists the Run of every row's 'run' number."""
     table = markdown_table(MEASUREMENT_COLUMNS, [measurement_row(r, matmul_gflops)
                                                  for r in rows])
     return "\n\n".join([
         f"# {title}",
-        f"Run on {started:%Y-%m-%d %H:%M} UTC with\n\n    {command}",
+        "## Runs\n\n" + runs_list(runs).rstrip(),
         "## Machine\n\n" + machine
-        + f"\n- Measured float32 matrix-multiply rate: {_number(matmul_gflops, 1)} GFLOP/s"
-        + f"\n- Load average (1 min) at start / end: {loads[0]:.1f} / {loads[1]:.1f} "
-          f"on {os.cpu_count()} cores",
+        + f"\n- Measured float32 matrix-multiply rate: {_number(matmul_gflops, 1)} GFLOP/s",
         "## Targets\n\n" + markdown_table(TARGET_COLUMNS, [target_row(t) for t in targets]),
         "## Measurements\n\n" + table,
         "## Notes\n\n" + "\n".join(f"- {note}" for note in notes),
@@ -247,11 +285,30 @@ def report(title, command, rows, targets, machine, matmul_gflops, notes, started
 
 
 def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc)
+    """The current UTC time as 'YYYY-MM-DD HH:MM'."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def write_report(path, text):
-    """Writes the report atomically (temporary name, then rename), creating its folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    write_text(path, text)
+def data_path(report_path):
+    """The JSON file kept next to a report with its runs and rows (BENCHMARKS.json)."""
+    return os.path.splitext(report_path)[0] + ".json"
+
+
+def results_json(runs, rows, accelerator):
+    return json.dumps({"runs": [run._asdict() for run in runs],
+                       "rows": [row_to_dict(row) for row in rows],
+                       "accelerator": accelerator}, indent=1) + "\n"
+
+
+def read_results(path):
+    """(runs, rows, accelerator) of a JSON file written with a report."""
+    with open(path, encoding="utf-8") as file:
+        data = json.load(file)
+    return ([Run(**run) for run in data["runs"]], [row_from_dict(row) for row in data["rows"]],
+            data["accelerator"])
+
+
+def write_report(path, text, data_text):
+    """Writes the report and its JSON data together, all-or-nothing, creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_files([(path, text), (data_path(path), data_text)])

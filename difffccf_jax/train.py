@@ -349,10 +349,11 @@ def train_and_evaluate(config, workdir):
         bad = first_non_finite(records)
         if bad is not None:
             step, term = bad
-            raise NonFiniteLoss(
-                f"training stopped: loss term '{term}' is not finite at step {step} "
-                f"(epoch {epoch}, task {task}); the last good checkpoint is step "
-                f"{manager.latest_step()} in {checkpoint_dir}")
+            last_good = manager.latest_step()
+            kept = (f"the last good checkpoint is step {last_good} in {checkpoint_dir}"
+                    if last_good is not None else "no checkpoint was written before it")
+            raise NonFiniteLoss(f"training stopped: loss term '{term}' is not finite at step "
+                                f"{step} (epoch {epoch}, task {task}); {kept}")
         for step, values in records:
             if step % config.train.log_every_steps == 0 or step == records[-1][0]:
                 log.write(step, dict(values, epoch=epoch, task=task, steps_per_second=rate,

@@ -63,10 +63,29 @@ def measure(config, mesh, steps, warmup, fast_compile):
     return compile_seconds, (time.perf_counter() - started) / steps
 
 
+def write_table(path, rows, device, command, args):
+    """Writes the rows so far as a Markdown table (temporary name, then rename)."""
+    table = ("| config | image | batch | compile s | ms/step | steps/s | images/s |\n"
+             "|---|---|---|---|---|---|---|\n") + "".join(
+        f"| {n} | {s} | {b} | {c:.1f} | {ms:.1f} | {sps:.4g} | {ips:.4g} |\n"
+        for n, s, b, c, ms, sps, ips in rows)
+    text = (f"# Train step throughput\n\nDevice: {device}. Command: `{command}`.\n"
+            f"Timed steps: {args.steps} after {args.warmup} warm-up steps; compile time is "
+            f"the AOT compile of the step alone.\n\n{table}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)
+    return table
+
+
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     mesh = parallel.make_mesh(jax.devices()[:args.devices])
     device = f"{args.devices} x {jax.devices()[0].device_kind} ({jax.default_backend()})"
+    command = " ".join(["python scripts/benchmark_train.py"] + argv)
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for name in args.configs:
@@ -84,23 +103,9 @@ def main(argv=None):
                 rows.append((name, config.data.image_size, batch_size, compile_seconds,
                              step_seconds * 1e3, 1 / step_seconds, batch_size / step_seconds))
                 print(f"{name} batch {batch_size}: compile {compile_seconds:.1f} s, "
-                      f"{1 / step_seconds:.2f} steps/s", flush=True)
-    header = ("| config | image | batch | compile s | ms/step | steps/s | images/s |\n"
-              "|---|---|---|---|---|---|---|\n")
-    table = header + "".join(
-        f"| {n} | {s} | {b} | {c:.1f} | {ms:.1f} | {sps:.3f} | {ips:.3f} |\n"
-        for n, s, b, c, ms, sps, ips in rows)
-    command = "python scripts/benchmark_train.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
-    text = (f"# Train step throughput\n\nDevice: {device}. Command: `{command.strip()}`.\n"
-            f"Timed steps: {args.steps} after {args.warmup} warm-up steps; compile time is "
-            f"the AOT compile of the step alone.\n\n{table}")
+                      f"{step_seconds * 1e3:.1f} ms/step", flush=True)
+                table = write_table(args.out, rows, device, command, args)
     print(table)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    temporary = f"{args.out}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, args.out)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_measurement_row_derives_rate_and_share_of_matmul():
     row = Row("U-Net forward", "paper (compat)", 1, "JAX", Timing(2.0, 0.6, 0.5, 0.9, 4),
               flops=2e9, rss_mib=100.4, buffers_mib=12.25, load=1.5, note="n")
     cells = benchmarking.measurement_row(row, matmul_gflops=8.0)
-    assert len(cells) == len(benchmarking.MEASUREMENT_COLUMNS)
+    assert len(cells) == len(benchmarking.MEASUREMENT_COLUMNS) == 16
     named = dict(zip(benchmarking.MEASUREMENT_COLUMNS, cells))
     assert named["GFLOP/s"] == "4.0" and named["% of matmul"] == "50"
     assert named["steady s"] == "0.5" and named["compile s"] == "2"
@@ -142,16 +142,21 @@ def test_port_rows_take_the_flop_count_of_their_jax_counterpart():
          _row("float32 matmul", "8^2", 1, "PyTorch port", 1.0, flops=4e9)]) == pytest.approx(8.0)
 
 
-def test_report_is_written_atomically(tmp_path, monkeypatch):
+def test_report_and_its_data_are_written_atomically_and_read_back(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "BENCHMARKS.md"
     rows = [_row("U-Net forward", "tiny", 1, "JAX", 1.0, flops=2e9)]
-    text = benchmarking.report("Title", "difffccf benchmark --quick", rows, [], "- CPU: x",
-                               4.0, ["a note"], benchmarking.utc_now(), (1.0, 2.0))
-    benchmarking.write_report(str(path), text)
-    assert path.read_text() == text and os.listdir(path.parent) == ["BENCHMARKS.md"]
-    for heading in ("# Title", "## Machine", "## Targets", "## Measurements", "## Notes"):
+    runs = [benchmarking.Run("difffccf benchmark --quick", "2026-01-02 03:04", 1.0, 2.0)]
+    text = benchmarking.report("Title", runs, rows, [], "- CPU: x", 4.0, ["a note"])
+    benchmarking.write_report(str(path), text, benchmarking.results_json(runs, rows, None))
+    assert path.read_text() == text
+    assert sorted(os.listdir(path.parent)) == ["BENCHMARKS.json", "BENCHMARKS.md"]
+    assert benchmarking.read_results(str(tmp_path / "sub" / "BENCHMARKS.json")) == (
+        runs, rows, None)
+    for heading in ("# Title", "## Runs", "## Machine", "## Targets", "## Measurements",
+                    "## Notes"):
         assert heading in text
-    assert "    difffccf benchmark --quick" in text and "| 2.00 | 2.0 | 50 |" in text
+    assert "1. 2026-01-02 03:04 UTC" in text and "       difffccf benchmark --quick" in text
+    assert "| 2.00 | 2.0 | 50 | — | 1 |" in text
 
     def write_half_then_fail(temporary, content):
         with open(temporary, "w", encoding="utf-8") as file:
@@ -160,8 +165,21 @@ def test_report_is_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files, "_write_text", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        benchmarking.write_report(str(path), "new text " * 100)
-    assert path.read_text() == text and os.listdir(path.parent) == ["BENCHMARKS.md"]
+        benchmarking.write_report(str(path), "new text " * 100, "{}")
+    assert path.read_text() == text
+    assert sorted(os.listdir(path.parent)) == ["BENCHMARKS.json", "BENCHMARKS.md"]
+
+
+def test_merging_runs_replaces_re_measured_cases_in_place():
+    old = [_row("U-Net forward", "paper (compat)", 1, "JAX", 3.0),
+           _row("U-Net forward", "paper (compat)", 1, "PyTorch port", 5.0),
+           _row("U-Net forward", "tiny", 1, "JAX", 0.1)]
+    new = [_row("U-Net forward", "paper (compat)", 1, "PyTorch port", 2.0)._replace(run=2),
+           _row("U-Net forward", "paper (compat)", 4, "JAX", 9.0)._replace(run=2)]
+    merged = benchmarking.merge_rows(old, new)
+    assert [(r.config, r.batch, r.framework, r.run, r.timing.steady_s) for r in merged] == [
+        ("paper (compat)", 1, "JAX", 1, 3.0), ("paper (compat)", 1, "PyTorch port", 2, 2.0),
+        ("tiny", 1, "JAX", 1, 0.1), ("paper (compat)", 4, "JAX", 2, 9.0)]
 
 
 def test_dense_graph_of_the_benchmark_equals_the_stencil_operators():
@@ -177,7 +195,7 @@ def _args(**overrides):
     values = dict(quick=False, configs=None, batch_sizes=None, cases="forward,sampling",
                   graph_sizes=None, matmul_size=None, max_repeats=None, budget_s=None,
                   sampling_steps=100, whole_sampling_max_size=64, case_timeout_s=100.0,
-                  out="B.md")
+                  out="B.md", update=False)
     values.update(overrides)
     return argparse.Namespace(**values)
 

@@ -45,7 +45,13 @@ def register(subparsers):
                              "estimated from the per-step time (default 64)")
     parser.add_argument("--case-timeout-s", type=float, default=3600.0,
                         help="a case running longer is stopped and reported as timed out")
-    parser.add_argument("--out", default="BENCHMARKS.md", help="report file (Markdown)")
+    parser.add_argument("--out", default="BENCHMARKS.md",
+                        help="report file (Markdown); its rows are kept in a .json file next "
+                             "to it")
+    parser.add_argument("--update", action="store_true",
+                        help="merge into the existing report: the cases measured now replace "
+                             "the same cases of the earlier runs (for example to re-measure "
+                             "some rows when the machine is quieter)")
     parser.set_defaults(run=run)
 
 
@@ -102,7 +108,7 @@ def options_from_args(args):
                f"--budget-s {options.budget_s:g} "
                f"--sampling-steps {options.sampling_steps} "
                f"--whole-sampling-max-size {options.whole_sampling_max_size} "
-               f"--out {args.out}")
+               f"--out {args.out}" + (" --update" if args.update else ""))
     return options, command
 
 
@@ -110,5 +116,5 @@ def run(args):
     from difffccf_jax import benchmark_plan
 
     options, command = options_from_args(args)
-    print(benchmark_plan.run(options, command, args.out))
+    print(benchmark_plan.run(options, command, args.out, args.update))
     print(f"written to {args.out}")
