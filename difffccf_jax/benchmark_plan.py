@@ -255,7 +255,11 @@ NOTES = (
     "Graformer layer, whose dense graph attention (softmax of N x N scores) is the same in "
     "both forms.",
     "Threads: JAX uses XLA's CPU thread pool over all cores, PyTorch its default intra-op "
-    "thread count (one per core).",
+    "thread count (one per core). PyTorch's threads wait for each other after every "
+    "operation, so when other processes take CPU time the port slows down far more than JAX, "
+    "whose thread pool shares work dynamically: JAX / PyTorch ratios of rows measured at a "
+    "load near or above the core count mostly measure that, not the frameworks on an idle "
+    "machine.",
     "Column 'run': the numbered run (see Runs) that measured the row; a run with --update "
     "re-measures some cases and replaces their rows, the targets use the rows shown.",
 )

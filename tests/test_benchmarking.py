@@ -237,3 +237,11 @@ def test_worker_process_measures_a_matmul_and_reports_a_failure():
     broken = case._replace(kind="forward", config="/nonexistent/config.py")
     (row,), _ = benchmark_cases.run_in_subprocess(broken, timeout_s=120)
     assert row.timing is None and row.note.startswith("failed:")
+
+
+def test_update_needs_earlier_results_next_to_the_report(tmp_path):
+    with pytest.raises(UserError, match="no earlier results"):
+        benchmark_plan.previous_results(str(tmp_path / "BENCHMARKS.md"))
+    (tmp_path / "BENCHMARKS.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a results file"):
+        benchmark_plan.previous_results(str(tmp_path / "BENCHMARKS.md"))
