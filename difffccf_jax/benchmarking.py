@@ -33,6 +33,7 @@ class Timing(NamedTuple):
     steady_s: float  # median wall time of the repeated calls
     cpu_s: float  # median process CPU time (all threads) of the repeated calls
     repeats: int
+    best_s: Optional[float] = None  # the fastest repeated call
 
 
 def time_calls(call, repeats, compile_s=0.0, budget_s=None):
@@ -53,14 +54,21 @@ def time_calls(call, repeats, compile_s=0.0, budget_s=None):
         call()
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - start_cpu)
-    return Timing(compile_s, first, statistics.median(walls), statistics.median(cpus), repeats)
+    return Timing(compile_s, first, statistics.median(walls), statistics.median(cpus), repeats,
+                  min(walls))
+
+
+MIN_STEADY_S = 1.0  # fast calls are repeated for at least this long (up to MAX_FAST_REPEATS)
+MAX_FAST_REPEATS = 1000
 
 
 def repeats_within(first_s, budget_s, max_repeats, min_repeats=2):
-    """How many steady calls fit in `budget_s` seconds when one takes about `first_s`, clamped
-    to [min_repeats, max_repeats]."""
-    fitting = int(budget_s // max(first_s, 1e-9))
-    return max(min_repeats, min(max_repeats, fitting))
+    """How many steady calls to make when one takes about `first_s`: `max_repeats`, or more
+    for calls so fast that these would take under MIN_STEADY_S (a median of many is steadier),
+    but no more than fit in `budget_s` seconds, and at least `min_repeats`."""
+    first_s = max(first_s, 1e-9)
+    wanted = max(max_repeats, min(MAX_FAST_REPEATS, int(MIN_STEADY_S / first_s)))
+    return max(min_repeats, min(wanted, int(budget_s / first_s)))
 
 
 def compile_jax(jitted, *args):
