@@ -7,7 +7,12 @@ by `region_post_step`; `make_sampler` wraps registration and the whole reverse l
 over the schedule) in one jitted function whose batch is split over the devices of a mesh.
 
 Choices where SPEC 6 leaves room:
-- x, x^A and x^B start from three independent N(0, I) samples per channel run.
+- One N(0, I) sample eps per channel run starts all three states as training noises them: x^A
+  and x^B are the run's two conditions noised to the first reverse step with the same eps, x is
+  eps. A shared noise keeps x^A - x^B = sqrt(abar_t) (A' - B') along the whole reverse run (the
+  posterior step preserves it), so the network sees source pairs like those it was trained on;
+  independent starts would give x^A - x^B of order 1 at every noise level, which training never
+  shows it.
 - Reverse step i (i = 0 the noisiest, N steps in the schedule used) is in stage floor(3 i / N):
   conditions (B, B), then (A, B), then (A, A).
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
@@ -130,12 +135,18 @@ def warp_b(b, deformation):
     return jnp.clip(registration.warp(b - fill, deformation) + fill, -1.0, 1.0)
 
 
-def initial_state(pair_keys, height, width):
-    """Three independent N(0, I) samples per channel run for x, x^A, x^B, [3B, H, W, 1] each
-    (channel-major rows)."""
-    draws = jax.vmap(lambda key: jax.random.normal(key, (3, 3, height, width, 1)))(pair_keys)
-    return SamplerState(*(jnp.moveaxis(draws[:, s], 1, 0).reshape(-1, height, width, 1)
-                          for s in range(3)))
+def initial_noise(pair_keys, height, width):
+    """One N(0, I) sample per channel run, [3B, H, W, 1] (channel-major rows)."""
+    draws = jax.vmap(lambda key: jax.random.normal(key, (3, height, width, 1)))(pair_keys)
+    return jnp.moveaxis(draws, 1, 0).reshape(-1, height, width, 1)
+
+
+def initial_state(schedule, cond_a, cond_b, noise):
+    """The state at the first reverse step (the last schedule entry): x^A and x^B the
+    conditions [3B, H, W, 1] noised there with the same `noise`, x the noise itself."""
+    t = jnp.full((noise.shape[0],), schedule.betas.shape[0] - 1, jnp.int32)
+    return SamplerState(noise, diffusion.q_sample(schedule, cond_a, t, noise),
+                        diffusion.q_sample(schedule, cond_b, t, noise))
 
 
 def step_noise(pair_keys, step, height, width):
@@ -193,7 +204,11 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
         reflect_rows = np.repeat(np.array([False, *reflect]), num_pairs)
         pair_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, pair_ids)
         init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(pair_keys), 1, 0)
-        start = jax.lax.with_sharding_constraint(initial_state(init_keys, height, width), split)
+        start_noise = initial_noise(init_keys, height, width)
+
+        def start(rows):
+            return jax.lax.with_sharding_constraint(
+                initial_state(schedule, rows["cond_a"], rows["cond_b"], start_noise), split)
 
         def body(carry, evaluation):
             inputs, state, m1, m2 = carry
@@ -212,7 +227,8 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
 
             def registered(_):
                 deformation = out.deformation[:num_pairs]  # the Y rows: (A, B_Y)
-                return fusion_inputs(a, warp_b(b, deformation), deformation), state, m1, m2
+                registered_inputs = fusion_inputs(a, warp_b(b, deformation), deformation)
+                return registered_inputs, start(registered_inputs.rows), m1, m2
 
             def reverse(_):
                 noise = step_noise(noise_keys, step, height, width) if add_noise else None
@@ -225,10 +241,10 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
             return jax.lax.cond(registering, registered, reverse, None), None
 
         inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
-        masks = jnp.zeros_like(start.x)
+        masks = jnp.zeros_like(start_noise)
         evaluations = jnp.arange(-1 if register else 0, num_steps)
-        (inputs, state, m1, m2), _ = jax.lax.scan(body, (inputs, start, masks, masks),
-                                                  evaluations)
+        (inputs, state, m1, m2), _ = jax.lax.scan(
+            body, (inputs, start(inputs.rows), masks, masks), evaluations)
         fused = jnp.clip(channels_to_last(state.x), -1.0, 1.0)
         return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
                             m1=channels_to_last(m1), m2=channels_to_last(m2),

@@ -137,6 +137,35 @@ def test_reverse_step_matches_numpy_oracle(index, stochastic):
                                    err_msg=name)
 
 
+def test_sources_start_noised_like_training_and_keep_their_difference():
+    # x^A - x^B = sqrt(abar) (A' - B') at the start and after every reverse step (while the x0
+    # estimates stay inside [-1, 1]), as for the training noise of one shared eps; float64, as
+    # float32 rounding of the noisy states is amplified by 1 / sqrt(abar) at the noisiest step
+    rng = np.random.default_rng(5)
+    shape = (6, 5, 4, 1)
+    cond_a, cond_b = rng.uniform(-0.2, 0.2, shape), rng.uniform(-0.2, 0.2, shape)
+    noise = rng.normal(size=shape)
+    with jax.enable_x64(True):
+        schedule = diffusion.respace(diffusion.make_schedule("cosine", 50),
+                                     diffusion.respaced_steps(50, 12))
+        abar = np.asarray(schedule.alphas_cumprod, np.float64)
+        state = sampling.initial_state(schedule, *map(jnp.asarray, (cond_a, cond_b, noise)))
+        np.testing.assert_allclose(state.x, noise, rtol=1e-12)
+        np.testing.assert_allclose(state.x_a, np.sqrt(abar[-1]) * cond_a
+                                   + np.sqrt(1 - abar[-1]) * noise, rtol=1e-6, atol=1e-7)
+        m = jnp.full(shape, 0.5)
+        chroma, gain = jnp.zeros(6, bool), jnp.zeros(6)
+        for index in range(11, -1, -1):
+            # a noise estimate whose x0 for x^A is a value u in [-0.5, 0.5]
+            u = rng.uniform(-0.5, 0.5, shape)
+            eps = (np.asarray(state.x_a) - np.sqrt(abar[index]) * u) / np.sqrt(1 - abar[index])
+            state = sampling.reverse_step(schedule, state, jnp.asarray(eps), m, m, index,
+                                          chroma, gain)
+            previous = abar[index - 1] if index > 0 else 1.0
+            np.testing.assert_allclose(np.asarray(state.x_a) - np.asarray(state.x_b),
+                                       np.sqrt(previous) * (cond_a - cond_b), atol=1e-6)
+
+
 def test_region_post_step_matches_numpy_oracle():
     rng = np.random.default_rng(3)
     shape = (6, 8, 8, 1)  # 2 pairs; Cr rows reflect, Cb rows re-standardise
