@@ -104,6 +104,9 @@ def get_config(arg=None):
         mi_sigma=0.5,  # Parzen kernel width in bins
         correlation="ratio",  # 'ratio' (correlation ratio) or 'ncc' (local NCC)
         ncc_window=9,
+        # Gaussian blur (pixels) of A and B before MI and correlation: without it the smoothing
+        # of bilinear interpolation rewards sub-pixel shifts of a noisy B whatever the alignment.
+        similarity_blur=1.0,
         # Reference weights; the adaptive policy (config.weighting) adjusts them.
         weights=dict(noise=10.0, mi=1.0, correlation=1.0, fusion=1.0, quality=10.0,
                      smoothness=1.0, folding=1.0),

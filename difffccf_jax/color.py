@@ -122,6 +122,11 @@ def from_unit(x, xp=np):
     return xp.clip(xp.rint((x + 1.0) * 127.5), 0.0, 255.0).astype(_float_dtype(x, xp))
 
 
+def black_ycrcb_unit():
+    """The YCrCb of RGB black in [-1, 1], float32 [3]: the background of every B image."""
+    return to_unit(rgb_to_ycrcb(np.zeros((1, 3))))[0].astype(np.float32)
+
+
 def _piecewise_linear(knots, positions):
     """Values of the piecewise-linear curve through `knots` at `positions` (float64)."""
     xs, ys = zip(*knots)

@@ -48,7 +48,7 @@ def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_step
     return config
 
 
-def generate(out, task, train_pairs, test_pairs, image_size, seed):
+def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_strength):
     """Writes a training and a held-out set of misaligned pairs; returns their data roots."""
     from difffccf_jax.config_cli import load_config_file
     from difffccf_jax.data import generator, layouts
@@ -58,7 +58,7 @@ def generate(out, task, train_pairs, test_pairs, image_size, seed):
     for split, count, split_seed in (("train", train_pairs, seed), ("test", test_pairs, seed + 1)):
         roots[split] = os.path.join(out, "data", split)
         generator.write_task(roots[split], layout, count, image_size, split_seed,
-                             misalign_b=True)
+                             misalign_b=True, motion_strength=motion_strength)
     return roots["train"], roots["test"], layout
 
 
@@ -241,7 +241,7 @@ Checkpoint: `{os.path.relpath(info['checkpoint'], os.path.dirname(path))}`; fuse
 
 
 def run_demo(out, task="pet", minutes=3.0, image_size=64, train_pairs=32, test_pairs=6,
-             sampling_steps=30, seed=0, command="difffccf demo"):
+             sampling_steps=30, seed=0, motion_strength=1.0, command="difffccf demo"):
     """Runs every stage into `out`; returns the report's path."""
     from difffccf_jax import train
     from difffccf_jax.data import layouts
@@ -253,7 +253,7 @@ def run_demo(out, task="pet", minutes=3.0, image_size=64, train_pairs=32, test_p
 
     announce(0, f"{train_pairs} training and {test_pairs} held-out misaligned {task} pairs")
     train_root, test_root, layout = generate(out, task, train_pairs, test_pairs, image_size,
-                                             seed)
+                                             seed, motion_strength)
     timings["data"] = time.perf_counter() - started
 
     workdir = os.path.join(out, "training")

@@ -6,12 +6,13 @@ scalars. Every function is differentiable with respect to its image arguments.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax import diffusion, registration, regions
+from difffccf_jax import color, diffusion, registration, regions
 from difffccf_jax.errors import UserError
 
 VALUE_RANGE = (-1.0, 1.0)  # the intensity range of network inputs
@@ -30,13 +31,16 @@ class LossConfig:
 
     loss_scale: factor of the noise L1; quality_weights: (SSIM, gradient, intensity) weights;
     mi_bins / mi_sigma: Parzen bins and kernel width in bins (also used by the correlation ratio);
-    correlation: 'ratio' (correlation ratio) or 'ncc' (local NCC over ncc_window pixels)."""
+    correlation: 'ratio' (correlation ratio) or 'ncc' (local NCC over ncc_window pixels);
+    similarity_blur: standard deviation (pixels) of the Gaussian blur of A and B before the
+    similarity terms, 0 for none."""
     loss_scale: float = 128.0
     quality_weights: tuple = (30.0, 40.0, 40.0)
     mi_bins: int = 32
     mi_sigma: float = 0.5
     correlation: str = "ratio"
     ncc_window: int = 9
+    similarity_blur: float = 0.0
 
     @classmethod
     def from_config(cls, loss):
@@ -52,10 +56,14 @@ class LossConfig:
                             f"width, got {loss.mi_bins} / {loss.mi_sigma}")
         if int(loss.ncc_window) < 1:
             raise UserError(f"loss.ncc_window: expected a positive size, got {loss.ncc_window}")
+        if float(loss.similarity_blur) < 0:
+            raise UserError(f"loss.similarity_blur: expected a width >= 0 pixels, got "
+                            f"{loss.similarity_blur}")
         return cls(loss_scale=float(loss.loss_scale),
                    quality_weights=tuple(float(w) for w in loss.quality_weights),
                    mi_bins=int(loss.mi_bins), mi_sigma=float(loss.mi_sigma),
-                   correlation=str(loss.correlation), ncc_window=int(loss.ncc_window))
+                   correlation=str(loss.correlation), ncc_window=int(loss.ncc_window),
+                   similarity_blur=float(loss.similarity_blur))
 
 
 # ---- similarity between A and (warped) B --------------------------------------------------------
@@ -117,6 +125,18 @@ def _window_moments(a, b, kernel):
     means = _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), kernel)
     mu_a, mu_b, aa, bb, ab = jnp.split(means, 5, axis=-1)
     return mu_a, mu_b, aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
+
+
+def gaussian_blur(x, sigma):
+    """x [B, H, W, C] blurred by a Gaussian of standard deviation `sigma` pixels (truncated at
+    3 sigma, edge pixels repeated outside the image); x itself for sigma 0."""
+    if sigma == 0:
+        return x
+    radius = max(1, int(3 * sigma + 0.5))
+    profile = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
+    kernel = jnp.asarray(np.outer(profile, profile) / profile.sum() ** 2, jnp.float32)
+    padded = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
+    return _filter_valid(padded, kernel)
 
 
 def local_ncc(a, b, window=9):
@@ -251,6 +271,15 @@ def similarity_loss(a, warped_b, loss_config):
     return -mi, 1.0 - correlation
 
 
+def registration_similarity(a, b, deformation, background, loss_config):
+    """(MI term, correlation term) per image [B] of A against B warped by `deformation`, both
+    blurred by loss_config.similarity_blur first (so that the smoothing of bilinear
+    interpolation adds little); `background` (broadcastable to b) comes in from outside."""
+    blur = functools.partial(gaussian_blur, sigma=loss_config.similarity_blur)
+    warped_b = registration.warp(blur(b), deformation, background)
+    return similarity_loss(blur(a), warped_b, loss_config)
+
+
 def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_config,
                     dropout_key=None):
     """The named loss terms of one batch, a dict of float32 scalars (keys TERMS).
@@ -295,8 +324,9 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
                            jnp.where(image_chroma, masked_a, problems["a3"]),
                            jnp.where(image_chroma, masked_a, problems["b3"]),
                            loss_config.quality_weights)
-    warped_b = registration.warp(problems["b3"], out.deformation)
-    mi, correlation = similarity_loss(problems["a3"], warped_b, loss_config)
+    black = jnp.repeat(jnp.asarray(color.black_ycrcb_unit()), batch)  # each row's background
+    mi, correlation = registration_similarity(problems["a3"], problems["b3"], out.deformation,
+                                              _per_image(black), loss_config)
     return dict(
         noise=jnp.sum(noise_loss(noise, out.noise, loss_config.loss_scale)),
         fusion=jnp.sum(fusion_loss(fused_t, x_a, x_b, out.m2, region, chroma)),

@@ -123,16 +123,10 @@ def region_post_step(x, b, region, chroma, reflect, reflect_offset):
     return jnp.where(per_image(chroma), jnp.where(region, inside, b), x)
 
 
-def black_ycrcb():
-    """The YCrCb of RGB black in [-1, 1], [3]: what warping brings in from outside the image."""
-    return color.to_unit(color.rgb_to_ycrcb(np.zeros((1, 3)))[0]).astype(np.float32)
-
-
 def warp_b(b, deformation):
     """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2], black outside
     the image, clipped to [-1, 1] against rounding."""
-    fill = black_ycrcb()
-    return jnp.clip(registration.warp(b - fill, deformation) + fill, -1.0, 1.0)
+    return jnp.clip(registration.warp(b, deformation, color.black_ycrcb_unit()), -1.0, 1.0)
 
 
 def initial_noise(pair_keys, height, width):

@@ -17,7 +17,8 @@ SIZE, TEST_PAIRS = 32, 2
 def demo_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "out")
     report = demo.run_demo(out, task="pet", minutes=0.001, image_size=SIZE, train_pairs=8,
-                           test_pairs=TEST_PAIRS, sampling_steps=6, seed=3)
+                           test_pairs=TEST_PAIRS, sampling_steps=6, seed=3,
+                           motion_strength=4.0)
     return out, report
 
 

@@ -205,13 +205,30 @@ def test_saved_field_follows_the_registration_warp_convention():
                                scipy_warp(pair.b, pair.displacement), atol=1e-3)
 
 
-def test_undoing_field_solves_its_equation():
-    """d(p) = -u(p + d(p)) holds to 1e-4 pixels, u evaluated analytically."""
-    motion = misalign.random_motion(np.random.default_rng(7), 96)
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("strength", [1.0, misalign.MAX_STRENGTH])
+def test_undoing_field_solves_its_equation(strength, seed):
+    """d(p) = -u(p + d(p)) holds to 1e-4 pixels, u evaluated analytically, up to the
+    strongest motion."""
+    motion = misalign.random_motion(np.random.default_rng(seed), 96, strength)
     _, field = misalign.apply_motion(np.zeros((96, 96), np.float32), motion)
     x, y = misalign.pixel_grid(96)
     ux, uy = motion(x + field[..., 0], y + field[..., 1])
     assert np.abs(field[..., 0] + ux).max() < 1e-4 and np.abs(field[..., 1] + uy).max() < 1e-4
+
+
+def test_motion_strength_scales_every_range():
+    weak, strong = (misalign.random_motion(np.random.default_rng(3), 64, s) for s in (1.0, 4.0))
+    np.testing.assert_allclose(strong.translation, 4 * weak.translation, rtol=1e-12)
+    np.testing.assert_allclose(strong.amplitudes, 4 * weak.amplitudes, rtol=1e-12)
+    np.testing.assert_array_equal(strong.frequencies, weak.frequencies)
+    # rotation, zoom and shear: the linear part grows about four-fold (rotation is not linear
+    # in the angle)
+    ratio = np.abs(strong.linear).sum() / np.abs(weak.linear).sum()
+    assert 3.9 < ratio < 4.1
+    for bad in (0.0, -1.0, misalign.MAX_STRENGTH + 0.5):
+        with pytest.raises(UserError, match="motion strength"):
+            misalign.random_motion(np.random.default_rng(3), 64, bad)
 
 
 def test_sample_bilinear_matches_scipy():
@@ -273,11 +290,13 @@ def test_bad_generator_arguments_are_user_errors(tmp_path, paper_layouts):
 def test_make_data_command(tmp_path, capsys):
     out = str(tmp_path / "data")
     status = cli.main(["make-data", "--task", "gfp", "--num", "2", "--size", "32", "--seed", "1",
-                       "--out", out, "--misalign", "--config.data.layouts.gfp.a=phase"])
+                       "--out", out, "--misalign", "--motion-strength", "3",
+                       "--config.data.layouts.gfp.a=phase"])
     assert status == 0
     assert "wrote 2 gfp pairs" in capsys.readouterr().out
     assert sorted(os.listdir(os.path.join(out, "GFP"))) == ["displacement", "g", "phase"]
-    expected = generator.make_pair("gfp", 32, seed=1, index=1, misalign_b=True)
+    expected = generator.make_pair("gfp", 32, seed=1, index=1, misalign_b=True,
+                                   motion_strength=3.0)
     np.testing.assert_array_equal(images.read_image(os.path.join(out, "GFP", "g", "2.png")),
                                   expected.b)
     np.testing.assert_array_equal(np.load(os.path.join(out, "GFP", "displacement", "2.npy")),
@@ -288,3 +307,7 @@ def test_make_data_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert cli.main(["make-data", "--task", "pet", "--num", "0", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--num 0: expected at least one pair" in error
+    assert cli.main(["make-data", "--task", "pet", "--num", "1", "--size", "32", "--misalign",
+                     "--motion-strength", "9", "--out", str(tmp_path / "strong")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "motion strength 9.0 is outside (0, 6.0]" in error

@@ -1,12 +1,14 @@
 """Loss functions against float64 oracles and known answers, and the three-channel loss terms."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import diffusion, losses, regions, unet
+from difffccf_jax import color, diffusion, losses, regions, unet
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
 
@@ -296,12 +298,60 @@ def test_training_losses_with_a_perfect_denoiser(stand_in_losses):
     y_fused = 0.5 * a + 0.5 * b[..., 0:1]
     y_quality = losses.quality_loss(y_fused, a, b[..., 0:1], config.loss.quality_weights)
     assert float(terms["quality"]) > float(jnp.sum(y_quality)) / 2 > 0
-    b_channels = jnp.concatenate([b[..., 0:1], b[..., 1:2], b[..., 2:3]], axis=0)
-    a3 = jnp.concatenate([a, a, a], axis=0)
+    # zero field: B unwarped, both blurred as configured
+    blur = functools.partial(losses.gaussian_blur, sigma=config.loss.similarity_blur)
+    b_channels = blur(jnp.concatenate([b[..., 0:1], b[..., 1:2], b[..., 2:3]], axis=0))
+    a3 = blur(jnp.concatenate([a, a, a], axis=0))
     mi = losses.mutual_information(a3, b_channels, config.loss.mi_bins, config.loss.mi_sigma)
     assert float(terms["mi"]) == pytest.approx(-float(jnp.sum(mi)) / 2, rel=1e-5)
     eta = losses.correlation_ratio(a3, b_channels, config.loss.mi_bins, config.loss.mi_sigma)
     assert float(terms["correlation"]) == pytest.approx(float(jnp.sum(1 - eta)) / 2, rel=1e-5)
+
+
+def test_gaussian_blur_matches_scipy():
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 12, 10, 3)).astype(np.float32)
+    for sigma in (0.7, 1.0, 2.0):
+        got = np.asarray(losses.gaussian_blur(jnp.asarray(x), sigma))
+        expected = ndimage.gaussian_filter(x.astype(np.float64), (0, sigma, sigma, 0),
+                                           mode="nearest", truncate=3.0)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_array_equal(losses.gaussian_blur(jnp.asarray(x), 0.0), x)
+
+
+@pytest.fixture(scope="module")
+def misaligned_pairs():
+    """Six misaligned generated PET pairs of 32 px: A, B_Y [6, 32, 32, 1] in [-1, 1] and the
+    fields that realign B."""
+    from difffccf_jax.data import generator
+
+    pairs = [generator.make_pair("pet", 32, seed=0, index=i, misalign_b=True,
+                                 motion_strength=4.0) for i in range(6)]
+    a = np.stack([color.to_unit(p.a.astype(np.float32)) for p in pairs])[..., None]
+    b_y = np.stack([color.to_unit(color.rgb_to_ycrcb(p.b)[..., 0]) for p in pairs])[..., None]
+    field = np.stack([p.displacement for p in pairs])
+    return (jnp.asarray(a, jnp.float32), jnp.asarray(b_y, jnp.float32),
+            jnp.asarray(field))
+
+
+@pytest.mark.parametrize("correlation", ["ratio", "ncc"])
+def test_registration_terms_prefer_the_true_realignment(paper_config_path, misaligned_pairs,
+                                                        correlation):
+    """On every pair, B_Y warped (black outside) by the saved field scores better than B as
+    given, than B moved by the opposite field, and than a constant half-pixel shift (which
+    interpolation's smoothing would reward without the blur)."""
+    loss_config = losses.LossConfig.from_config(
+        load_config(paper_config_path, (("loss.correlation", f"'{correlation}'"),
+                                        ("loss.mi_bins", "16"))).loss)
+    assert loss_config.similarity_blur == 1.0
+    a, b_y, field = misaligned_pairs
+    black_y = float(color.black_ycrcb_unit()[0])
+    fields = dict(given=0 * field, true=field, opposite=-field, half_pixel=0 * field + 0.5)
+    scores = {name: np.asarray(sum(losses.registration_similarity(a, b_y, value, black_y,
+                                                                  loss_config)))
+              for name, value in fields.items()}
+    for other in ("given", "opposite", "half_pixel"):
+        assert np.all(scores["true"] < scores[other]), other
+    assert np.mean(scores["half_pixel"]) > np.mean(scores["given"])
 
 
 # The network outputs each term depends on.
@@ -377,11 +427,15 @@ def test_training_losses_gradient_reaches_every_parameter_group(tiny_config_path
 def test_loss_config_from_config_checks_fields(paper_config_path):
     config = load_config(paper_config_path)
     settings = losses.LossConfig.from_config(config.loss)
-    assert settings == losses.LossConfig(128.0, (30.0, 40.0, 40.0), 32, 0.5, "ratio", 9)
+    assert settings == losses.LossConfig(128.0, (30.0, 40.0, 40.0), 32, 0.5, "ratio", 9, 1.0)
     config.loss.correlation = "ncc"
     a = uniform(20, (1, 16, 16, 1))
     _, correlation = losses.similarity_loss(a, 3 * a, losses.LossConfig.from_config(config.loss))
     assert float(correlation[0]) == pytest.approx(0.0, abs=1e-3)
     config.loss.correlation = "mse"
     with pytest.raises(UserError, match="loss.correlation"):
+        losses.LossConfig.from_config(config.loss)
+    config.loss.correlation = "ratio"
+    config.loss.similarity_blur = -1.0
+    with pytest.raises(UserError, match="loss.similarity_blur"):
         losses.LossConfig.from_config(config.loss)

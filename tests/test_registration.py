@@ -33,6 +33,16 @@ def test_integer_shift_is_shifted_image_with_zero_padding(image):
     np.testing.assert_allclose(warped, expected, atol=1e-6)
 
 
+def test_fill_is_what_comes_in_from_outside(image):
+    """With a per-channel fill, the integer shift reads the fill outside the image and the
+    image inside, exactly."""
+    fill = jnp.array([-1.0, 0.25, 0.5])
+    warped = np.asarray(jax.jit(registration.warp)(image, constant_field(2.0, -1.0), fill))
+    expected = np.broadcast_to(np.asarray(fill), warped.shape).copy()
+    expected[:, 1:, :W - 2] = np.asarray(image)[:, :H - 1, 2:]
+    np.testing.assert_allclose(warped, expected, atol=1e-6)
+
+
 def test_fractional_field_matches_scipy_bilinear(image):
     """Random sub-pixel field against scipy.ndimage.map_coordinates (order 1, zero outside)."""
     field = jnp.asarray(np.random.default_rng(1).uniform(-2.5, 2.5, (2, H, W, 2)), jnp.float32)

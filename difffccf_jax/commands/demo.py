@@ -24,6 +24,8 @@ def register(subparsers):
                         help="generated held-out pairs (default: 6)")
     parser.add_argument("--steps", type=int, default=30, metavar="N",
                         help="respaced sampling steps (default: 30)")
+    parser.add_argument("--motion-strength", type=float, default=1.0, metavar="S",
+                        help="scale of B's random misalignment (see make-data; default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
     parser.set_defaults(run=run)
 
@@ -34,4 +36,5 @@ def run(args):
     demo.run_demo(args.out, task=args.task, minutes=args.minutes, image_size=args.size,
                   train_pairs=args.train_pairs, test_pairs=args.test_pairs,
                   sampling_steps=args.steps, seed=args.seed,
+                  motion_strength=args.motion_strength,
                   command="difffccf " + shlex.join(sys.argv[1:]))

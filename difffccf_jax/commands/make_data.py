@@ -25,6 +25,9 @@ def register(subparsers):
     parser.add_argument("--out", required=True, help="data root to write into")
     parser.add_argument("--misalign", action="store_true",
                         help="misalign B and save the true displacement field")
+    parser.add_argument("--motion-strength", type=float, default=1.0, metavar="S",
+                        help="with --misalign: multiplies every range of the random motion "
+                             "(default 1: up to about 3 px at 256 px; at most 6)")
     add_config_argument(parser, default=PAPER_CONFIG)
     parser.set_defaults(run=run)
 
@@ -35,6 +38,7 @@ def run(args):
     config = config_from_args(args)
     layout = layouts.layout_from_config(config.data, args.task)
     folder = generator.write_task(args.out, layout, args.num, args.size, args.seed,
-                                  misalign_b=args.misalign)
+                                  misalign_b=args.misalign,
+                                  motion_strength=args.motion_strength)
     print(f"wrote {args.num} {args.task} pairs of {args.size} x {args.size}"
           f"{' with misaligned B' if args.misalign else ''} to {folder}")

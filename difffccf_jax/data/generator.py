@@ -105,8 +105,9 @@ def _check(task, size, seed):
         raise UserError(f"seed {seed} must be a non-negative integer")
 
 
-def make_pair(task, size, seed, index, misalign_b=False):
-    """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair)."""
+def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0):
+    """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair); with
+    `misalign_b`, B moved by a random motion of `motion_strength` (misalign.random_motion)."""
     _check(task, size, seed)
     streams = [seed, TASKS.index(task), index]
     a, signal, show = RENDERERS[task](np.random.default_rng(streams + [0]), size)
@@ -114,17 +115,19 @@ def make_pair(task, size, seed, index, misalign_b=False):
     b_aligned = color.to_uint8(show(signal) * 255.0)
     if not misalign_b:
         return GeneratedPair(a=a, b=b_aligned, b_aligned=b_aligned, displacement=None)
-    motion = misalign.random_motion(np.random.default_rng(streams + [1]), size)
+    motion = misalign.random_motion(np.random.default_rng(streams + [1]), size,
+                                    motion_strength)
     moved, displacement = misalign.apply_motion(signal, motion)
     return GeneratedPair(a=a, b=color.to_uint8(show(moved) * 255.0), b_aligned=b_aligned,
                          displacement=displacement)
 
 
-def write_task(out, layout, num, size, seed, misalign_b=False):
+def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1.0):
     """Writes pairs 1..num of `layout.task` under `out` in the published layout; returns the
     task folder, which must not hold images yet. Each pair is written all-or-nothing (B and the
     field first, A last)."""
     _check(layout.task, size, seed)
+    misalign.check_strength(motion_strength)
     if num < 1:
         raise UserError(f"--num {num}: expected at least one pair")
     folder = os.path.join(out, layout.folder)
@@ -140,7 +143,7 @@ def write_task(out, layout, num, size, seed, misalign_b=False):
     except OSError as error:
         raise UserError(f"cannot create output folder under {out!r}: {error}") from error
     for index in range(num):
-        pair = make_pair(layout.task, size, seed, index, misalign_b)
+        pair = make_pair(layout.task, size, seed, index, misalign_b, motion_strength)
         name = f"{index + 1}.png"
         outputs = [(os.path.join(b_folder, name), pair.b)]
         if pair.displacement is not None:

@@ -8,13 +8,17 @@ A misaligned image is made by sampling the aligned one through a motion u, which
 (an affine map plus a few long-wavelength sinusoids): moved(q) = aligned(q + u(q)). The field
 saved with a pair is the d that undoes this, so that warping the moved image by d realigns it:
 moved(p + d(p)) = aligned(p), i.e. d(p) = -u(p + d(p)), solved by fixed-point iteration (a
-contraction, since u's gradient is small). At 256 x 256 the largest component of d over an
-image is about 3 pixels on average and rarely above 4 (in the corners, over background).
+contraction, since u's gradient is small). At 256 x 256 and strength 1 the largest component of
+d over an image is about 3 pixels on average and rarely above 4 (in the corners, over
+background). A strength s multiplies every range of the motion (angles, zoom, shear, shift and
+elastic amplitude): small images need s > 1 for a misalignment of a pixel or more.
 """
 
 import dataclasses
 
 import numpy as np
+
+from difffccf_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +52,25 @@ class Motion:
         return ux, uy
 
 
-def random_motion(rng, size):
-    """A small motion for a size x size image: rotation up to 0.6 degrees, scale and shear up
-    to 1.2 % and 0.8 %, translation up to 1.2 pixels, and 2-3 elastic waves (wavelengths of a
-    quarter to the whole image) of up to 0.5 pixels each (lengths scale with size / 256)."""
-    scale = size / 256
-    angle = np.deg2rad(rng.uniform(-0.6, 0.6))
-    zoom = rng.uniform(-0.012, 0.012, 2)
-    shear = rng.uniform(-0.008, 0.008)
+MAX_STRENGTH = 6.0  # up to here d's fixed-point iteration converges (a contraction)
+
+
+def check_strength(strength):
+    """Raises UserError unless 0 < strength <= MAX_STRENGTH."""
+    if not 0 < strength <= MAX_STRENGTH:
+        raise UserError(f"motion strength {strength} is outside (0, {MAX_STRENGTH}]")
+
+
+def random_motion(rng, size, strength=1.0):
+    """A small motion for a size x size image: at `strength` 1, rotation up to 0.6 degrees,
+    scale and shear up to 1.2 % and 0.8 %, translation up to 1.2 pixels, and 2-3 elastic waves
+    (wavelengths of a quarter to the whole image) of up to 0.5 pixels each (lengths scale with
+    size / 256); every range is multiplied by `strength` (at most MAX_STRENGTH)."""
+    check_strength(strength)
+    scale = strength * size / 256
+    angle = np.deg2rad(rng.uniform(-0.6, 0.6) * strength)
+    zoom = rng.uniform(-0.012, 0.012, 2) * strength
+    shear = rng.uniform(-0.008, 0.008) * strength
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     affine = rotation @ np.array([[1.0 + zoom[0], shear], [0.0, 1.0 + zoom[1]]])
     num_waves = rng.integers(2, 4)
@@ -76,7 +91,8 @@ def pixel_grid(size):
 
 def _undoing_displacement(motion, x, y, ux, uy, iterations):
     """Solves d(p) = -u(p + d(p)) by fixed-point iteration from d = -u(p) (ux, uy = u(p)).
-    Each iteration shrinks the error by the motion's largest gradient (below 0.2)."""
+    Each iteration shrinks the error by about the motion's largest gradient (well below 1
+    up to MAX_STRENGTH)."""
     dx, dy = -ux, -uy
     for _ in range(iterations):
         ux, uy = motion(x + dx, y + dy)
@@ -108,7 +124,7 @@ def sample_bilinear(image, x, y):
     return result.reshape(x.shape + channels)
 
 
-def apply_motion(image, motion, iterations=3):
+def apply_motion(image, motion, iterations=12):
     """(moved image, displacement): `image` [H, W(, C)] sampled at q + u(q), and the [H, W, 2]
     float32 field d with d(p) = -u(p + d(p)) that realigns it (module docstring)."""
     x, y = pixel_grid(image.shape[0])
