@@ -193,7 +193,10 @@ def reward(settings, references, losses, totals, count):
     `totals` are filled.
     """
     active = _active(settings)
-    ratios = losses / references
+    # A term that stays 0 (folding, say) drives its reference to 0 (float32 underflow after
+    # ~1700 steps at decay 0.95): its ratio is then 0, not 0 / 0.
+    unset = references == 0
+    ratios = jnp.where(unset, 0.0, losses / jnp.where(unset, 1.0, references))
     k = active.sum()
     ratio_mean = jnp.where(active, ratios, 0.0).sum() / k
     balance = -jnp.sqrt(jnp.where(active, (ratios - ratio_mean) ** 2, 0.0).sum() / k)

@@ -105,6 +105,26 @@ def test_update_tracks_references_and_reward_like_the_recipe():
     assert int(state.count) == 6
 
 
+def test_a_term_that_stays_zero_keeps_the_policy_finite():
+    """Term c is 0 at every step: its reference underflows to 0 (0.95^n) within 2000 steps;
+    the reward treats its ratio as 0 and the policy stays finite."""
+    settings = make_settings()
+    losses = jnp.array([3.0, 2.0, 0.0])
+
+    def step(state, i):
+        state, info = weighting.update_policy(settings, state, state.mean, losses, i)
+        return state, info["policy/reward"]
+
+    state, rewards = jax.lax.scan(step, weighting.init_policy(settings), jnp.arange(2000))
+    assert float(state.references[2]) == 0.0
+    assert np.all(np.isfinite(np.asarray(rewards))) and np.all(np.isfinite(state.mean))
+    ratios = np.array([3.0 / float(state.references[0]), 2.0 / float(state.references[1]), 0.0])
+    total = float(np.dot(np.asarray(weighting.normalise(settings, state.mean)), losses))
+    assert float(weighting.reward(settings, state.references, losses,
+                                  jnp.full(10, total), 10)) == pytest.approx(
+        -math.log(total + 1e-8) - 0.3 * ratios.std() + 0.2, rel=1e-5)
+
+
 def test_first_update_is_reinforce_with_entropy_bonus_through_adam():
     """One Adam step of size lr in the direction of -sign(gradient), the gradient in closed
     form: -advantage (z - m) / std^2 - c dH/dm with dH/dm_k = -p_k (log p_k + H)."""
