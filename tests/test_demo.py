@@ -50,11 +50,14 @@ def test_report_numbers_come_from_the_run(demo_run):
         evaluation = json.load(file)
     en = evaluation["methods"][demo.METHOD]["EN"]["mean"]
     assert f"| {demo.METHOD} | {en:.2f} ±" in text
-    stem_errors = demo.registration_errors(
-        _pairs(out), os.path.join(out, "fused"), SIZE)
+    rows = demo.registration_rows(_pairs(out), os.path.join(out, "fused"), SIZE)
+    stem_errors = demo.registration_errors(rows)
     assert f"{stem_errors[0]:.3f} px before warping" in text
     assert f"{stem_errors[1]:.3f} px after warping" in text
     assert stem_errors[0] > 0  # the generated pairs are misaligned
+    name, true, predicted, before, after = rows[0]
+    assert (f"| {name} | {true[0]:+.2f}, {true[1]:+.2f} | {predicted[0]:+.2f}, "
+            f"{predicted[1]:+.2f} | {before:.3f} | {after:.3f} |") in text
     for figure in os.listdir(os.path.join(out, "figures")):
         assert f"figures/{figure}" in text
     ssim_rows = re.findall(r"^\| ([\w-]+) \| (-?[\d.]+) \| ([\d.]+) \|$", text, re.MULTILINE)
