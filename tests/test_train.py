@@ -186,6 +186,39 @@ def test_policy_moves_the_weights_during_training(reference, config):
     assert int(host_tree(state.policy).count) == 6
 
 
+def test_fixed_weights_and_parameter_ema_through_a_whole_run(overrides, tiny_config_path,
+                                                             tmp_path):
+    """Policy off: every step is weighted by the reference weights and the policy never moves.
+    EMA on (decay 1/2): the saved EMA after 3 steps is the closed form of the saved parameter
+    trajectory, and inference reads it."""
+    config = load_config(tiny_config_path, overrides + (
+        ("data.multi_task", "False"), ("train.epochs", "3"), ("train.steps_per_epoch", "1"),
+        ("weighting.enabled", "False"), ("optim.ema_decay", "0.5")))
+    workdir = str(tmp_path / "run")
+    state = train.train_and_evaluate(config, workdir)
+    steps = step_records(read_metrics(workdir))
+    assert sorted(steps) == [1, 2, 3]
+    for record in steps.values():
+        for name, weight in config.loss.weights.items():
+            assert record[f"weight/{name}"] == pytest.approx(weight, rel=1e-6)
+    settings = weighting.settings_from_config(config.weighting, config.loss.weights, 3)
+    np.testing.assert_array_equal(host_tree(state.policy).mean,
+                                  weighting.init_policy(settings).mean)
+
+    mesh = parallel.make_mesh()
+    initial = host_tree(train.new_state(train.setup_run(config, mesh), config, mesh).params)
+    trajectory = params_at(os.path.join(workdir, train.CHECKPOINT_DIR), config)
+    assert sorted(trajectory) == [1, 2, 3]
+    expected = initial
+    for step in (1, 2, 3):
+        expected = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, expected,
+                                host_tree(trajectory[step]))
+    _, saved_ema = checkpoints.read_params(os.path.join(workdir, train.CHECKPOINT_DIR))
+    for got, want in zip(jax.tree.leaves(host_tree(saved_ema)), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_trees_equal(saved_ema, state.ema_params)
+
+
 def back_to_epoch_one(workdir, destination):
     """A copy of the reference run's work directory as it was after epoch 1 of 2 (step 3)."""
     shutil.copytree(workdir, destination)
