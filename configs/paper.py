@@ -107,9 +107,12 @@ def get_config(arg=None):
         # Gaussian blur (pixels) of A and B before MI and correlation: without it the smoothing
         # of bilinear interpolation rewards sub-pixel shifts of a noisy B whatever the alignment.
         similarity_blur=1.0,
-        # Reference weights; the adaptive policy (config.weighting) adjusts them.
+        # Reference weights; the adaptive policy (config.weighting) adjusts them. Smoothness
+        # and folding are this project's terms: with smoothness 1, a field optimised directly
+        # for MI + correlation ratio on generated pairs moves B further from A (it deforms B
+        # towards A's look); with 30 it reduces the misalignment (tests/test_losses.py).
         weights=dict(noise=10.0, mi=1.0, correlation=1.0, fusion=1.0, quality=10.0,
-                     smoothness=1.0, folding=1.0),
+                     smoothness=30.0, folding=1.0),
     ))
 
     config.regions = regions()
