@@ -160,17 +160,23 @@ def forward_jax(case):
     return [jax_row(case, "U-Net forward", timing, compiled)]
 
 
-def forward_torch(case):
-    import torch
-
+def torch_setup(case, training):
+    """(config, device, the port in train or eval mode, torch inputs x, t, noise) of a case."""
     from difffccf_jax import torch_port
 
     config = load_case_config(case)
     size = config.data.image_size
     device = torch_device()
-    model = torch_port.model_from_config(config.model, size).to(device).eval()
-    x, t, _ = torch_inputs(*example_inputs(case.batch, size, config.model.in_channels,
-                                           config.diffusion.steps), device)
+    model = torch_port.model_from_config(config.model, size).to(device).train(training)
+    inputs = torch_inputs(*example_inputs(case.batch, size, config.model.in_channels,
+                                          config.diffusion.steps), device)
+    return config, device, model, *inputs
+
+
+def forward_torch(case):
+    import torch
+
+    _, device, model, x, t, _ = torch_setup(case, training=False)
 
     def call():
         with torch.inference_mode():
@@ -220,16 +226,9 @@ def train_jax(case):
 def train_torch(case):
     import torch
 
-    from difffccf_jax import torch_port
-
-    config = load_case_config(case)
-    size = config.data.image_size
-    device = torch_device()
-    model = torch_port.model_from_config(config.model, size).to(device).train()
+    config, device, model, x, t, noise = torch_setup(case, training=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.learning_rate,
                                   weight_decay=config.optim.weight_decay)
-    x, t, noise = torch_inputs(*example_inputs(case.batch, size, config.model.in_channels,
-                                               config.diffusion.steps), device)
 
     def call():
         optimizer.zero_grad(set_to_none=True)

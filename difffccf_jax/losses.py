@@ -133,10 +133,8 @@ def gaussian_blur(x, sigma):
     if sigma == 0:
         return x
     radius = max(1, int(3 * sigma + 0.5))
-    profile = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
-    kernel = jnp.asarray(np.outer(profile, profile) / profile.sum() ** 2, jnp.float32)
     padded = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
-    return _filter_valid(padded, kernel)
+    return _filter_valid(padded, gaussian_kernel(2 * radius + 1, sigma))
 
 
 def local_ncc(a, b, window=9):
