@@ -106,16 +106,14 @@ def fidelity(fused_rgb, a, b_rgb):
 
 def fidelity_table(pairs, layout, fused_dir, image_size):
     """{method: (mean SSIM vs A, mean colour error vs B)} for our fused images and baselines."""
-    from PIL import Image
-
     from difffccf_jax import baselines
-    from difffccf_jax.data import layouts
+    from difffccf_jax.data import images, layouts
 
     rows = {METHOD: []}
     rows.update({name: [] for name in baselines.BASELINES})
     for pair in pairs:
         a, b = layouts.read_pair_uint8(pair, layout, image_size)
-        fused = np.asarray(Image.open(os.path.join(fused_dir, pair.name)).convert("RGB"))
+        fused = images.read_image(os.path.join(fused_dir, pair.name))
         rows[METHOD].append(fidelity(fused, a, b))
         for name, rule in baselines.BASELINES.items():
             rows[name].append(fidelity(rule(a, b), a, b))
@@ -151,9 +149,7 @@ def _save_figure(figure, path):
 
 def pair_figures(pairs, layout, fused_dir, figure_dir, image_size):
     """A figure per held-out pair; returns their paths."""
-    from PIL import Image
-
-    from difffccf_jax.data import layouts
+    from difffccf_jax.data import images, layouts
 
     os.makedirs(figure_dir, exist_ok=True)
     paths = []
@@ -161,11 +157,10 @@ def pair_figures(pairs, layout, fused_dir, figure_dir, image_size):
         stem = os.path.splitext(pair.name)[0]
         extras = os.path.join(fused_dir, "extras", stem)
         a, b = layouts.read_pair_uint8(pair, layout, image_size)
-        read = lambda path: np.asarray(Image.open(path))  # noqa: E731
         path = os.path.join(figure_dir, f"pair_{stem}.png")
-        pair_figure(path, a, b, read(os.path.join(fused_dir, pair.name)),
-                    read(os.path.join(extras, "mask_m1_y.png")),
-                    read(os.path.join(extras, "deformation_grid.png")))
+        pair_figure(path, a, b, images.read_image(os.path.join(fused_dir, pair.name)),
+                    images.read_image(os.path.join(extras, "mask_m1_y.png")),
+                    images.read_image(os.path.join(extras, "deformation_grid.png")))
         paths.append(path)
     return paths
 
