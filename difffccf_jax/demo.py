@@ -141,8 +141,8 @@ def pair_figure(path, a, b, fused, mask, grid):
 def _save_figure(figure, path):
     import matplotlib.pyplot as plt
 
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=100)
+    temporary = files.temporary_name(path)
+    figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
     os.replace(temporary, path)
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 
+from difffccf_jax import files
 from difffccf_jax.data import generator
 from difffccf_jax.data.layouts import Layout
 
@@ -72,10 +73,7 @@ def main(argv=None):
     text = (f"# Generator throughput\n\n`{command.strip()}`\n\n{header}\n"
             + "\n".join(row for _, row in rows) + "\n" + summary)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    temporary = args.out + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, args.out)
+    files.write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from difffccf_jax import parallel, sampling, unet
+from difffccf_jax import files, parallel, sampling, unet
 from difffccf_jax.config_cli import load_config, split_overrides
 
 
@@ -102,10 +102,7 @@ def main(argv=None):
     text = (f"# Sampler throughput\n\n`{command.strip()}`\n\n{header}\n" + "\n".join(rows)
             + "\n" + summary)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    temporary = args.out + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, args.out)
+    files.write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from difffccf_jax import parallel, train
+from difffccf_jax import files, parallel, train
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 
@@ -73,10 +73,7 @@ def write_table(path, rows, device, command, args):
             f"Timed steps: {args.steps} after {args.warmup} warm-up steps; compile time is "
             f"the AOT compile of the step alone.\n\n{table}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    files.write_text(path, text)
     return table
 
 
