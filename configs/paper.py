@@ -15,33 +15,42 @@ def _layout(folder, a, b, b_is_color, jet, alternates=()):
         dict(folder=folder, a=a, b=b, b_is_color=b_is_color, jet=jet, alternates=alternates))
 
 
-def _rule(kind, threshold, above):
-    """A region rule: `kind` 'percentile' (threshold in percent, per image) or 'background'
-    (threshold times the value of a reference pixel near the top-left corner); `above` keeps
-    values >= the threshold, otherwise values <= it."""
-    return ml_collections.ConfigDict(dict(kind=kind, threshold=float(threshold), above=above))
+def _rule(kind, threshold, above, sign, gain=1.0):
+    """A region rule of one phase: `kind` 'percentile' (threshold in percent, per image) or
+    'background' (threshold times the value of a reference pixel near the top-left corner);
+    `above` keeps values >= the threshold, otherwise values <= it; `sign` (+1 / -1) and `gain`
+    of A in the fused chroma, F = B_c + sign * gain * m2 * A inside the region."""
+    return ml_collections.ConfigDict(dict(kind=kind, threshold=float(threshold), above=above,
+                                          sign=float(sign), gain=float(gain)))
 
 
-def _region(train, sample, sign, gain):
-    return ml_collections.ConfigDict(dict(train=train, sample=sample, sign=float(sign),
-                                          gain=float(gain)))
+def _region(train, sample):
+    return ml_collections.ConfigDict(dict(train=train, sample=sample))
 
 
 def regions():
-    """Per task, the Cr and Cb region rules of SPEC section 5 (unpublished sampling = training)."""
-    pct = lambda q, above: _rule("percentile", q, above)  # noqa: E731
-    bg = lambda r, above: _rule("background", r, above)  # noqa: E731
+    """Per task and chroma channel, the training and the sampling rule of SPEC section 5 (rule,
+    sign, gain): the published training branches and sampler use different ones, e.g.
+
+        --config.regions.pet.cr.sample.sign=-1   (sample PET Cr with the training sign)
+
+    Entries the published sampler does not have default to the training ones: the ADNI sampling
+    rules and signs, the CT sampling regions (its published sampling signs are used)."""
+    pct = lambda q, above, sign, gain=1.0: _rule("percentile", q, above, sign, gain)  # noqa: E731
+    bg = lambda r, above, sign, gain=1.0: _rule("background", r, above, sign, gain)  # noqa: E731
     return ml_collections.ConfigDict(dict(
-        spect=dict(cr=_region(pct(70, True), pct(95, True), +1, 1.0),
-                   cb=_region(pct(30, False), pct(7, False), -1, 1.0)),
-        adni=dict(cr=_region(pct(70, True), pct(70, True), +1, 1.0),
-                  cb=_region(pct(30, False), pct(30, False), -1, 1.0)),
-        ct=dict(cr=_region(pct(15, False), pct(15, False), -1, 1.0),
-                cb=_region(pct(85, True), pct(85, True), +1, 1.0)),
-        gfp=dict(cr=_region(pct(7, False), pct(6.5, False), -1, 0.45),
-                 cb=_region(pct(7, False), pct(6.5, False), -1, 0.45)),
-        pet=dict(cr=_region(bg(10, True), bg(10, True), -1, 1.0),
-                 cb=_region(bg(-100, False), bg(-100, False), -1, 1.0)),
+        spect=dict(cr=_region(train=pct(70, True, +1), sample=pct(95, True, +1)),
+                   cb=_region(train=pct(30, False, -1), sample=pct(7, False, -1))),
+        # not published for sampling: the training rules, signs and gains
+        adni=dict(cr=_region(train=pct(70, True, +1), sample=pct(70, True, +1)),
+                  cb=_region(train=pct(30, False, -1), sample=pct(30, False, -1))),
+        # sampling regions not published (the training ones); sampling signs published
+        ct=dict(cr=_region(train=pct(15, False, -1), sample=pct(15, False, -1)),
+                cb=_region(train=pct(85, True, +1), sample=pct(85, True, -1))),
+        gfp=dict(cr=_region(train=pct(7, False, -1, 0.45), sample=pct(6.5, False, +1)),
+                 cb=_region(train=pct(7, False, -1, 0.45), sample=pct(6.5, False, +1))),
+        pet=dict(cr=_region(train=bg(10, True, -1), sample=bg(10, True, +1)),
+                 cb=_region(train=bg(-100, False, -1), sample=bg(-100, False, +1))),
     ))
 
 
@@ -56,6 +65,7 @@ def get_config(arg=None):
         tasks=TASKS,  # multi-task training: one task drawn per epoch
         multi_task=True,
         image_size=256,
+        crop_size=0,  # 0: train on whole pairs; else the side of random square training crops
         batch_size=4,  # global batch
         shuffle_seed=0,
         tfds_dir="",  # "" reads the image folders into memory; else a tfds array_record cache
@@ -86,6 +96,10 @@ def get_config(arg=None):
         # 'unnormalized' (L = D - A, the reference)
         laplacian="scaled",
         max_displacement=4.0,  # pixels, the deformation head's tanh bound
+        # Slope of m1's logit offset mask_prior * (x_t^A - x_t^B) (unet.luma_mask_prior): an
+        # untrained network starts as a soft maximum rule instead of learning the selection from
+        # scratch. 0 is the published m1 (docs/method.md, deviations).
+        mask_prior=40.0,
         # True reproduces the published model exactly (SPEC section 3 quirks; needs a 32 x 32 x 512
         # bottleneck) and implies laplacian 'unnormalized', norm_eps 1e-5, deformation = [m1, m2]
         compat=False,
@@ -100,6 +114,14 @@ def get_config(arg=None):
     config.loss = ml_collections.ConfigDict(dict(
         loss_scale=128.0,
         quality_weights=(30.0, 40.0, 40.0),  # SSIM term, gradient term, intensity term
+        # The Y rows' weights. With the published ones the quality loss prefers a copy of A to the
+        # maximum rule on generated PET/MRI pairs (docs/method.md, deviations): the SSIM term
+        # SSIM(F, A) + SSIM(F, B) is highest for F = A when A carries most of the structure.
+        luma_quality_weights=(0.0, 10.0, 40.0),
+        # Train each row with the conditions the hierarchical sampler gives its noise level
+        # ((B, B), (A, B), (A, A) by thirds); the published training always shows (A, B), so the
+        # masks of the sampler's last third ((A, A)) were never trained.
+        stage_conditions=True,
         mi_bins=32,
         mi_sigma=0.5,  # Parzen kernel width in bins
         correlation="ratio",  # 'ratio' (correlation ratio) or 'ncc' (local NCC)
@@ -116,6 +138,10 @@ def get_config(arg=None):
     ))
 
     config.regions = regions()
+    # Re-standardisation of the fused chroma (training's clean fused estimate and the sampler's
+    # post-step, both): 'whole_frame', the published moment matching of the masked images over
+    # the whole frame, or 'in_region', B_c's mean and std over the region's pixels (SPEC 5).
+    config.regions_statistics = "whole_frame"
 
     config.weighting = ml_collections.ConfigDict(dict(
         enabled=True,
@@ -134,6 +160,10 @@ def get_config(arg=None):
         trust_bound_max=1.0,
         trend_window=100,  # rewards whose trend adapts the trust bound
         loss_trend_window=10,  # recent total losses whose mean slope enters the reward
+        # Every applied weight stays within [min_factor, max_factor] x its reference weight
+        # (this project's bound: the published policy has none, see weighting.py).
+        min_factor=0.25,
+        max_factor=4.0,
     ))
 
     config.optim = ml_collections.ConfigDict(dict(
@@ -160,12 +190,23 @@ def get_config(arg=None):
     config.sampling = ml_collections.ConfigDict(dict(
         steps=2000,  # reverse steps; fewer than diffusion.steps gives a respaced schedule
         add_noise=False,  # the paper preset is deterministic
-        register=True,  # warp B by the predicted deformation field before fusing
+        # Warp B by the predicted deformation field before fusing. Off by default: the network
+        # does not yet learn to register (it predicts about one sub-pixel shift for every pair),
+        # and warping by that shift blurs B (demo: MI 4.92 without, 4.62 with). The published
+        # sampler never applies its field either. `difffccf fuse --register` turns it on.
+        register=False,
         batch_size=4,
         seed=0,  # the key of the initial (and, with add_noise, per-step) noise
         # Chroma channels ("task.channel") whose post-step is x <- offset - x inside the region
         # instead of re-standardising to B_c's statistics (SPEC 6: PET Cr, offset 0.8).
         reflect_channels=("pet.cr",),
         reflect_offset=0.8,
+        # 'clean': the Y channel is the clean fused estimate m1 A + (1 - m1) B_Y of the last step
+        # (what the quality loss trains); 'trajectory': the reverse run's x, as published, which
+        # keeps a few grey levels of sampling noise even where both sources are black.
+        output="clean",
+        # x^A and x^B move to their posterior means from their known clean sources instead of
+        # the clipped x0 estimate, which loses their difference (sampling.reverse_step).
+        known_sources=True,
     ))
     return config

@@ -33,16 +33,42 @@ def _with_chroma_of_b(fused_y, b):
         np.concatenate([fused_y[..., None], ycrcb[..., 1:]], axis=-1)))
 
 
+def _luma(b):
+    """Y of B as float64 [H, W] (unrounded)."""
+    return color.rgb_to_grey(np.asarray(b, np.float64))[..., 0]
+
+
+def ycrcb_maximum_luma(a, b):
+    """The fused Y [H, W] of ycrcb_maximum_fusion: max(A, Y of B), before the RGB conversion."""
+    return np.maximum(_grey(a), _luma(b))
+
+
+def ycrcb_weighted_luma(a, b, weight=0.5):
+    """The fused Y [H, W] of ycrcb_weighted_fusion: weight A + (1 - weight) (Y of B)."""
+    return weight * _grey(a) + (1 - weight) * _luma(b)
+
+
+def a_luminance_luma(a, b):
+    """The fused Y [H, W] of a_luminance_fusion: A itself (B's luma is ignored)."""
+    del b
+    return _grey(a)
+
+
 def ycrcb_maximum_fusion(a, b):
     """Colour-preserving rule: Y = max(A, Y of B), Cr and Cb from B."""
-    y_b = color.rgb_to_grey(np.asarray(b, np.float64))[..., 0]
-    return _with_chroma_of_b(np.maximum(_grey(a), y_b), b)
+    return _with_chroma_of_b(ycrcb_maximum_luma(a, b), b)
 
 
 def ycrcb_weighted_fusion(a, b, weight=0.5):
     """Colour-preserving rule: Y = weight A + (1 - weight) (Y of B), Cr and Cb from B."""
-    y_b = color.rgb_to_grey(np.asarray(b, np.float64))[..., 0]
-    return _with_chroma_of_b(weight * _grey(a) + (1 - weight) * y_b, b)
+    return _with_chroma_of_b(ycrcb_weighted_luma(a, b, weight), b)
+
+
+def a_luminance_fusion(a, b):
+    """A's luminance with B's chroma: Y = A, Cr and Cb from B. Not a fusion rule but the
+    degenerate solution of copying A (and B's colour): metrics that reward agreement with A, or
+    colour fidelity to B, are won by it without selecting anything from B's luma."""
+    return _with_chroma_of_b(a_luminance_luma(a, b), b)
 
 
 BASELINES = {
@@ -50,4 +76,13 @@ BASELINES = {
     "maximum": maximum_fusion,
     "ycrcb-average": ycrcb_weighted_fusion,
     "ycrcb-maximum": ycrcb_maximum_fusion,
+    "a-luminance": a_luminance_fusion,
+}
+
+# The fused Y [H, W] float64 of the rules that fuse in YCrCb (Cr and Cb from B), before the
+# conversion to RGB and its rounding: what a Y-channel comparison of the rules should use.
+LUMA_RULES = {
+    "ycrcb-average": ycrcb_weighted_luma,
+    "ycrcb-maximum": ycrcb_maximum_luma,
+    "a-luminance": a_luminance_luma,
 }

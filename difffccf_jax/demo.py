@@ -3,7 +3,8 @@
 Everything the demo shows is computed by the run: it generates a small realistic set of
 misaligned pairs (held-out pairs with their true displacement fields), trains the tiny
 configuration for a bounded time, fuses the held-out pairs with the respaced hierarchical
-sampler, compares with the classical baselines, and writes figures and a `report.md`.
+sampler, compares with the classical baselines, and writes figures, a `report.md` and its
+numbers as `summary.json`.
 """
 
 import os
@@ -18,6 +19,8 @@ TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs", "tiny.py")
 STAGES = ("generate data", "train", "fuse", "evaluate", "figures", "report")
 METHOD = "diff-fccf"
+REGISTERED = "diff-fccf-registered"  # the same model fusing B warped by its predicted field
+SUMMARY_NAME = "summary.json"  # the report's numbers, machine-readable
 
 
 def announce(index, message, eta_seconds=None):
@@ -29,8 +32,9 @@ def announce(index, message, eta_seconds=None):
     print(f"[demo {index + 1}/{len(STAGES)}] {STAGES[index]}: {message}{eta}", flush=True)
 
 
-def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_steps):
-    """The tiny config set up for one task on the generated data and a time budget."""
+def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_steps, crop_size=0):
+    """The tiny config set up for one task on the generated data and a time budget; training
+    on random crop_size crops of the image_size pairs when crop_size > 0."""
     from difffccf_jax.config_cli import load_config_file
 
     config = load_config_file(TINY_CONFIG)
@@ -39,6 +43,7 @@ def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_step
     config.data.tasks = (task,)
     config.data.multi_task = False
     config.data.image_size = image_size
+    config.data.crop_size = crop_size
     config.train.steps_per_epoch = max(1, train_pairs // config.data.batch_size)
     config.train.epochs = 400  # the time budget usually ends training first
     config.train.max_minutes = float(minutes)
@@ -93,31 +98,124 @@ def registration_errors(rows):
     return (float(np.mean([row[3] for row in rows])), float(np.mean([row[4] for row in rows])))
 
 
-def fidelity(fused_rgb, a, b_rgb):
-    """(SSIM of the fused image's grey version against A, mean absolute Cr/Cb difference from
-    B in levels): the first shows that the anatomy was kept, the second that the colour was."""
-    from difffccf_jax import color, metrics
-
-    ssim_a = metrics.ssim_pair(metrics.grey_image(fused_rgb), np.asarray(a, np.float64)[..., 0])
-    chroma = (color.rgb_to_ycrcb(np.asarray(fused_rgb, np.float64))[..., 1:]
-              - color.rgb_to_ycrcb(np.asarray(b_rgb, np.float64))[..., 1:])
-    return ssim_a, float(np.mean(np.abs(chroma)))
+SELECTION_BASELINES = ("a-luminance", "ycrcb-maximum")  # Y rules compared with our F_Y
 
 
-def fidelity_table(pairs, layout, fused_dir, image_size):
-    """{method: (mean SSIM vs A, mean colour error vs B)} for our fused images and baselines."""
-    from difffccf_jax import baselines
+def selection_pixels(a, warped_b, m1, fused_y):
+    """Per-pixel arrays of one pair: (bright [H, W] bool where B's Y exceeds A, m1 [H, W] in
+    0..1, {method: |F_Y - max(A_Y, B_Y)| [H, W]} for METHOD and SELECTION_BASELINES).
+
+    a: uint8 [H, W, 1]; warped_b: the registered B that was fused, uint8 RGB [H, W, 3];
+    m1, fused_y: the mask_m1_y and fused_y extras, uint8 [H, W]."""
+    from difffccf_jax import baselines, color
+
+    a_y = np.asarray(a, np.float64)[..., 0]
+    b_y = color.rgb_to_grey(np.asarray(warped_b, np.float64))[..., 0]
+    target = np.maximum(a_y, b_y)
+    lumas = {METHOD: np.asarray(fused_y, np.float64)}
+    lumas.update({name: baselines.LUMA_RULES[name](a, warped_b) for name in SELECTION_BASELINES})
+    return (b_y > a_y, np.asarray(m1, np.float64) / 255.0,
+            {name: np.abs(luma - target) for name, luma in lumas.items()})
+
+
+def selection_stats(pairs, layout, fused_dir, image_size):
+    """Whether the Y fusion selects the brighter source, pooled over every pixel of `pairs`:
+    dict(bright_fraction, m1_inside_bright, m1_outside_bright (None for an empty region),
+    y_deviation_from_max={method: mean |F_Y - max(A_Y, B_Y)| in levels}), from the fuse
+    command's extras (mask_m1_y.png, fused_y.png and warped_b.png, the B that was fused)."""
     from difffccf_jax.data import images, layouts
 
-    rows = {METHOD: []}
-    rows.update({name: [] for name in baselines.BASELINES})
+    bright, m1, deviation = [], [], {}
     for pair in pairs:
-        a, b = layouts.read_pair_uint8(pair, layout, image_size)
-        fused = images.read_image(os.path.join(fused_dir, pair.name))
-        rows[METHOD].append(fidelity(fused, a, b))
-        for name, rule in baselines.BASELINES.items():
-            rows[name].append(fidelity(rule(a, b), a, b))
-    return {name: tuple(np.mean(values, axis=0)) for name, values in rows.items()}
+        extras = os.path.join(fused_dir, "extras", os.path.splitext(pair.name)[0])
+        a, _ = layouts.read_pair_uint8(pair, layout, image_size)
+        pair_bright, pair_m1, pair_deviation = selection_pixels(
+            a, *(images.read_image(os.path.join(extras, name))
+                 for name in ("warped_b.png", "mask_m1_y.png", "fused_y.png")))
+        bright.append(pair_bright.ravel())
+        m1.append(pair_m1.ravel())
+        for name, values in pair_deviation.items():
+            deviation.setdefault(name, []).append(values.ravel())
+    bright, m1 = np.concatenate(bright), np.concatenate(m1)
+
+    def mean(values):
+        return float(np.mean(values)) if values.size else None
+
+    return dict(bright_fraction=float(np.mean(bright)), m1_inside_bright=mean(m1[bright]),
+                m1_outside_bright=mean(m1[~bright]),
+                y_deviation_from_max={name: float(np.mean(np.concatenate(values)))
+                                      for name, values in deviation.items()})
+
+
+def metric_means(evaluation_report):
+    """{method: {metric: mean or None}} of a parsed evaluation.json."""
+    return {method: {metric: summary["mean"] for metric, summary in summaries.items()}
+            for method, summaries in evaluation_report["methods"].items()}
+
+
+def _printed(value):
+    """The value as the metric table prints it (2 decimals), so comparisons agree with it."""
+    return float(f"{value:.2f}")
+
+
+def compare(means, method, rivals):
+    """How `method` fares against the best of `rivals` (method names) on each of the 8
+    published metrics (all higher is better), at the table's 2 decimals: dict(ahead, level,
+    behind, undefined: [metric]) and best {metric: the rival with the highest mean}."""
+    from difffccf_jax import metrics
+
+    verdict = dict(ahead=[], level=[], behind=[], undefined=[], best={})
+    for metric in metrics.PUBLISHED_METRICS:
+        ours = means[method].get(metric)
+        defined = [name for name in rivals if means[name].get(metric) is not None]
+        if ours is None or not defined:
+            verdict["undefined"].append(metric)
+            continue
+        best = max(defined, key=lambda name: means[name][metric])
+        verdict["best"][metric] = best
+        ours, theirs = _printed(ours), _printed(means[best][metric])
+        verdict["ahead" if ours > theirs else "behind" if ours < theirs else "level"].append(
+            metric)
+    return verdict
+
+
+def _verdict_words(verdict):
+    """'ahead on 2 (SCD, VIF), level on 1 (EN) and behind on 5 (...)' of a `compare` result."""
+    keys = ["ahead"] + [key for key in ("level",) if verdict[key]] + ["behind"] + [
+        key for key in ("undefined",) if verdict[key]]
+    parts = [f"{key} on {len(verdict[key])}"
+             + (f" ({', '.join(verdict[key])})" if verdict[key] else "") for key in keys]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def comparison_sentence(comparisons):
+    """One sentence from `comparisons` = {'best_baseline': compare(...), 'ycrcb-maximum':
+    compare(...)}: on which published metrics our method is ahead of or behind each."""
+    from difffccf_jax import metrics
+
+    best, rule = comparisons["best_baseline"], comparisons["ycrcb-maximum"]
+    return (f"Of the {len(metrics.PUBLISHED_METRICS)} published metrics "
+            f"({' '.join(metrics.PUBLISHED_METRICS)}; higher is better, compared at the table's "
+            f"two decimals), against the best baseline of each metric {METHOD} is "
+            f"{_verdict_words(best)}, and against the ycrcb-maximum rule it is "
+            f"{_verdict_words(rule)}.")
+
+
+def summary_record(info, means, comparisons, selection, registration):
+    """The machine-readable summary.json of a run: settings, metric means per method, the
+    comparison, the Y selection statistics and the registration errors."""
+    before, after = registration_errors(registration)
+    settings = ("task", "image_size", "crop_size", "train_pairs", "test_pairs", "train_steps",
+                "sampling_steps", "diffusion_steps")
+    return dict(
+        {key: info[key] for key in settings},
+        metrics=means, comparison=comparisons, sentence=comparison_sentence(comparisons),
+        selection=selection,
+        registration=dict(before_px=before, after_px=after, per_pair=[
+            dict(pair=name, true_mean_shift=[float(v) for v in true],
+                 predicted_mean_shift=[float(v) for v in predicted], before_px=pair_before,
+                 after_px=pair_after)
+            for name, true, predicted, pair_before, pair_after in registration]))
 
 
 def pair_figure(path, a, b, fused, mask, grid):
@@ -187,10 +285,17 @@ def training_curves(records, path):
     _save_figure(figure, path)
 
 
+def _optional(value, digits):
+    return "undefined" if value is None else f"{value:.{digits}f}"
+
+
 def write_report(path, info):
     """report.md: what ran, the tables and the figures, with the numbers of this run."""
-    fidelity_rows = "\n".join(
-        f"| {name} | {ssim:.3f} | {error:.2f} |" for name, (ssim, error) in info["fidelity"].items())
+    selection = info["selection"]
+    deviation_rows = "\n".join(f"| {name} | {value:.2f} |"
+                               for name, value in selection["y_deviation_from_max"].items())
+    crop = (f" on random {info['crop_size']} x {info['crop_size']} crops of the training pairs"
+            if info["crop_size"] else "")
     figures = "\n".join(f"![pair]({os.path.relpath(p, os.path.dirname(path))})"
                         for p in info["figures"])
     before, after = registration_errors(info["registration"])
@@ -204,29 +309,47 @@ Command: `{info['command']}`
 
 Task `{info['task']}`: {info['train_pairs']} generated training pairs and {info['test_pairs']}
 held-out pairs of {info['image_size']} x {info['image_size']}, B misaligned by a random affine and
-elastic motion with a known displacement field. The tiny configuration trained for
+elastic motion with a known displacement field. The tiny configuration trained{crop} for
 {info['train_steps']} steps ({info['train_minutes']:.1f} min, final total loss
 {info['final_loss']:.4g}); fusion used the hierarchical sampler with {info['sampling_steps']}
-respaced steps (of {info['diffusion_steps']}) and registration before fusion.
+respaced steps (of {info['diffusion_steps']}), B fused as given ({METHOD}, the default) and
+B warped by the network's predicted deformation field first ({REGISTERED}).
 
 Stage times (s): {', '.join(f"{k} {v:.0f}" for k, v in info['stage_seconds'].items())}.
 
 ## Fusion metrics (held-out pairs)
 
 {info['metrics_table']}
-## Anatomy and colour kept
+{info['sentence']} EN, SD and SF also grow with noise, so a lead on them alone does not show a
+better fusion; the a-luminance baseline (Y = A, Cr and Cb from B) is the degenerate copy of A,
+and a metric it wins does not show that anything was fused.
 
-SSIM of the fused image's grey version against A (anatomy kept: higher is better) and the mean
-absolute Cr/Cb difference from B in levels (colour kept: lower is better).
+## Does the Y fusion select?
 
-| method | SSIM vs A | colour error vs B |
-|---|---|---|
-{fidelity_rows}
+In the Y channel the network's mask m1 is the weight of A: every reverse step fuses the two
+trajectories as m1 x^A + (1 - m1) x^B (the m1 saved is the last step's). A fusion that keeps the
+brighter source has m1 near 0 where B's Y exceeds A (B's bright region, here
+{100 * selection['bright_fraction']:.1f}% of the pixels) and near 1 outside it, and its fused Y
+F_Y near max(A_Y, B_Y); a copy of A has m1 = 1 everywhere. Pooled over every pixel of the
+held-out pairs, from the fuse command's extras (`mask_m1_y.png`, `fused_y.png`, and
+`warped_b.png`: the registered B that was fused, whose Y defines the region):
+
+| mean m1 inside B's bright region | mean m1 outside it |
+|---|---|
+| {_optional(selection['m1_inside_bright'], 3)} | {_optional(selection['m1_outside_bright'], 3)} |
+
+Mean |F_Y - max(A_Y, B_Y)| in grey levels (lower: closer to selecting the brighter source); for
+the rules, F_Y is their luma from the same A and warped B: A for a-luminance, and max(A_Y, B_Y)
+for ycrcb-maximum, which is 0 by construction.
+
+| method | mean abs(F_Y - max(A_Y, B_Y)) |
+|---|---|
+{deviation_rows}
 
 ## Registration
 
-Mean end-point error of B's alignment to A over all pixels: {before:.3f} px before warping,
-{after:.3f} px after warping by the predicted deformation field. Per pair, the mean of the true
+From the {REGISTERED} run. Mean end-point error of B's alignment to A over all pixels:
+{before:.3f} px before warping, {after:.3f} px after warping by the predicted deformation field. Per pair, the mean of the true
 field that realigns B and of the predicted one (x, y in pixels): a predicted mean that is the
 same for every pair is a shift learnt from the data set, not a registration of the pair.
 
@@ -246,20 +369,28 @@ warped grid.
 {figures}
 
 Checkpoint: `{os.path.relpath(info['checkpoint'], os.path.dirname(path))}`; fused images:
-`fused/`; metric tables: `evaluation/`.
+`fused/`; metric tables: `evaluation/`; these numbers, machine-readable: `summary.json`.
 """
     files.write_text(path, text)
     return text
 
 
-def run_demo(out, task="pet", minutes=4.0, image_size=32, train_pairs=32, test_pairs=6,
-             sampling_steps=30, seed=0, motion_strength=4.0, command="difffccf demo"):
-    """Runs every stage into `out`; returns the report's path."""
+def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_pairs=8,
+             sampling_steps=30, seed=0, motion_strength=4.0, crop_size=32,
+             command="difffccf demo"):
+    """Runs every stage into `out`; returns the report's path. Pairs are image_size x
+    image_size; with crop_size > 0 training sees random crop_size x crop_size crops of them
+    (config.data.crop_size) and fusion the whole held-out pairs."""
+    import json
+
     from difffccf_jax import train
     from difffccf_jax.data import layouts
 
     if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"--out {out!r} is not empty; choose a new folder")
+    if not 0 <= crop_size <= image_size:
+        raise UserError(f"--crop-size {crop_size}: expected 0 (train on whole pairs) or a side "
+                        f"of at most --image-size {image_size}")
     timings = {}
     started = time.perf_counter()
 
@@ -269,7 +400,8 @@ def run_demo(out, task="pet", minutes=4.0, image_size=32, train_pairs=32, test_p
     timings["data"] = time.perf_counter() - started
 
     workdir = os.path.join(out, "training")
-    config = demo_config(task, image_size, minutes, train_root, train_pairs, sampling_steps)
+    config = demo_config(task, image_size, minutes, train_root, train_pairs, sampling_steps,
+                         crop_size)
     announce(1, "compiling, then training the tiny model", eta_seconds=60 * minutes + 60)
     stage = time.perf_counter()
     state = train.train_and_evaluate(config, workdir)
@@ -279,18 +411,21 @@ def run_demo(out, task="pet", minutes=4.0, image_size=32, train_pairs=32, test_p
     announce(2, f"{test_pairs} held-out pairs, {sampling_steps} respaced steps")
     stage = time.perf_counter()
     fused_dir = os.path.join(out, "fused")
-    run_command(["fuse", "--checkpoint", checkpoint, "--task", task, "--data", test_root,
-                 "--out", fused_dir, "--save-extras"])
+    registered_dir = os.path.join(out, "fused_registered")
+    for folder, register in ((fused_dir, "--no-register"), (registered_dir, "--register")):
+        run_command(["fuse", "--checkpoint", checkpoint, "--task", task, "--data", test_root,
+                     "--out", folder, "--save-extras", register])
     timings["fuse"] = time.perf_counter() - stage
 
     announce(3, "fusion metrics against the classical baselines")
     stage = time.perf_counter()
     evaluation_dir = os.path.join(out, "evaluation")
     run_command(["evaluate", "--task", task, "--data", test_root, "--fused",
-                 f"{METHOD}={fused_dir}", "--baselines", "--out", evaluation_dir])
+                 f"{METHOD}={fused_dir}", "--fused", f"{REGISTERED}={registered_dir}",
+                 "--baselines", "--out", evaluation_dir])
     pairs = layouts.list_pairs(test_root, layout)
-    fidelity_rows = fidelity_table(pairs, layout, fused_dir, image_size)
-    registration = registration_rows(pairs, fused_dir, image_size)
+    selection = selection_stats(pairs, layout, fused_dir, image_size)
+    registration = registration_rows(pairs, registered_dir, image_size)
     timings["evaluate"] = time.perf_counter() - stage
 
     announce(4, "a figure per pair and the training curves")
@@ -303,13 +438,23 @@ def run_demo(out, task="pet", minutes=4.0, image_size=32, train_pairs=32, test_p
     announce(5, "report.md")
     with open(os.path.join(evaluation_dir, "evaluation.md"), encoding="utf-8") as file:
         metrics_table = file.read()
-    report = os.path.join(out, "report.md")
-    write_report(report, dict(
+    with open(os.path.join(evaluation_dir, "evaluation.json"), encoding="utf-8") as file:
+        means = metric_means(json.load(file))
+    baseline_names = [name for name in means if name not in (METHOD, REGISTERED)]
+    comparisons = {"best_baseline": compare(means, METHOD, baseline_names),
+                   "ycrcb-maximum": compare(means, METHOD, ["ycrcb-maximum"])}
+    info = dict(
         command=command, task=task, train_pairs=train_pairs, test_pairs=test_pairs,
-        image_size=image_size, train_steps=int(state.step),
+        image_size=image_size, crop_size=crop_size, train_steps=int(state.step),
         train_minutes=timings["train"] / 60, final_loss=records[-1]["loss"],
         sampling_steps=sampling_steps, diffusion_steps=config.diffusion.steps,
-        stage_seconds=timings, metrics_table=metrics_table, fidelity=fidelity_rows,
-        registration=registration, figures=figures, checkpoint=checkpoint))
+        stage_seconds=timings, metrics_table=metrics_table,
+        sentence=comparison_sentence(comparisons), selection=selection,
+        registration=registration, figures=figures, checkpoint=checkpoint)
+    summary = summary_record(info, means, comparisons, selection, registration)
+    files.write_text(os.path.join(out, SUMMARY_NAME),
+                     json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    report = os.path.join(out, "report.md")
+    write_report(report, info)
     print(f"[demo] done in {(time.perf_counter() - started) / 60:.1f} min: {report}")
     return report

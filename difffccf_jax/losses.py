@@ -3,6 +3,13 @@ per-batch loss terms of the three colour channels.
 
 Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns
 scalars. Every function is differentiable with respect to its image arguments.
+
+Chroma (Cr/Cb) rows follow the published training branches: A enters with the TRAINING sign and
+gain of the task's rule, A is standardised to B_c's statistics over the region R before the
+network, and the clean fused estimate is re-standardised by the published whole-frame moment
+matching of the masked images, or with in-region statistics when
+LossConfig.region_statistics (config.regions_statistics) is 'in_region'
+(`regions.restandardise`).
 """
 
 import dataclasses
@@ -29,28 +36,39 @@ CORRELATIONS = ("ratio", "ncc")
 class LossConfig:
     """Plain loss settings (hashable: close over it or pass it as a static argument of jit).
 
-    loss_scale: factor of the noise L1; quality_weights: (SSIM, gradient, intensity) weights;
+    loss_scale: factor of the noise L1; quality_weights: (SSIM, gradient, intensity) weights of
+    the Cr/Cb rows, luma_quality_weights those of the Y rows (`quality_loss`);
+    stage_conditions: train each row with the conditions the sampler gives its noise level
+    (`stage_conditions`) instead of always (A, B);
     mi_bins / mi_sigma: Parzen bins and kernel width in bins (also used by the correlation ratio);
     correlation: 'ratio' (correlation ratio) or 'ncc' (local NCC over ncc_window pixels);
     similarity_blur: standard deviation (pixels) of the Gaussian blur of A and B before the
-    similarity terms, 0 for none."""
+    similarity terms, 0 for none; region_statistics: how the clean fused chroma is
+    re-standardised, regions.WHOLE_FRAME (published) or regions.IN_REGION (`regions.restandardise`;
+    from config.regions_statistics, which the sampler reads too)."""
     loss_scale: float = 128.0
     quality_weights: tuple = (30.0, 40.0, 40.0)
+    luma_quality_weights: tuple = (30.0, 40.0, 40.0)
+    stage_conditions: bool = False
     mi_bins: int = 32
     mi_sigma: float = 0.5
     correlation: str = "ratio"
     ncc_window: int = 9
     similarity_blur: float = 0.0
+    region_statistics: str = regions.WHOLE_FRAME
 
     @classmethod
-    def from_config(cls, loss):
-        """From config.loss; unknown or invalid values raise UserError naming the field."""
+    def from_config(cls, loss, region_statistics=regions.WHOLE_FRAME):
+        """From config.loss and the checked config.regions_statistics
+        (`regions.statistics_from_config`); unknown or invalid values raise UserError naming the
+        field."""
         if loss.correlation not in CORRELATIONS:
             raise UserError(f"loss.correlation: expected 'ratio' or 'ncc', "
                             f"got {loss.correlation!r}")
-        if len(loss.quality_weights) != 3:
-            raise UserError("loss.quality_weights: expected 3 numbers (SSIM, gradient, intensity), "
-                            f"got {tuple(loss.quality_weights)}")
+        for field in ("quality_weights", "luma_quality_weights"):
+            if len(loss[field]) != 3 or min(loss[field]) < 0:
+                raise UserError(f"loss.{field}: expected 3 numbers >= 0 (SSIM, gradient, "
+                                f"intensity), got {tuple(loss[field])}")
         if int(loss.mi_bins) < 2 or float(loss.mi_sigma) <= 0:
             raise UserError(f"loss.mi_bins / loss.mi_sigma: expected >= 2 bins and a positive "
                             f"width, got {loss.mi_bins} / {loss.mi_sigma}")
@@ -59,11 +77,17 @@ class LossConfig:
         if float(loss.similarity_blur) < 0:
             raise UserError(f"loss.similarity_blur: expected a width >= 0 pixels, got "
                             f"{loss.similarity_blur}")
+        if region_statistics not in regions.STATISTICS:
+            raise UserError(f"regions_statistics: expected 'whole_frame' or 'in_region', "
+                            f"got {region_statistics!r}")
         return cls(loss_scale=float(loss.loss_scale),
                    quality_weights=tuple(float(w) for w in loss.quality_weights),
+                   luma_quality_weights=tuple(float(w) for w in loss.luma_quality_weights),
+                   stage_conditions=bool(loss.stage_conditions),
                    mi_bins=int(loss.mi_bins), mi_sigma=float(loss.mi_sigma),
                    correlation=str(loss.correlation), ncc_window=int(loss.ncc_window),
-                   similarity_blur=float(loss.similarity_blur))
+                   similarity_blur=float(loss.similarity_blur),
+                   region_statistics=str(region_statistics))
 
 
 # ---- similarity between A and (warped) B --------------------------------------------------------
@@ -221,15 +245,20 @@ def fusion_loss(fused_t, x_a, x_b, m2, region, chroma):
     return jnp.sum(per_pixel, axis=(1, 2, 3)) / (height * width)
 
 
-def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain):
-    """Fused clean image per image [B, H, W, 1]. Y: m1 a + (1 - m1) b. Cr/Cb: b + sign gain a R m2,
-    brought to b_original's mean and std inside R, clipped to [-1, 1], b_original outside R.
+def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain,
+                         statistics=regions.WHOLE_FRAME):
+    """Fused clean image per image [B, H, W, 1]. Y: m1 a + (1 - m1) b. Cr/Cb: F = b + sign gain
+    a R m2 (the TRAINING sign and gain), brought back to b_original's statistics by
+    `regions.restandardise`, clipped to [-1, 1], b_original outside R.
 
-    a, b: the network's conditions (for Cr/Cb, A standardised in R and B_c * R)."""
+    statistics (static): regions.WHOLE_FRAME, the published moment matching of F R against
+    b_original R over the whole frame, where the reference value is F R's own value at
+    regions.REFERENCE_PIXEL (as in the published training branch); or regions.IN_REGION,
+    b_original's mean and std over R. a, b: the network's conditions (for Cr/Cb, A standardised
+    in R and B_c * R)."""
     image_chroma = _per_image(chroma)
     fused = fuse(jnp.where(image_chroma, a * region, a), b, m1, m2, chroma, sign_gain)
-    restored = jnp.clip(regions.standardise_in_region(fused, b_original, region), -1.0, 1.0)
-    chroma_fused = jnp.where(region, restored, b_original)
+    chroma_fused = regions.restandardise(fused, b_original, region, None, statistics)
     return jnp.where(image_chroma, chroma_fused, fused)
 
 
@@ -239,7 +268,9 @@ def channel_batch(a, b, task_rules):
     a [B, H, W, 1], b [B, H, W, 3] YCrCb. Returns a dict: sources a3 and b3 [3B, H, W, 1] (A and
     the channel of B), the network conditions cond_a, cond_b (Cr/Cb: A standardised to B_c in R,
     B_c * R, zero outside R), region bool [3B, H, W, 1] (all true for Y), chroma bool [3B] and
-    sign_gain [3B]."""
+    sign_gain [3B], sign * gain of each row (0 for Y). task_rules is the rule set of one phase
+    (`regions.rules_from_config(..., 'train' or 'sample')`), so training rows carry the training
+    sign and gain and sampler rows the sampling ones."""
     batch = a.shape[0]
     b_y, b_cr, b_cb = jnp.split(b, 3, axis=-1)
     region = jnp.concatenate([jnp.ones_like(b_y, dtype=bool),
@@ -257,6 +288,26 @@ def channel_batch(a, b, task_rules):
     cond_b = jnp.where(image_chroma, b3 * region, b3)
     return dict(a3=a3, b3=b3, cond_a=cond_a, cond_b=cond_b, region=region, chroma=chroma,
                 sign_gain=sign_gain)
+
+
+def reverse_stage(step, num_steps):
+    """The hierarchical stage (0, 1, 2) of reverse step `step` (0 = the noisiest) of a reverse run
+    of `num_steps` steps: floor(3 step / num_steps); scalar or array."""
+    return (3 * step) // num_steps
+
+
+def stage_conditions(stage, cond_a, cond_b):
+    """The network's two conditions in stage `stage` (a scalar, or one per row [R]) for the
+    conditions cond_a, cond_b [R, H, W, 1]: (B, B) in stage 0, (A, B) in 1, (A, A) in 2."""
+    stage = jnp.reshape(stage, (-1, 1, 1, 1)) if jnp.ndim(stage) else stage
+    return jnp.where(stage == 0, cond_b, cond_a), jnp.where(stage == 2, cond_a, cond_b)
+
+
+def quality_weights_per_row(loss_config, chroma):
+    """(SSIM, gradient, intensity) weights of `quality_loss`, each [R]: the luma weights on Y
+    rows and the chroma weights on Cr/Cb rows (chroma bool [R])."""
+    return tuple(jnp.where(chroma, chroma_weight, luma_weight) for chroma_weight, luma_weight
+                 in zip(loss_config.quality_weights, loss_config.luma_quality_weights))
 
 
 def similarity_loss(a, warped_b, loss_config):
@@ -305,7 +356,11 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
     noise = jax.random.normal(noise_key, cond_a.shape, cond_a.dtype)
     x_a = diffusion.q_sample(schedule, cond_a, t, noise)
     x_b = diffusion.q_sample(schedule, cond_b, t, noise)
-    network_input = jnp.concatenate([cond_a, cond_b, x_a, x_b], axis=-1)
+    first, second = cond_a, cond_b
+    if loss_config.stage_conditions:
+        steps = schedule.betas.shape[0]
+        first, second = stage_conditions(reverse_stage(steps - 1 - t, steps), cond_a, cond_b)
+    network_input = jnp.concatenate([first, second, x_a, x_b], axis=-1)
     if dropout_key is None:
         out = apply_fn({"params": params}, network_input, schedule.timesteps[t], train=False)
     else:
@@ -314,14 +369,14 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
 
     fused_t = fuse(x_a, x_b, out.m1, out.m2, chroma, problems["sign_gain"])
     fused = clean_fused_estimate(cond_a, cond_b, problems["b3"], out.m1, out.m2, region, chroma,
-                                 problems["sign_gain"])
+                                 problems["sign_gain"], loss_config.region_statistics)
     # Quality: Y compares F with A and B_c; Cr/Cb compare F R with A' R m2 (both sources).
     masked_a = cond_a * region * out.m2
     image_chroma = _per_image(chroma)
     quality = quality_loss(jnp.where(image_chroma, fused * region, fused),
                            jnp.where(image_chroma, masked_a, problems["a3"]),
                            jnp.where(image_chroma, masked_a, problems["b3"]),
-                           loss_config.quality_weights)
+                           quality_weights_per_row(loss_config, chroma))
     black = jnp.repeat(jnp.asarray(color.black_ycrcb_unit()), batch)  # each row's background
     mi, correlation = registration_similarity(problems["a3"], problems["b3"], out.deformation,
                                               _per_image(black), loss_config)

@@ -6,6 +6,14 @@ are the Y runs, then Cr, then Cb). One reverse step is the pure function `revers
 by `region_post_step`; `make_sampler` wraps registration and the whole reverse loop (a lax.scan
 over the schedule) in one jitted function whose batch is split over the devices of a mesh.
 
+Cr/Cb follow the published sampler: the fused state is x^B + sign gain m2 x^A with the task's
+SAMPLING sign and gain (config.regions.<task>.<channel>.sample; for several tasks they differ
+from the training ones), and after every step x is re-standardised by the published whole-frame
+moment matching of the masked images and set to B_c outside R (`region_post_step`,
+`regions.restandardise`). config.regions_statistics = 'in_region' uses B_c's statistics in R
+instead, the same choice training makes for its clean fused estimate. PET Cr reflects instead
+(x <- 0.8 - x in R, config.sampling.reflect_channels).
+
 Choices where SPEC 6 leaves room:
 - One N(0, I) sample eps per channel run starts all three states as training noises them: x^A
   and x^B are the run's two conditions noised to the first reverse step with the same eps, x is
@@ -16,7 +24,7 @@ Choices where SPEC 6 leaves room:
 - Reverse step i (i = 0 the noisiest, N steps in the schedule used) is in stage floor(3 i / N):
   conditions (B, B), then (A, B), then (A, A).
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
-  task's sampling rule on B_c) A standardised to B_c's statistics and B_c, outside R both 0.
+  task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
   t = 0) warps all three channels of B before the fusion runs (bilinear, outside the image the
   YCrCb of black). Regions, conditions and the post-step use the warped B. The deformation state
@@ -59,6 +67,11 @@ class SampleOutput(NamedTuple):
     warped_b: jnp.ndarray
 
 
+OUTPUT_TRAJECTORY = "trajectory"
+OUTPUT_CLEAN = "clean"
+OUTPUTS = (OUTPUT_TRAJECTORY, OUTPUT_CLEAN)
+
+
 def reflect_flags(reflect_channels, task):
     """(Cr, Cb) booleans: which chroma channels of `task` take the reflecting post-step, from
     config.sampling.reflect_channels entries like 'pet.cr'."""
@@ -84,43 +97,65 @@ def per_image(values):
     return jnp.reshape(values, (-1, 1, 1, 1))
 
 
-def stage_conditions(step, num_steps, cond_a, cond_b):
-    """The two conditions of reverse step `step` (0 = noisiest) of `num_steps`: (B, B) in the
-    first third, (A, B) in the middle third, (A, A) in the last."""
-    stage = (3 * step) // num_steps
-    return jnp.where(stage == 0, cond_b, cond_a), jnp.where(stage == 2, cond_a, cond_b)
-
-
-def posterior_step(schedule, z, index, eps, noise=None):
+def posterior_step(schedule, z, index, eps, noise=None, x0=None):
     """z [R, H, W, 1] at schedule entry `index` moved to its posterior mean at the previous entry,
-    from the x0 estimate clipped to [-1, 1]; with `noise`, plus the posterior standard deviation
-    times noise (except at index 0)."""
+    from the x0 estimate of eps clipped to [-1, 1] (or from the given clean `x0`); with `noise`,
+    plus the posterior standard deviation times noise (except at index 0)."""
     t = jnp.full((z.shape[0],), index, jnp.int32)
-    x0 = jnp.clip(diffusion.predict_x0(schedule, z, t, eps), -1.0, 1.0)
+    if x0 is None:
+        x0 = jnp.clip(diffusion.predict_x0(schedule, z, t, eps), -1.0, 1.0)
     mean, _, log_variance = diffusion.q_posterior(schedule, x0, z, t)
     if noise is None:
         return mean
     return mean + jnp.where(index > 0, jnp.exp(0.5 * log_variance), 0.0) * noise
 
 
-def reverse_step(schedule, state, eps, m1, m2, index, chroma, sign_gain, noise=None):
+def reverse_step(schedule, state, eps, m1, m2, index, chroma, sign_gain, noise=None,
+                 sources=None):
     """One reverse step at schedule entry `index` given the network's outputs eps, m1, m2
     [3B, H, W, 1]: x <- (f + x) / 2 with the fused state f of `losses.fuse` (chroma bool [3B],
     sign_gain [3B] per row), then x, x^A and x^B each to its posterior mean (plus the same
-    `noise` sample for all three in stochastic mode)."""
+    `noise` sample for all three in stochastic mode).
+
+    sources: None (published: x^A and x^B from the x0 estimate of eps, like x), or the known
+    conditions (cond_a, cond_b) as the x0 of x^A and x^B. The clipped estimate loses the
+    difference x^A - x^B wherever both estimates clip (every pixel, at high noise), so by the
+    last steps the network sees two sources that are nearly equal; with the known x0 the
+    difference stays sqrt(abar) (A' - B'), as in training."""
     fused = losses.fuse(state.x_a, state.x_b, m1, m2, chroma, sign_gain)
     x = 0.5 * (fused + state.x)
-    return SamplerState(*(posterior_step(schedule, z, index, eps, noise)
-                          for z in (x, state.x_a, state.x_b)))
+    known_a, known_b = sources if sources is not None else (None, None)
+    return SamplerState(posterior_step(schedule, x, index, eps, noise),
+                        posterior_step(schedule, state.x_a, index, eps, noise, known_a),
+                        posterior_step(schedule, state.x_b, index, eps, noise, known_b))
 
 
-def region_post_step(x, b, region, chroma, reflect, reflect_offset):
+def region_post_step(x, b, region, chroma, reflect, reflect_offset,
+                     statistics=regions.WHOLE_FRAME):
     """The chroma post-step after every reverse step (x, b [3B, H, W, 1], region bool, chroma and
-    reflect bool [3B]): inside R, x re-standardised to b's statistics in R (or offset - x on
-    reflecting rows), clipped to [-1, 1]; outside R, b. Y rows are returned unchanged."""
-    standardised = regions.standardise_in_region(x, b, region)
-    inside = jnp.clip(jnp.where(per_image(reflect), reflect_offset - x, standardised), -1.0, 1.0)
-    return jnp.where(per_image(chroma), jnp.where(region, inside, b), x)
+    reflect bool [3B]): inside R, x re-standardised to b = B_c (`regions.restandardise`), or
+    offset - x on reflecting rows (PET Cr), clipped to [-1, 1]; outside R, b. Y rows are returned
+    unchanged.
+
+    statistics (static): regions.WHOLE_FRAME, the published sampler's moment matching of x R
+    against b R over the whole frame, its reference value b's value at regions.REFERENCE_PIXEL;
+    or regions.IN_REGION, b's mean and std over R."""
+    reference = regions.pixel_values(b, regions.REFERENCE_PIXEL)
+    restored = regions.restandardise(x, b, region, reference, statistics)
+    reflected = jnp.where(region, jnp.clip(reflect_offset - x, -1.0, 1.0), b)
+    return jnp.where(per_image(chroma), jnp.where(per_image(reflect), reflected, restored), x)
+
+
+def final_rows(output, x, m1, rows):
+    """The sampler's result rows [3B, H, W, 1]: the trajectory x (OUTPUT_TRAJECTORY, published),
+    or with OUTPUT_CLEAN the Y rows replaced by the clean fused estimate m1 A + (1 - m1) B_Y of
+    the last step's mask (the image the training quality loss scores; it keeps no residual
+    sampling noise, so where A and B_Y agree, as in a black background, it is exactly their
+    value). Cr/Cb rows are the trajectory either way (outside R already exactly B_c)."""
+    if output == OUTPUT_TRAJECTORY:
+        return x
+    clean = m1 * rows["cond_a"] + (1.0 - m1) * rows["cond_b"]
+    return jnp.where(per_image(rows["chroma"]), x, clean)
 
 
 def warp_b(b, deformation):
@@ -166,7 +201,8 @@ class FusionInputs(NamedTuple):
 
 
 def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, register=True,
-                 reflect_offset=0.8, mesh=None):
+                 reflect_offset=0.8, statistics=regions.WHOLE_FRAME, output=OUTPUT_TRAJECTORY,
+                 known_sources=False, mesh=None):
     """The whole fusion of a batch of pairs as one jitted function
 
         sample(params, schedule, a, b, key, pair_ids) -> SampleOutput
@@ -179,9 +215,13 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     -1 is the registration pass (the clean pairs (A, B_c) at t = 0; the Y rows' deformation warps
     B), evaluations 0..N-1 are the reverse steps.
 
-    model: a `unet.UNet`; task_rules: the task's sampling `regions.TaskRules`; reflect: (Cr, Cb)
-    booleans, the PET Cr post-step (offset - x inside R) instead of re-standardising; add_noise:
-    stochastic mode; register: warp B by the predicted deformation first; mesh: a Mesh with axis
+    model: a `unet.UNet`; task_rules: the task's sampling `regions.TaskRules` (their regions,
+    signs and gains); reflect: (Cr, Cb) booleans, the PET Cr post-step (offset - x inside R)
+    instead of re-standardising; statistics: the re-standardisation of the other chroma rows,
+    regions.WHOLE_FRAME (published) or regions.IN_REGION (`region_post_step`); add_noise:
+    stochastic mode; register: warp B by the predicted deformation first; output: what the Y
+    rows return (`final_rows`); known_sources: x^A and x^B follow their known clean sources
+    (`reverse_step`); mesh: a Mesh with axis
     'data' over which the batch (and the 3B rows) is split, params replicated; B must be a
     multiple of its size; by default all devices.
     """
@@ -212,8 +252,9 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
             network_input = jnp.where(
                 registering,
                 jnp.concatenate([rows["a3"], rows["b3"]] * 2, axis=-1),
-                jnp.concatenate([*stage_conditions(step, num_steps, rows["cond_a"],
-                                                   rows["cond_b"]), state.x_a, state.x_b],
+                jnp.concatenate([*losses.stage_conditions(losses.reverse_stage(step, num_steps),
+                                                          rows["cond_a"], rows["cond_b"]),
+                                 state.x_a, state.x_b],
                                 axis=-1))
             t = jnp.where(registering, 0, schedule.timesteps[index])
             out = model.apply({"params": params}, network_input,
@@ -226,10 +267,11 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
 
             def reverse(_):
                 noise = step_noise(noise_keys, step, height, width) if add_noise else None
+                sources = (rows["cond_a"], rows["cond_b"]) if known_sources else None
                 new = reverse_step(schedule, state, out.noise, out.m1, out.m2, index,
-                                   rows["chroma"], rows["sign_gain"], noise)
+                                   rows["chroma"], rows["sign_gain"], noise, sources)
                 x = region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
-                                     reflect_rows, reflect_offset)
+                                     reflect_rows, reflect_offset, statistics)
                 return inputs, new._replace(x=x), out.m1, out.m2
 
             return jax.lax.cond(registering, registered, reverse, None), None
@@ -239,7 +281,8 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
         evaluations = jnp.arange(-1 if register else 0, num_steps)
         (inputs, state, m1, m2), _ = jax.lax.scan(
             body, (inputs, start(inputs.rows), masks, masks), evaluations)
-        fused = jnp.clip(channels_to_last(state.x), -1.0, 1.0)
+        fused = jnp.clip(channels_to_last(final_rows(output, state.x, m1, inputs.rows)),
+                         -1.0, 1.0)
         return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
                             m1=channels_to_last(m1), m2=channels_to_last(m2),
                             region=channels_to_last(inputs.rows["region"]),
@@ -256,16 +299,28 @@ def registers(config):
     return bool(config.sampling.register and not config.model.compat)
 
 
+def output_from_config(sampling):
+    """config.sampling.output, checked (configs saved before it existed: the published one)."""
+    output = sampling.get("output", OUTPUT_TRAJECTORY)
+    if output not in OUTPUTS:
+        raise UserError(f"sampling.output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
+    return output
+
+
 def sampler_from_config(config, task, mesh=None):
     """(sample, schedule) fusing `task` pairs with the model, region, diffusion and sampling
-    settings of `config`; see `make_sampler`."""
+    settings of `config` (the SAMPLING region rules, signs and gains of config.regions, and
+    config.regions_statistics); see `make_sampler`."""
     sample = make_sampler(
         unet.model_from_config(config.model),
         regions.rules_from_config(config.regions, task, "sample"),
         reflect=reflect_flags(config.sampling.reflect_channels, task),
         add_noise=bool(config.sampling.add_noise),
         register=registers(config),
-        reflect_offset=float(config.sampling.reflect_offset), mesh=mesh)
+        reflect_offset=float(config.sampling.reflect_offset),
+        statistics=regions.statistics_from_config(config),
+        output=output_from_config(config.sampling),
+        known_sources=bool(config.sampling.get("known_sources", False)), mesh=mesh)
     schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
                                  config.sampling.steps)
     return sample, schedule

@@ -247,7 +247,8 @@ def setup_run(config, mesh):
     tasks = tuple(config.data.tasks) if config.data.multi_task else (config.data.task,)
     batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task),
                                             config.data.batch_size, mesh,
-                                            seed=config.data.shuffle_seed)
+                                            seed=config.data.shuffle_seed,
+                                            crop_size=config.data.crop_size)
                for task in dict.fromkeys(tasks)}
     plan = epoch_plan(config.seed, config.train.epochs, tasks, config.train.steps_per_epoch,
                       {task: it.steps_per_epoch for task, it in batches.items()})
@@ -258,7 +259,8 @@ def setup_run(config, mesh):
     step_options = dict(
         model=model, tx=tx, policy_settings=policy_settings,
         schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps),
-        loss_config=losses.LossConfig.from_config(config.loss),
+        loss_config=losses.LossConfig.from_config(config.loss,
+                                                  regions.statistics_from_config(config)),
         ema_decay=float(config.optim.ema_decay))
     rules = {task: rules_as_arrays(regions.rules_from_config(config.regions, task, "train"))
              for task in batches}

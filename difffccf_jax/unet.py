@@ -132,6 +132,7 @@ class UNet(nn.Module):
     cheb_order: int = 3
     laplacian: str = "scaled"
     max_displacement: float = 4.0
+    mask_prior: float = 0.0
     compat: bool = False
     dtype: Any = jnp.float32
 
@@ -160,7 +161,8 @@ class UNet(nn.Module):
         fusion_features = decoder("fusion_decoder")(h, skips, temb, train)[:, :height, :width]
 
         noise = OutputHead(1, settings, name="noise_head")(noise_features)
-        m1 = nn.sigmoid(OutputHead(1, settings, name="mask1_head")(fusion_features))
+        m1_logit = OutputHead(1, settings, name="mask1_head")(fusion_features)
+        m1 = nn.sigmoid(m1_logit + luma_mask_prior(x, self.mask_prior))
         m2 = nn.sigmoid(OutputHead(1, settings, name="mask2_head")(fusion_features))
         if self.compat:
             deformation = jnp.concatenate([m1, m2], axis=-1)
@@ -172,6 +174,14 @@ class UNet(nn.Module):
         return UNetOutput(noise, m1, m2, deformation)
 
 
+def luma_mask_prior(x, slope):
+    """slope * (x_t^A - x_t^B) from the network input x [B, H, W, 4], [B, H, W, 1]: a logit
+    offset of m1 that makes an untrained network a soft maximum rule (m1 -> 1 where A is the
+    brighter source). With the shared noise of both trajectories x_t^A - x_t^B =
+    sqrt(abar_t) (A' - B') in training and sampling alike, whatever the stage's conditions."""
+    return slope * (x[..., 2:3] - x[..., 3:4]).astype(jnp.float32)
+
+
 def _check(condition, field, expected, value):
     if not condition:
         raise UserError(f"config field model.{field}: expected {expected}, got {value!r}")
@@ -180,7 +190,8 @@ def _check(condition, field, expected, value):
 def model_from_config(model_config):
     """The UNet of a `config.model` ConfigDict, after checking its fields.
 
-    model.compat also selects the published Laplacian ('unnormalized') and norm eps 1e-5.
+    model.compat also selects the published Laplacian ('unnormalized'), norm eps 1e-5 and no
+    mask prior.
     """
     c = model_config
     channels = [c.model_channels * m for m in c.channel_mult]
@@ -199,6 +210,8 @@ def model_from_config(model_config):
            c.laplacian)
     _check(c.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}", c.dtype)
     _check(0.0 <= c.dropout < 1.0, "dropout", "a rate in [0, 1)", c.dropout)
+    mask_prior = float(c.get("mask_prior", 0.0))  # configs saved before it existed: published
+    _check(mask_prior >= 0.0, "mask_prior", "a slope >= 0", mask_prior)
     return UNet(
         in_channels=c.in_channels, model_channels=c.model_channels,
         channel_mult=tuple(c.channel_mult), num_res_blocks=c.num_res_blocks, dropout=c.dropout,
@@ -207,7 +220,8 @@ def model_from_config(model_config):
         attention_reduction=c.attention_reduction, graph_heads=c.graph_heads,
         graph_ffn_width=c.graph_ffn_width, cheb_order=c.cheb_order,
         laplacian="unnormalized" if c.compat else c.laplacian,
-        max_displacement=c.max_displacement, compat=c.compat, dtype=DTYPES[c.dtype])
+        max_displacement=c.max_displacement, mask_prior=0.0 if c.compat else mask_prior,
+        compat=c.compat, dtype=DTYPES[c.dtype])
 
 
 def init_params(model, key, image_size, batch=1):

@@ -1,20 +1,45 @@
 """Exploration-to-stability adaptive loss weighting (SPEC section 7).
 
 A Gaussian policy over the log-weights of the loss terms: each training step samples one weight
-vector (normalised so that the weights keep the sum of the reference weights), and after the step
-a reward computed from the losses updates the policy's mean by REINFORCE with a moving-average
-baseline, through an optax optimiser. The spread and the entropy bonus anneal from an exploration
-value to a stability value; the change of the mean per step is clipped to a trust bound that
-widens or narrows by 10 % with the trend of the recent rewards.
+vector, and after the step a reward computed from the losses updates the policy's mean by
+REINFORCE with a moving-average baseline, through an optax optimiser. The spread and the entropy
+bonus anneal from an exploration value to a stability value; the change of the mean per step is
+clipped to a trust bound that widens or narrows by 10 % with the trend of the recent rewards.
 
-Reward (the published recipe): exponential moving references of every loss (factor 0.95),
-ratios r_k = loss_k / ref_k, balance = -std(r), trend = mean slope of the recent total losses,
-reward = -log(total + 1e-8) + 0.3 * balance + 0.2 * (1 if |trend| < 0.1 else -0.5), where total
-is this step's weighted total loss (clipped at 0 inside the log).
+The published recipe and its flaw. The reward was -log(total + 1e-8) + 0.3 * balance
++ 0.2 * (1 if |trend| < 0.1 else -0.5), with exponential moving references of every loss
+(factor 0.95), ratios r_k = loss_k / ref_k, balance = -std(r) and trend = mean slope of the
+recent weighted total losses. Its first part depends on the weights being chosen: the policy
+raises it without any loss going down by moving weight onto the term whose value is smallest
+(measured: within 800 steps the smoothness weight rose from 30 to ~53 while the noise and
+quality weights fell to ~0, and the network stopped learning to denoise and to fuse).
 
-The entropy bonus is the entropy of the mean weights seen as a distribution over the terms
-(softmax of the mean log-weights): with a scheduled spread the Gaussian's own entropy does not
-depend on the mean, so this is the entropy that can keep weight spread over the terms early on.
+What this project does instead:
+- Reward = progress + 0.3 * balance + 0.2 * stability, none of which reads the weights.
+  progress = sum_k w_k (ref_k - loss_k) / sum_k w_k (|ref_k| + |loss_k|), with w_k the fixed
+  reference weights and ref_k the moving references before this step: the relative decrease of
+  the total loss under the reference weights against its recent level. It counts a term by its
+  share of that total (per-term relative decreases weighted by the reference weights alone would
+  let smoothness, weight 30 on a small value, decide most of the reward); it lies in [-1, 1], so
+  a term that falls to 0 adds at most its share, one that stays 0 adds nothing once its
+  reference has decayed, and all-zero counts as 0; and it keeps its sign for negative terms (MI
+  enters as -MI). balance is the published -std(r); stability is the published step function of
+  the trend, the trend taken of the same fixed-weight total.
+- Credit goes to the sample that caused the reward. A step's losses are computed before its
+  weights change the parameters, so they say nothing about that step's sample; the reward of
+  step t is credited to the sample of step t - 1 (whose score the state keeps).
+- Bounds. Every applied weight lies in [min_factor, max_factor] * its reference weight, and the
+  weights keep the sum of the reference weights: exp(log-weights) times one common factor (found
+  by bisection), each clipped to its bounds (`normalise`). Terms with reference weight 0 stay 0.
+  After every update the mean moves (within the trust bound) towards the log of the weights it
+  stands for, so it neither leaves the bounds nor drifts along the common shift that the
+  normalisation ignores.
+- The entropy bonus is the entropy of the mean weights seen as a distribution over the terms
+  (softmax of the mean log-weights), taken relative to the reference weights: -KL(softmax(mean)
+  || reference weights / their sum). The plain entropy is largest at equal weights and would
+  pull every weight towards the same value whatever the losses do (the reference weights span
+  1 to 30); relative to the references the bonus is largest at them. (With a scheduled spread
+  the Gaussian's own entropy does not depend on the mean, so it could not play this role.)
 
 Everything here is a pure function of arrays; `PolicySettings` holds the plain static values and
 `PolicyState` is a PyTree that lives in the train state and in checkpoints. With the policy
@@ -36,6 +61,7 @@ REWARD_BALANCE = 0.3
 REWARD_TREND = 0.2
 TREND_FLAT = 0.1  # |mean slope| of the total loss below this counts as stable
 TRUST_WIDEN, TRUST_NARROW = 1.1, 0.9  # trust bound factors for a rising / falling reward trend
+BISECTION_STEPS = 40  # halvings of the bracket in `normalise`: far below float32 resolution
 
 
 class PolicySettings(NamedTuple):
@@ -57,6 +83,8 @@ class PolicySettings(NamedTuple):
     trust_bound_max: float
     trend_window: int  # rewards whose trend adapts the trust bound
     loss_trend_window: int  # total losses whose mean slope enters the reward
+    min_factor: float  # every weight >= min_factor * its reference weight
+    max_factor: float  # every weight <= max_factor * its reference weight
 
 
 @struct.dataclass
@@ -68,7 +96,8 @@ class PolicyState:
     baseline: jax.Array  # [] moving average of the reward
     trust_bound: jax.Array  # []
     rewards: jax.Array  # [trend_window] recent rewards, newest last
-    totals: jax.Array  # [loss_trend_window] recent total losses, newest last
+    totals: jax.Array  # [loss_trend_window] recent reference-weighted total losses, newest last
+    score: jax.Array  # [K] d log-density / d mean of the last sample, at the mean that drew it
     count: jax.Array  # [] int32, updates done so far
 
 
@@ -83,6 +112,11 @@ def settings_from_config(weighting, loss_weights, total_steps):
     if min(weights) < 0 or max(weights) <= 0:
         raise UserError(f"config.loss.weights must be >= 0 with at least one > 0, got "
                         f"{dict(zip(terms, weights))}")
+    min_factor, max_factor = float(weighting.min_factor), float(weighting.max_factor)
+    if not 0 < min_factor <= 1:
+        raise UserError(f"config.weighting.min_factor must be in (0, 1], got {min_factor}")
+    if not 1 <= max_factor < math.inf:
+        raise UserError(f"config.weighting.max_factor must be finite and >= 1, got {max_factor}")
     return PolicySettings(
         terms=terms,
         reference_weights=weights,
@@ -101,12 +135,25 @@ def settings_from_config(weighting, loss_weights, total_steps):
         trust_bound_max=float(weighting.trust_bound_max),
         trend_window=int(weighting.trend_window),
         loss_trend_window=int(weighting.loss_trend_window),
+        min_factor=min_factor,
+        max_factor=max_factor,
     )
+
+
+def _reference(settings):
+    """[K] float32 reference weights."""
+    return jnp.asarray(settings.reference_weights, jnp.float32)
 
 
 def _active(settings):
     """[K] bool: the terms with a positive reference weight (the others stay at weight 0)."""
-    return jnp.asarray(settings.reference_weights) > 0
+    return _reference(settings) > 0
+
+
+def _log_reference(settings):
+    """[K] log reference weights of the active terms, 0 for the others."""
+    reference = _reference(settings)
+    return jnp.where(reference > 0, jnp.log(jnp.where(reference > 0, reference, 1.0)), 0.0)
 
 
 def _optimizer(settings):
@@ -115,8 +162,7 @@ def _optimizer(settings):
 
 def init_policy(settings):
     """The policy state before training: mean at the log reference weights."""
-    weights = jnp.asarray(settings.reference_weights, jnp.float32)
-    mean = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), 0.0)
+    mean = _log_reference(settings)
     return PolicyState(
         mean=mean,
         opt_state=_optimizer(settings).init(mean),
@@ -125,6 +171,7 @@ def init_policy(settings):
         trust_bound=jnp.asarray(settings.trust_bound, jnp.float32),
         rewards=jnp.zeros((settings.trend_window,), jnp.float32),
         totals=jnp.zeros((settings.loss_trend_window,), jnp.float32),
+        score=jnp.zeros_like(mean),
         count=jnp.zeros((), jnp.int32),
     )
 
@@ -141,11 +188,41 @@ def anneal(settings, step):
             interpolate(settings.entropy_explore, settings.entropy_stable))
 
 
+def weight_bounds(settings):
+    """([K], [K]) the least and greatest weight of every term: the factors times its reference
+    weight (both 0 for a term with reference weight 0)."""
+    reference = _reference(settings)
+    return settings.min_factor * reference, settings.max_factor * reference
+
+
 def normalise(settings, log_weights):
-    """[K] weights exp(log_weights) over the active terms, scaled to the reference weights' sum."""
-    active = _active(settings)
-    shifted = jnp.where(active, log_weights, -jnp.inf)
-    return jax.nn.softmax(shifted) * sum(settings.reference_weights)
+    """[K] weights: s * exp(log_weights), each clipped to its `weight_bounds`, with the one
+    factor s > 0 that makes them sum to the reference weights' sum; 0 for inactive terms.
+
+    The sum of the clipped weights falls continuously from max_factor to min_factor times the
+    target as log s runs over the bracket below, so bisection finds s; the clip makes the
+    bounds hold exactly whatever s is.
+    """
+    reference = _reference(settings)
+    active = reference > 0
+    low, high = weight_bounds(settings)
+    offsets = jnp.where(active, log_weights - _log_reference(settings), 0.0)
+    target = sum(settings.reference_weights)
+
+    def weights(log_scale):
+        return jnp.where(active, jnp.clip(reference * jnp.exp(offsets + log_scale), low, high),
+                         0.0)
+
+    def bisect(_, bracket):
+        lower, upper = bracket  # weights(lower) sums to <= target, weights(upper) to >= target
+        middle = 0.5 * (lower + upper)
+        heavy = weights(middle).sum() >= target
+        return jnp.where(heavy, lower, middle), jnp.where(heavy, middle, upper)
+
+    bracket = (math.log(settings.min_factor) - jnp.where(active, offsets, -jnp.inf).max(),
+               math.log(settings.max_factor) - jnp.where(active, offsets, jnp.inf).min())
+    lower, upper = jax.lax.fori_loop(0, BISECTION_STEPS, bisect, bracket)
+    return weights(0.5 * (lower + upper))
 
 
 def sample_log_weights(settings, state, key, step):
@@ -185,11 +262,26 @@ def least_squares_slope(buffer, count):
     return jnp.where(variance > 0, covariance / jnp.where(variance > 0, variance, 1.0), 0.0)
 
 
-def reward(settings, references, losses, totals, count):
-    """The published reward for one step.
+def reference_total(settings, losses):
+    """[] the total loss under the fixed reference weights (what the trend follows)."""
+    return (_reference(settings) * losses).sum()
 
-    references: [K] moving references (already including this step); losses: [K] this step's
-    loss terms; totals: recent total losses, newest (this step's) last; count: how many of
+
+def progress(settings, references, losses):
+    """[] sum_k w_k (ref_k - loss_k) / sum_k w_k (|ref_k| + |loss_k|), w the reference weights:
+    the relative decrease of the total loss under the reference weights against its recent
+    level, in [-1, 1] (0 when every term and reference is 0)."""
+    weights = _reference(settings)
+    scale = (weights * (jnp.abs(references) + jnp.abs(losses))).sum()
+    return jnp.where(scale > 0, (weights * (references - losses)).sum()
+                     / jnp.where(scale > 0, scale, 1.0), 0.0)
+
+
+def reward(settings, references, losses, totals, count):
+    """The reward for one step; it does not depend on the weights that weighted the step.
+
+    references: [K] moving references of the steps before this one; losses: [K] this step's
+    loss terms; totals: recent `reference_total`s, newest (this step's) last; count: how many of
     `totals` are filled.
     """
     active = _active(settings)
@@ -202,38 +294,41 @@ def reward(settings, references, losses, totals, count):
     balance = -jnp.sqrt(jnp.where(active, (ratios - ratio_mean) ** 2, 0.0).sum() / k)
     trend = mean_slope(totals, count)
     stability = jnp.where(jnp.abs(trend) < TREND_FLAT, 1.0, -0.5)
-    fit = -jnp.log(jnp.maximum(totals[-1], 0.0) + 1e-8)
-    return fit + REWARD_BALANCE * balance + REWARD_TREND * stability
+    return (progress(settings, references, losses) + REWARD_BALANCE * balance
+            + REWARD_TREND * stability)
 
 
-def _entropy(settings, mean):
-    """Entropy of softmax(mean) over the active terms."""
+def _relative_entropy(settings, mean):
+    """-KL(softmax(mean) || reference weights / their sum) over the active terms; 0 at the
+    reference weights, negative elsewhere."""
     active = _active(settings)
     log_p = jax.nn.log_softmax(jnp.where(active, mean, -jnp.inf))
-    return -jnp.where(active, jnp.exp(log_p) * log_p, 0.0).sum()
+    log_q = _log_reference(settings) - math.log(sum(settings.reference_weights))
+    return -jnp.where(active, jnp.exp(log_p) * (log_p - log_q), 0.0).sum()
 
 
 def update_policy(settings, state, log_weights, losses, step):
     """The policy after one training step; returns (new state, dict of scalars to log).
 
-    log_weights: [K] the sample that weighted this step; losses: [K] the step's loss terms.
+    log_weights: [K] the sample that weighted this step; losses: [K] the step's loss terms,
+    computed before that sample changed the parameters. The step's reward is credited to the
+    previous step's sample (the first step's reward to none).
     """
     losses = jax.lax.stop_gradient(losses.astype(jnp.float32))
-    weights = normalise(settings, log_weights)
-    total = (weights * losses).sum()
     count = state.count + 1
+    totals = _push(state.totals, reference_total(settings, losses))
+    step_reward = reward(settings, state.references, losses, totals, count)
     decay = settings.reference_decay
     references = decay * state.references + (1 - decay) * losses
-    totals = _push(state.totals, total)
-    step_reward = reward(settings, references, losses, totals, count)
     baseline = jnp.where(state.count == 0, step_reward, state.baseline)
     advantage = step_reward - baseline
     std, entropy_coef = anneal(settings, step)
     active = _active(settings)
 
     def policy_loss(mean):
-        log_prob = jnp.where(active, -0.5 * ((log_weights - mean) / std) ** 2, 0.0).sum()
-        return -advantage * log_prob - entropy_coef * _entropy(settings, mean)
+        # REINFORCE through the stored score: its gradient is -advantage * score.
+        return (-advantage * jnp.vdot(state.score, mean)
+                - entropy_coef * _relative_entropy(settings, mean))
 
     mean, opt_state = state.mean, state.opt_state
     trust_bound = state.trust_bound
@@ -241,16 +336,20 @@ def update_policy(settings, state, log_weights, losses, step):
     if settings.enabled:
         grads = jax.grad(policy_loss)(mean)
         updates, opt_state = _optimizer(settings).update(grads, opt_state, mean)
-        mean = mean + jnp.clip(updates, -trust_bound, trust_bound)
+        # The mean moves towards the log of the weights that the updated mean stands for.
+        stands_for = jnp.log(normalise(settings, mean + updates))
+        mean = jnp.where(active, mean + jnp.clip(stands_for - mean, -trust_bound, trust_bound),
+                         0.0)
         trend = least_squares_slope(rewards, count)
         factor = jnp.where(trend > 0, TRUST_WIDEN, jnp.where(trend < 0, TRUST_NARROW, 1.0))
         trust_bound = jnp.clip(trust_bound * factor, settings.trust_bound_min,
                                settings.trust_bound_max)
+    score = jnp.where(active, (log_weights - state.mean) / std ** 2, 0.0)
     d = settings.baseline_decay
     new_state = PolicyState(
         mean=mean, opt_state=opt_state, references=references,
         baseline=d * baseline + (1 - d) * step_reward, trust_bound=trust_bound,
-        rewards=rewards, totals=totals, count=count)
+        rewards=rewards, totals=totals, score=score, count=count)
     info = {"policy/reward": step_reward, "policy/advantage": advantage,
             "policy/std": std if settings.enabled else jnp.zeros(()),
             "policy/entropy_coef": entropy_coef, "policy/trust_bound": trust_bound}

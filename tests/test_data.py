@@ -331,6 +331,71 @@ def test_iterator_state_restores_the_sequence(pet_source, mesh):
         resumed.restore({"epoch": 0, "step": 2})
 
 
+def coded_source(num=10, size=SIZE):
+    """Pairs whose every value names its place: A = 10000 n + 100 y + x, and B's channel c =
+    -(A + 0.25 c), so a crop tells which pair and window it came from."""
+    n, y, x = np.meshgrid(np.arange(num), np.arange(size), np.arange(size), indexing="ij")
+    a = (10000 * n + 100 * y + x).astype(np.float32)[..., None]
+    b = -(a + np.float32(0.25) * np.arange(3, dtype=np.float32))
+    return pipeline.ArraySource(a, b)
+
+
+def test_crops_of_a_and_b_come_from_one_window(mesh):
+    source, crop = coded_source(), 20
+    iterator = pipeline.BatchIterator(source, 4, mesh, seed=5, crop_size=crop)
+    windows = set()
+    for _ in range(6):  # three epochs
+        epoch, step = iterator.epoch, iterator.step
+        indices = iterator.local_indices(epoch, step)
+        batch = {key: np.asarray(value) for key, value in next(iterator).items()}
+        chex.assert_shape([batch["a"], batch["b"]], [(4, crop, crop, 1), (4, crop, crop, 3)])
+        for row, index in enumerate(indices):
+            code = int(batch["a"][row, 0, 0, 0])
+            pair, top, left = code // 10000, code // 100 % 100, code % 100
+            assert pair == index and top + crop <= SIZE and left + crop <= SIZE
+            window = (slice(top, top + crop), slice(left, left + crop))
+            np.testing.assert_array_equal(batch["a"][row], source.a[pair][window])
+            np.testing.assert_array_equal(batch["b"][row], source.b[pair][window])
+            windows.add((top, left))
+    assert len(windows) > 12  # a new window for every pair of every batch, not a fixed one
+    # the whole side is a valid window: the crop is then the pair itself
+    whole = pipeline.BatchIterator(source, 4, mesh, seed=5, crop_size=SIZE)
+    np.testing.assert_array_equal(np.asarray(next(whole)["b"]),
+                                  source.b[whole.local_indices(0, 0)])
+
+
+def test_restored_iterator_cuts_the_same_crops(mesh):
+    source = coded_source()
+    iterator = pipeline.BatchIterator(source, 4, mesh, seed=2, crop_size=12)
+    for _ in range(3):
+        next(iterator)
+    state = iterator.state()
+    expected = [{key: np.asarray(value) for key, value in next(iterator).items()}
+                for _ in range(3)]
+    resumed = pipeline.BatchIterator(source, 4, mesh, seed=2, crop_size=12)
+    resumed.restore(state)
+    for batch in expected:
+        for key, value in next(resumed).items():
+            np.testing.assert_array_equal(np.asarray(value), batch[key])
+    # other seeds cut other windows; processes cut their rows of the global batch's windows
+    other = pipeline.BatchIterator(source, 4, mesh, seed=3, crop_size=12)
+    assert not np.array_equal(other.crop_windows(1, 1), iterator.crop_windows(1, 1))
+    shares = [pipeline.BatchIterator(source, 4, mesh, seed=2, crop_size=12, process_index=p,
+                                     process_count=2) for p in range(2)]
+    np.testing.assert_array_equal(
+        np.concatenate([share.crop_windows(1, 0) for share in shares]),
+        iterator.crop_windows(1, 0))
+
+
+def test_bad_crop_sizes_name_the_field(pet_source, mesh):
+    with pytest.raises(UserError, match=r"config.data.crop_size=33 is larger than the training "
+                                        r"images \(32 x 32"):
+        pipeline.BatchIterator(pet_source, 4, mesh, seed=0, crop_size=SIZE + 1)
+    with pytest.raises(UserError, match=r"config.data.crop_size=-4: expected 0"):
+        pipeline.BatchIterator(pet_source, 4, mesh, seed=0, crop_size=-4)
+    assert pipeline.BatchIterator(pet_source, 4, mesh, seed=0).crop_size == 0
+
+
 def test_pipeline_bad_sizes(pet_source, mesh):
     with pytest.raises(UserError, match="has 10 pairs, fewer than one global batch of 12"):
         pipeline.BatchIterator(pet_source, 12, mesh, seed=0)

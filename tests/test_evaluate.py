@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -46,6 +47,33 @@ def test_ycrcb_rules_keep_the_colour_of_b():
         assert np.abs(fused_ycrcb[..., 0] - expected_y)[unsaturated].max() <= 0.51
     # a black anatomy changes nothing: Y = max(0, Y of B) gives B back
     np.testing.assert_array_equal(baselines.ycrcb_maximum_fusion(np.zeros_like(a), b), b)
+
+
+def test_a_luminance_is_a_with_the_chroma_of_b():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (32, 32)).astype(np.uint8)
+    b = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    fused = baselines.BASELINES["a-luminance"](a, b)
+    assert fused.dtype == np.uint8 and fused.shape == b.shape
+    fused_ycrcb = color.rgb_to_ycrcb(fused.astype(np.float64))
+    unsaturated = np.all((fused > 0) & (fused < 255), axis=-1)
+    assert unsaturated.mean() > 0.5
+    # the grey version is A and the chroma B's, up to the rounding of RGB to uint8
+    assert np.abs(fused_ycrcb[..., 0] - a)[unsaturated].max() <= 0.51
+    np.testing.assert_array_equal(metrics.grey_image(fused)[unsaturated], a[unsaturated])
+    b_ycrcb = color.rgb_to_ycrcb(b.astype(np.float64))
+    assert np.abs(fused_ycrcb[..., 1:] - b_ycrcb[..., 1:])[unsaturated].max() <= 0.51
+    # B's luma is ignored: a B with the same chroma and another luma gives the same image (up
+    # to a level: the published YCrCb matrices are inverses to 3 decimals only)
+    brighter = color.ycrcb_to_rgb(b_ycrcb + np.array([20.0, 0, 0]))
+    difference = baselines.a_luminance_fusion(a, brighter).astype(int) - fused
+    assert np.abs(difference).max() <= 1 and np.mean(difference != 0) < 0.05
+    # a grey B (no chroma) gives A on every channel, exactly
+    np.testing.assert_array_equal(baselines.a_luminance_fusion(a[..., None], np.full_like(b, 77)),
+                                  np.repeat(a[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(baselines.LUMA_RULES["a-luminance"](a, b), a)
+    np.testing.assert_array_equal(baselines.LUMA_RULES["ycrcb-maximum"](a, b),
+                                  np.maximum(a, b_ycrcb[..., 0]))
 
 
 def test_summary_skips_undefined_values():
@@ -110,7 +138,8 @@ def test_evaluate_writes_three_consistent_tables(generated, evaluated):
     assert sorted(os.listdir(evaluated)) == ["evaluation.csv", "evaluation.json",
                                              "evaluation.md"]
     texts = {ext: (evaluated / f"evaluation.{ext}").read_text() for ext in ("md", "csv", "json")}
-    assert not any("nan" in text.lower() for text in texts.values())
+    # no NaN value anywhere (as a word: "a-luminance" holds the letters)
+    assert not any(re.search(r"\bnan\b", text, re.IGNORECASE) for text in texts.values())
     report = json.loads(texts["json"])
     methods = ["max", "flat", *baselines.BASELINES]
     assert list(report["methods"]) == methods and report["pairs"] == NUM_PAIRS

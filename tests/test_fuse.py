@@ -194,14 +194,17 @@ def test_inputs_sharing_a_stem_are_refused(tmp_path):
 
 
 def test_command_line_choices_override_the_checkpoint_settings(config):
-    args = argparse.Namespace(steps=7, batch_size=3, seed=11, stochastic=True, no_register=True)
+    args = argparse.Namespace(steps=7, batch_size=3, seed=11, stochastic=True, register=True,
+                              output="trajectory")
     settings = fuse.sampling_settings(config.copy_and_resolve_references(), args)
     assert (settings.steps, settings.batch_size, settings.seed) == (7, 3, 11)
-    assert settings.add_noise is True and settings.register is False
+    assert settings.add_noise is True and settings.register is True
+    assert settings.output == "trajectory"
     defaults = argparse.Namespace(steps=None, batch_size=None, seed=None, stochastic=False,
-                                  no_register=False)
+                                  register=None, output=None)
     settings = fuse.sampling_settings(config.copy_and_resolve_references(), defaults)
-    assert (settings.steps, settings.add_noise, settings.register) == (12, False, True)
+    assert (settings.steps, settings.add_noise, settings.register) == (12, False, False)
+    assert settings.output == "clean"
 
 
 def test_data_may_name_the_task_folder_itself(config, data_root):

@@ -178,22 +178,76 @@ def test_noise_and_fusion_losses_known_answers():
     assert float(got[1]) == pytest.approx(float(jnp.sum(jnp.abs(x_b[1, :4])) / 64), rel=1e-5)
 
 
-def test_clean_fused_estimate_restores_chroma_statistics():
-    a = uniform(18, (2, 16, 16, 1))
-    b = 0.4 * uniform(19, a.shape) + 0.1
-    m = jnp.full(a.shape, 0.7)
-    region = jnp.broadcast_to(jnp.arange(16)[None, None, :, None] >= 6, a.shape)
-    chroma = jnp.array([False, True])
-    cond_a = jnp.where(chroma[:, None, None, None], regions.standardise_in_region(a, b, region), a)
-    cond_b = jnp.where(chroma[:, None, None, None], b * region, b)
+def fused_estimate_case():
+    """Rows Y, Cr, Cb of one pair (16 x 16): A, B's channel, masks, regions (the Cr region holds
+    the reference pixel (2, 2), the Cb region of 8 % does not), chroma flags, signed gains and
+    the network conditions."""
+    rng = np.random.default_rng(18)
+    a = jnp.asarray(rng.uniform(-1, 1, (3, 16, 16, 1)), jnp.float32)
+    b = jnp.asarray(np.clip(rng.normal([0.0, 0.5, -0.4], 0.15, (16, 16, 1, 3)), -1, 1)
+                    .transpose(3, 0, 1, 2), jnp.float32)
+    m = jnp.asarray(rng.uniform(0.2, 0.9, a.shape), jnp.float32)
+    region = np.ones(a.shape, bool)
+    region[1] = np.arange(16)[None, :, None] < 7  # columns 0..6: (2, 2) is inside
+    region[2] = rng.uniform(size=(16, 16, 1)) < 0.08
+    region[2, 2, 2] = False
+    region = jnp.asarray(region)
+    chroma = jnp.array([False, True, True])
+    sign_gain = jnp.array([0.0, -0.45, -1.0])
+    image_chroma = chroma[:, None, None, None]
+    cond_a = jnp.where(image_chroma, regions.standardise_in_region(a, b, region), a)
+    cond_b = jnp.where(image_chroma, b * region, b)
+    return a, b, m, region, chroma, sign_gain, cond_a, cond_b
+
+
+def published_normalize_with_ref_distribution(f0, source, reference):
+    """Float64 transcription of the published training branch's re-standardisation of one
+    image: (f0 - mean) / (std + 1e-5) * std(source) + mean(source) over the whole frame (torch's
+    unbiased std), pixels of f0 equal to `reference` left as they are."""
+    out = (f0 - f0.mean()) / (f0.std(ddof=1) + 1e-5) * source.std(ddof=1) + source.mean()
+    keep = f0 == reference
+    out[keep] = f0[keep]
+    return out
+
+
+def test_clean_fused_estimate_is_the_published_training_branch():
+    """F0 = B_c R + sign gain A' R m2, ref = F0 at (2, 2), whole-frame moment matching against
+    B_c R, clipped, F0 R + B_c (not R) -- per image, in float64."""
+    a, b, m, region, chroma, sign_gain, cond_a, cond_b = fused_estimate_case()
+    fused = np.asarray(jax.jit(losses.clean_fused_estimate)(cond_a, cond_b, b, m, m, region,
+                                                            chroma, sign_gain))
+    np.testing.assert_allclose(fused[0], m[0] * a[0] + (1 - m[0]) * b[0], atol=1e-6)
+    for row in (1, 2):
+        r = np.asarray(region[row])
+        b_c = np.asarray(b[row], np.float64)
+        a_std = np.asarray(cond_a[row], np.float64)
+        f0 = b_c * r + float(sign_gain[row]) * a_std * r * np.asarray(m[row], np.float64)
+        f0 = published_normalize_with_ref_distribution(f0, b_c * r, f0[2, 2, 0])
+        expected = np.clip(f0, -1, 1) * r + b_c * ~r
+        np.testing.assert_allclose(fused[row], expected, rtol=1e-5, atol=3e-6, err_msg=row)
+    # Cr: the reference pixel lies in R and keeps its raw fused value
+    raw = float(b[1, 2, 2, 0] - 0.45 * cond_a[1, 2, 2, 0] * m[1, 2, 2, 0])
+    assert float(fused[1, 2, 2, 0]) == pytest.approx(raw, abs=1e-6)
+    # Cb, R on 8 % of the image: whole-frame statistics are not B_c's statistics in R (the
+    # in-region option gives B_c's spread; here the spread is 1.7 x larger)
+    in_region = np.asarray(losses.clean_fused_estimate(cond_a, cond_b, b, m, m, region, chroma,
+                                                       sign_gain, regions.IN_REGION))
+    r = np.asarray(region[2])
+    assert fused[2][r].std() > 1.4 * in_region[2][r].std()
+    assert np.abs(fused[2] - in_region[2]).max() > 0.2
+
+
+def test_clean_fused_estimate_in_region_option_restores_chroma_statistics():
+    a, b, m, region, chroma, sign_gain, cond_a, cond_b = fused_estimate_case()
     fused = np.asarray(losses.clean_fused_estimate(cond_a, cond_b, b, m, m, region, chroma,
-                                                   jnp.array([0.0, -0.45])))
-    np.testing.assert_allclose(fused[0], 0.7 * a[0] + 0.3 * b[0], atol=1e-6)
-    inside, r = fused[1][np.asarray(region[1])], np.asarray(region[1])
-    b1 = np.asarray(b[1])
-    assert inside.mean() == pytest.approx(b1[r].mean(), abs=1e-5)
-    assert inside.std() == pytest.approx(b1[r].std(), rel=1e-3)
-    np.testing.assert_array_equal(fused[1][~r], b1[~r])
+                                                   sign_gain, regions.IN_REGION))
+    np.testing.assert_allclose(fused[0], m[0] * a[0] + (1 - m[0]) * b[0], atol=1e-6)
+    for row in (1, 2):
+        inside, r = fused[row][np.asarray(region[row])], np.asarray(region[row])
+        b_c = np.asarray(b[row])
+        assert inside.mean() == pytest.approx(b_c[r].mean(), abs=1e-5)
+        assert inside.std() == pytest.approx(b_c[r].std(), rel=1e-3)
+        np.testing.assert_array_equal(fused[row][~r], b_c[~r])
 
 
 # ---- the three-channel loss terms ---------------------------------------------------------------
@@ -232,6 +286,19 @@ def test_channel_batch_layout(paper_config_path):
         assert cond_a[0][region[0]].mean() == pytest.approx(b_c[0][region[0]].mean(), abs=1e-5)
     # Spect Cr keeps >= the 70th percentile: 30 % of each image.
     assert float(jnp.mean(rows["region"][2:4])) == pytest.approx(0.3, abs=2 / 1024)
+
+
+@pytest.mark.parametrize("task, train, sample", [
+    ("pet", [-1.0, -1.0], [1.0, 1.0]),
+    ("gfp", [-0.45, -0.45], [1.0, 1.0]),
+    ("ct", [-1.0, 1.0], [-1.0, -1.0]),
+])
+def test_channel_batch_carries_the_phases_sign_and_gain(paper_config_path, task, train, sample):
+    config = load_config(paper_config_path)
+    a, b = ycrcb_batch(1)
+    for phase, (cr, cb) in (("train", train), ("sample", sample)):
+        rows = losses.channel_batch(a, b, regions.rules_from_config(config.regions, task, phase))
+        np.testing.assert_allclose(rows["sign_gain"], [0, 0, cr, cr, cb, cb], err_msg=phase)
 
 
 STAND_IN_SCHEDULE = diffusion.make_schedule("cosine", 50)
@@ -406,6 +473,43 @@ DEPENDS_ON = {
 }
 
 
+def test_training_losses_use_the_configured_statistics(paper_config_path):
+    """loss_config.region_statistics reaches the clean fused estimate: only the quality term
+    (which reads it) changes with it, and by the quality of the Cr/Cb estimates made with that
+    choice (a stand-in network whose masks do not depend on its input)."""
+    config = load_config(paper_config_path)
+    rules = as_arrays(regions.rules_from_config(config.regions, "spect", "train"))
+    a, b = ycrcb_batch(6)
+    masks = jax.nn.sigmoid(uniform(7, (6, 32, 32, 1), -3.0, 3.0))
+
+    def network(variables, x, t, train, rngs=None):
+        zeros = jnp.zeros_like(x[..., :1])
+        return unet.UNetOutput(zeros, masks, masks, jnp.concatenate([zeros, zeros], axis=-1))
+
+    terms = {}
+    for statistics in regions.STATISTICS:
+        loss_config = losses.LossConfig.from_config(config.loss, statistics)
+        terms[statistics] = jax.jit(functools.partial(
+            losses.training_losses, network, key=jax.random.PRNGKey(3),
+            schedule=STAND_IN_SCHEDULE, loss_config=loss_config))({}, a, b, rules)
+    whole, in_region = terms[regions.WHOLE_FRAME], terms[regions.IN_REGION]
+    for name in losses.TERMS:
+        if name != "quality":
+            assert float(whole[name]) == float(in_region[name]), name
+    rows = losses.channel_batch(a, b, rules)
+    masked_a = (rows["cond_a"] * rows["region"] * masks)[2:]
+    chroma_quality = {}
+    for statistics in regions.STATISTICS:
+        fused = losses.clean_fused_estimate(rows["cond_a"], rows["cond_b"], rows["b3"], masks,
+                                            masks, rows["region"], rows["chroma"],
+                                            rows["sign_gain"], statistics)[2:]
+        chroma_quality[statistics] = float(jnp.sum(losses.quality_loss(
+            fused * rows["region"][2:], masked_a, masked_a, config.loss.quality_weights))) / 2
+    assert abs(chroma_quality[regions.WHOLE_FRAME] - chroma_quality[regions.IN_REGION]) > 1e-2
+    assert (float(whole["quality"]) - float(in_region["quality"]) == pytest.approx(
+        chroma_quality[regions.WHOLE_FRAME] - chroma_quality[regions.IN_REGION], rel=1e-3))
+
+
 def test_each_term_depends_on_its_network_outputs(stand_in_losses):
     """Changing one stand-in output at a time changes exactly the terms that read it (the field
     folds, so the folding term is active)."""
@@ -467,6 +571,12 @@ def test_loss_config_from_config_checks_fields(paper_config_path):
     config = load_config(paper_config_path)
     settings = losses.LossConfig.from_config(config.loss)
     assert settings == losses.LossConfig(128.0, (30.0, 40.0, 40.0), 32, 0.5, "ratio", 9, 1.0)
+    assert settings.region_statistics == regions.WHOLE_FRAME
+    settings = losses.LossConfig.from_config(config.loss, regions.statistics_from_config(
+        load_config(paper_config_path, [("regions_statistics", "in_region")])))
+    assert settings.region_statistics == regions.IN_REGION
+    with pytest.raises(UserError, match="regions_statistics"):
+        losses.LossConfig.from_config(config.loss, "per_batch")
     config.loss.correlation = "ncc"
     a = uniform(20, (1, 16, 16, 1))
     _, correlation = losses.similarity_loss(a, 3 * a, losses.LossConfig.from_config(config.loss))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import color, diffusion, regions, sampling, unet
+from difffccf_jax import color, diffusion, losses, regions, sampling, unet
 from difffccf_jax.config_cli import load_config
 
 NUM_PAIRS = 4
@@ -166,17 +166,32 @@ def test_sources_start_noised_like_training_and_keep_their_difference():
                                        np.sqrt(previous) * (cond_a - cond_b), atol=1e-6)
 
 
-def test_region_post_step_matches_numpy_oracle():
+def published_post_step(x, b, region, reference):
+    """Float64 transcription of the published sampler's chroma post-step of one row:
+    normalize_with_ref_distribution(x R, B_c R, ref) (whole-frame mean and torch's unbiased std,
+    std + 1e-5, pixels of x R equal to ref left as they are), clamp, B_c outside R."""
+    t, source = x * region, b * region
+    out = (t - t.mean()) / (t.std(ddof=1) + 1e-5) * source.std(ddof=1) + source.mean()
+    keep = t == reference
+    out[keep] = t[keep]
+    return b * ~region + np.clip(out, -1, 1) * region
+
+
+@pytest.mark.parametrize("statistics", [regions.WHOLE_FRAME, regions.IN_REGION])
+def test_region_post_step_matches_numpy_oracle(statistics):
     rng = np.random.default_rng(3)
     shape = (6, 8, 8, 1)  # 2 pairs; Cr rows reflect, Cb rows re-standardise
     x = rng.normal(0.2, 0.6, shape)
     b = rng.uniform(-1, 1, shape)
     region = rng.uniform(size=shape) < 0.4
+    region[4, 2, 2] = True  # the reference pixel in R: the sampler's reference is B_c's value
     chroma = np.repeat([False, True, True], 2)
     reflect = np.repeat([False, True, False], 2)
-    got = np.asarray(jax.jit(sampling.region_post_step)(
+    post_step = jax.jit(sampling.region_post_step, static_argnums=(5, 6))
+    got = np.asarray(post_step(
         jnp.asarray(x, jnp.float32), jnp.asarray(b, jnp.float32), jnp.asarray(region),
-        jnp.asarray(chroma), jnp.asarray(reflect), 0.8))
+        jnp.asarray(chroma), jnp.asarray(reflect), 0.8, statistics))
+    x, b = x.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
 
     for row in range(6):
         inside, outside = region[row], ~region[row]
@@ -186,16 +201,92 @@ def test_region_post_step_matches_numpy_oracle():
         np.testing.assert_array_equal(got[row][outside], b[row][outside].astype(np.float32))
         if reflect[row]:
             expected = np.clip(0.8 - x[row][inside], -1, 1)
+        elif statistics == regions.WHOLE_FRAME:
+            expected = published_post_step(x[row], b[row], region[row], b[row, 2, 2, 0])[inside]
         else:
             xs, bs = x[row][inside], b[row][inside]
             expected = np.clip((xs - xs.mean()) / xs.std() * bs.std() + bs.mean(), -1, 1)
         np.testing.assert_allclose(got[row][inside], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_pet_reverse_step_and_post_step_match_the_published_sampler(tiny_config_path):
+    """One reverse step of the sampler for PET pairs (sampling rules of the config: sign +1 for
+    Cr and Cb, Cr reflected, Cb re-standardised over the whole frame) against a float64
+    transcription of the published p_sample and post-step."""
+    config = load_config(tiny_config_path)
+    rules = regions.rules_from_config(config.regions, "pet", "sample")
+    reflect = np.repeat(np.array([False, *sampling.reflect_flags(
+        config.sampling.reflect_channels, "pet")]), 2)
+    a, b = synthetic_pairs(2, 16, seed=4)
+    rng = np.random.default_rng(9)
+    shape = (6, 16, 16, 1)
+    x, x_a, x_b, eps = (rng.normal(size=shape).astype(np.float32) for _ in range(4))
+    m1, m2 = (rng.uniform(size=shape).astype(np.float32) for _ in range(2))
+    schedule, index = diffusion.make_schedule("cosine", 20), 7
+
+    @jax.jit
+    def step(a, b, x, x_a, x_b, eps, m1, m2):
+        rows = losses.channel_batch(a, b, rules)
+        new = sampling.reverse_step(schedule, sampling.SamplerState(x, x_a, x_b), eps, m1, m2,
+                                    index, rows["chroma"], rows["sign_gain"])
+        post = sampling.region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
+                                         reflect, float(config.sampling.reflect_offset),
+                                         regions.statistics_from_config(config))
+        return new._replace(x=post), rows["region"]
+
+    got, region = step(a, b, x, x_a, x_b, eps, m1, m2)
+
+    x, x_a, x_b, eps, m1, m2 = (v.astype(np.float64) for v in (x, x_a, x_b, eps, m1, m2))
+    b_rows = np.concatenate([b[..., c:c + 1] for c in range(3)]).astype(np.float64)
+    background = b_rows[:, :1, 5:6]
+    expected_region = np.concatenate([np.ones((2, 16, 16, 1), bool),
+                                      b_rows[2:4] >= 10 * background[2:4],
+                                      b_rows[4:] <= -100 * background[4:]])
+    np.testing.assert_array_equal(region, expected_region)
+    for rows in (slice(2, 4), slice(4, 6)):
+        assert 0.02 < expected_region[rows].mean() < 0.9
+    abar, coef1, coef2, _ = oracle_schedule(20)
+    fused = np.concatenate([m1[:2] * x_a[:2] + (1 - m1[:2]) * x_b[:2],
+                            x_b[2:] + m2[2:] * x_a[2:]])  # PET sampler: imgf = x_t2 + m2 x_t1
+
+    def posterior(z):
+        x0 = np.clip(np.sqrt(1 / abar[index]) * z - np.sqrt(1 / abar[index] - 1) * eps, -1, 1)
+        return coef1[index] * x0 + coef2[index] * z
+
+    new_x = posterior((fused + x) / 2)
+    expected = new_x.copy()
+    r = expected_region
+    expected[2:4] = b_rows[2:4] * ~r[2:4] + np.clip(0.8 - new_x[2:4], -1, 1) * r[2:4]
+    for row in (4, 5):
+        expected[row] = published_post_step(new_x[row], b_rows[row], r[row],
+                                            b_rows[row, 2, 2, 0])
+    np.testing.assert_allclose(got.x, expected, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(got.x_a, posterior(x_a), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(got.x_b, posterior(x_b), rtol=1e-4, atol=2e-5)
+
+
+def test_sampler_from_config_passes_the_sampling_rules_and_statistics(tiny_config_path,
+                                                                      monkeypatch):
+    captured = {}
+
+    def fake_make_sampler(model, task_rules, **options):
+        captured.update(task_rules=task_rules, **options)
+        return "sample"
+
+    monkeypatch.setattr(sampling, "make_sampler", fake_make_sampler)
+    for statistics in regions.STATISTICS:
+        config = load_config(tiny_config_path, [("regions_statistics", statistics)])
+        sampling.sampler_from_config(config, "gfp")
+        assert captured["task_rules"] == regions.rules_from_config(config.regions, "gfp",
+                                                                   "sample")
+        assert captured["task_rules"].cr.sign == 1.0 and captured["task_rules"].cr.gain == 1.0
+        assert captured["statistics"] == statistics
+
+
 def test_stages_split_the_schedule_in_thirds():
     for steps, sizes in ((12, [4, 4, 4]), (2000, [667, 667, 666]), (50, [17, 17, 16])):
         a, b = jnp.zeros(()), jnp.ones(())
-        pairs = [tuple(float(c) for c in sampling.stage_conditions(i, steps, a, b))
+        pairs = [tuple(float(c) for c in losses.stage_conditions(losses.reverse_stage(i, steps), a, b))
                  for i in range(steps)]
         expected = [(1.0, 1.0)] * sizes[0] + [(0.0, 1.0)] * sizes[1] + [(0.0, 0.0)] * sizes[2]
         assert pairs == expected

@@ -27,7 +27,8 @@ def register(subparsers):
                              "(as `difffccf fuse` writes them); repeat for several methods")
     parser.add_argument("--baselines", action="store_true",
                         help="also score the classical rules: average, maximum, ycrcb-average, "
-                             "ycrcb-maximum")
+                             "ycrcb-maximum, and a-luminance (A's luminance with B's chroma: "
+                             "the degenerate solution of copying A)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the tables")
     parser.add_argument("--ssim-data-range", type=float, default=255.0, metavar="R",
                         help="SSIM's data range (255 for 8-bit images; 2 reproduces numbers of "

@@ -17,6 +17,7 @@ Everything is checked before the first file is written (checkpoint, folders, eve
 existing outputs); each pair's files are written under temporary names and then renamed.
 """
 
+import argparse
 import os
 
 from difffccf_jax.errors import UserError
@@ -57,8 +58,14 @@ def register(subparsers):
                         help="seed of the initial noise (default: sampling.seed)")
     parser.add_argument("--stochastic", action="store_true",
                         help="add posterior noise at every step (the paper is deterministic)")
-    parser.add_argument("--no-register", action="store_true",
-                        help="fuse B as given, without warping it by the predicted deformation")
+    parser.add_argument("--output", choices=("clean", "trajectory"), default=None,
+                        help="the fused Y channel: 'clean', m1 A + (1 - m1) B_Y with the last "
+                             "step's mask (no residual sampling noise), or 'trajectory', the "
+                             "reverse run's state as published (default: the checkpoint's "
+                             "sampling.output)")
+    parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
+                        help="warp B by the network's predicted deformation before fusing, or "
+                             "fuse B as given (default: the checkpoint's sampling.register)")
     parser.add_argument("--save-extras", action="store_true",
                         help="also write the fused channels, masks, regions, deformation "
                              "field and warped B under OUT/extras/NAME/")
@@ -76,8 +83,11 @@ def sampling_settings(config, args):
         settings.batch_size = args.batch_size
     if args.seed is not None:
         settings.seed = args.seed
+    if args.output is not None:
+        settings.output = args.output
     settings.add_noise = bool(settings.add_noise or args.stochastic)
-    settings.register = bool(settings.register and not args.no_register)
+    if args.register is not None:
+        settings.register = args.register
     if not 1 <= settings.steps <= config.diffusion.steps:
         raise UserError(f"--steps {settings.steps}: expected 1..{config.diffusion.steps} "
                         "(the diffusion steps of the checkpoint)")

@@ -13,9 +13,17 @@ process p loads only its share, rows [p B/P, (p + 1) B/P) of the batch, which
 batch of each epoch is dropped, so shapes are static. The iterator never ends; its position is
 `state()` = {'epoch': e, 'step': k}, a dict of ints that `restore(state)` returns to.
 
+With crop_size C > 0 (config.data.crop_size) every pair of a batch is cut to a random C x C
+window, the same window for all of the pair's arrays (A, B and any per-pixel field a source
+adds), so the batch is [B, C, C, ...]. The windows of global batch k of epoch e are drawn from
+an RNG seeded with (seed, e, k), for the whole global batch before each process takes its rows:
+they are a function of the position, so a restored iterator cuts the same windows as the
+uninterrupted one, on any number of processes.
+
     source = pipeline.source_from_config(config.data, task)
     batches = pipeline.BatchIterator(source, config.data.batch_size, mesh,
-                                     seed=config.data.shuffle_seed)
+                                     seed=config.data.shuffle_seed,
+                                     crop_size=config.data.crop_size)
     for _ in range(batches.steps_per_epoch):
         batch = next(batches)  # dict(a=..., b=...), sharded over mesh axis 'data'
     position = batches.state()  # store with the checkpoint; later batches.restore(position)
@@ -74,11 +82,43 @@ def source_from_config(data_config, task):
                                                data_config.tfds_dir))
 
 
+CROP_STREAM = 1  # tells the crop RNG's seed (seed, epoch, step, 1) from the order's (seed, epoch)
+
+
+def image_shape(source):
+    """(H, W) of the pairs of `source` (read from its first pair)."""
+    return tuple(source.take(np.arange(1))["a"].shape[1:3])
+
+
+def check_crop_size(crop_size, shape):
+    """crop_size as an int: 0 (no crop) or a side that fits images of `shape` (H, W); else a
+    UserError naming config.data.crop_size and the image size."""
+    if isinstance(crop_size, bool) or int(crop_size) != crop_size or crop_size < 0:
+        raise UserError(f"config.data.crop_size={crop_size!r}: expected 0 (no crop) or the "
+                        "side in pixels of the square random training crops")
+    crop_size = int(crop_size)
+    if crop_size:
+        height, width = shape
+        if crop_size > min(height, width):
+            raise UserError(f"config.data.crop_size={crop_size} is larger than the training "
+                            f"images ({height} x {width}, config.data.image_size); choose at "
+                            f"most {min(height, width)}, or 0 for no crop")
+    return crop_size
+
+
+def crop(arrays, windows, size):
+    """{key: [n, size, size, ...]}: row i of every array of `arrays` ({key: [n, H, W, ...]}) cut
+    to the window whose top-left corner is windows[i] = (top, left)."""
+    return {key: np.stack([value[i, top:top + size, left:left + size]
+                           for i, (top, left) in enumerate(windows)])
+            for key, value in arrays.items()}
+
+
 class BatchIterator:
     """Endless iterator of sharded global batches over `source` (module docstring)."""
 
     def __init__(self, source, global_batch_size, mesh, seed, shuffle=True,
-                 process_index=None, process_count=None):
+                 process_index=None, process_count=None, crop_size=0):
         self.source, self.global_batch_size, self.seed = source, global_batch_size, seed
         self.shuffle = shuffle
         self.process_index = jax.process_index() if process_index is None else process_index
@@ -92,6 +132,8 @@ class BatchIterator:
             raise UserError(f"the data set has {len(source)} pairs, fewer than one global batch "
                             f"of {global_batch_size}; lower config.data.batch_size or add pairs")
         self.local_batch_size = global_batch_size // self.process_count
+        self.image_shape = image_shape(source) if crop_size else None
+        self.crop_size = check_crop_size(crop_size, self.image_shape)
         self.sharding = parallel.batch_sharded(mesh)
         self.epoch, self.step = 0, 0
         self._order_epoch, self._order = None, None
@@ -110,6 +152,17 @@ class BatchIterator:
         start = step * self.global_batch_size + self.process_index * self.local_batch_size
         return self.order(epoch)[start:start + self.local_batch_size]
 
+    def crop_windows(self, epoch, step):
+        """[local batch, 2] int (top, left) of the crop windows of this process's rows of global
+        batch `step` of `epoch`, drawn for the whole global batch from (seed, epoch, step)."""
+        height, width = self.image_shape
+        rng = np.random.default_rng([self.seed, epoch, step, CROP_STREAM])
+        windows = np.stack([rng.integers(0, height - self.crop_size + 1, self.global_batch_size),
+                            rng.integers(0, width - self.crop_size + 1, self.global_batch_size)],
+                           axis=-1)
+        start = self.process_index * self.local_batch_size
+        return windows[start:start + self.local_batch_size]
+
     def state(self):
         """The position, a dict of ints to store in a checkpoint."""
         return dict(epoch=self.epoch, step=self.step)
@@ -127,6 +180,8 @@ class BatchIterator:
 
     def __next__(self):
         local = self.source.take(self.local_indices(self.epoch, self.step))
+        if self.crop_size:
+            local = crop(local, self.crop_windows(self.epoch, self.step), self.crop_size)
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
