@@ -21,6 +21,7 @@ setup(
         "tensorflow-datasets>=4.9.7",
         "array_record>=0.5",
         "numpy>=1.26",
+        "scipy>=1.11",  # metrics.py (also a dependency of jax)
         "chex>=0.1.87",
         "ml-collections>=0.1.1",
         "pillow>=10.0",
@@ -29,7 +30,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
         "torch": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["difffccf=difffccf_jax.cli:main"]},

@@ -1,4 +1,4 @@
-"""The published Diff-FCCF settings (SPEC sections 3-7).
+"""The published Diff-FCCF settings (docs/method.md sections 3-8).
 
     difffccf train --config configs/paper.py --workdir runs/paper --config.data.root=DATA
 """
@@ -29,8 +29,9 @@ def _region(train, sample):
 
 
 def regions():
-    """Per task and chroma channel, the training and the sampling rule of SPEC section 5 (rule,
-    sign, gain): the published training branches and sampler use different ones, e.g.
+    """Per task and chroma channel, the training and the sampling rule of docs/method.md
+    section 5 (rule, sign, gain): the published training branches and sampler use different
+    ones, e.g.
 
         --config.regions.pet.cr.sample.sign=-1   (sample PET Cr with the training sign)
 
@@ -100,8 +101,9 @@ def get_config(arg=None):
         # untrained network starts as a soft maximum rule instead of learning the selection from
         # scratch. 0 is the published m1 (docs/method.md, deviations).
         mask_prior=40.0,
-        # True reproduces the published model exactly (SPEC section 3 quirks; needs a 32 x 32 x 512
-        # bottleneck) and implies laplacian 'unnormalized', norm_eps 1e-5, deformation = [m1, m2]
+        # True reproduces the published model exactly (docs/method.md section 3, compat quirks;
+        # needs a 32 x 32 x 512 bottleneck) and implies laplacian 'unnormalized', norm_eps 1e-5,
+        # deformation = [m1, m2]
         compat=False,
         dtype="float32",  # compute dtype; parameters stay float32
     ))
@@ -140,7 +142,8 @@ def get_config(arg=None):
     config.regions = regions()
     # Re-standardisation of the fused chroma (training's clean fused estimate and the sampler's
     # post-step, both): 'whole_frame', the published moment matching of the masked images over
-    # the whole frame, or 'in_region', B_c's mean and std over the region's pixels (SPEC 5).
+    # the whole frame, or 'in_region', B_c's mean and std over the region's pixels
+    # (docs/method.md section 5).
     config.regions_statistics = "whole_frame"
 
     config.weighting = ml_collections.ConfigDict(dict(
@@ -198,7 +201,8 @@ def get_config(arg=None):
         batch_size=4,
         seed=0,  # the key of the initial (and, with add_noise, per-step) noise
         # Chroma channels ("task.channel") whose post-step is x <- offset - x inside the region
-        # instead of re-standardising to B_c's statistics (SPEC 6: PET Cr, offset 0.8).
+        # instead of re-standardising to B_c's statistics (docs/method.md section 6: PET Cr,
+        # offset 0.8).
         reflect_channels=("pet.cr",),
         reflect_offset=0.8,
         # 'clean': the Y channel is the clean fused estimate m1 A + (1 - m1) B_Y of the last step

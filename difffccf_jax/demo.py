@@ -105,8 +105,8 @@ def selection_pixels(a, warped_b, m1, fused_y):
     """Per-pixel arrays of one pair: (bright [H, W] bool where B's Y exceeds A, m1 [H, W] in
     0..1, {method: |F_Y - max(A_Y, B_Y)| [H, W]} for METHOD and SELECTION_BASELINES).
 
-    a: uint8 [H, W, 1]; warped_b: the registered B that was fused, uint8 RGB [H, W, 3];
-    m1, fused_y: the mask_m1_y and fused_y extras, uint8 [H, W]."""
+    a: uint8 [H, W, 1]; warped_b: the B that was fused (as given or registered), uint8 RGB
+    [H, W, 3]; m1, fused_y: the mask_m1_y and fused_y extras, uint8 [H, W]."""
     from difffccf_jax import baselines, color
 
     a_y = np.asarray(a, np.float64)[..., 0]
@@ -327,12 +327,14 @@ and a metric it wins does not show that anything was fused.
 ## Does the Y fusion select?
 
 In the Y channel the network's mask m1 is the weight of A: every reverse step fuses the two
-trajectories as m1 x^A + (1 - m1) x^B (the m1 saved is the last step's). A fusion that keeps the
+trajectories as m1 x^A + (1 - m1) x^B, and the output's Y is m1 A + (1 - m1) B_Y with the last
+step's m1 (the one saved; sampling.output 'clean'). A fusion that keeps the
 brighter source has m1 near 0 where B's Y exceeds A (B's bright region, here
 {100 * selection['bright_fraction']:.1f}% of the pixels) and near 1 outside it, and its fused Y
 F_Y near max(A_Y, B_Y); a copy of A has m1 = 1 everywhere. Pooled over every pixel of the
 held-out pairs, from the fuse command's extras (`mask_m1_y.png`, `fused_y.png`, and
-`warped_b.png`: the registered B that was fused, whose Y defines the region):
+`warped_b.png`: the B that was fused, as given or registered, whose Y defines the region; of the
+{METHOD} run):
 
 | mean m1 inside B's bright region | mean m1 outside it |
 |---|---|
@@ -349,8 +351,8 @@ for ycrcb-maximum, which is 0 by construction.
 ## Registration
 
 From the {REGISTERED} run. Mean end-point error of B's alignment to A over all pixels:
-{before:.3f} px before warping, {after:.3f} px after warping by the predicted deformation field. Per pair, the mean of the true
-field that realigns B and of the predicted one (x, y in pixels): a predicted mean that is the
+{before:.3f} px before warping, {after:.3f} px after warping by the predicted deformation field.
+Per pair, the mean of the true field that realigns B and of the predicted one (x, y in pixels): a predicted mean that is the
 same for every pair is a shift learnt from the data set, not a registration of the pair.
 
 | pair | true mean shift | predicted mean shift | error before (px) | error after (px) |

@@ -1,4 +1,5 @@
-"""Gaussian diffusion maths (SPEC section 4): schedules, forward noising, x0 and the posterior.
+"""Gaussian diffusion maths (docs/method.md section 4): schedules, forward noising, x0 and the
+posterior.
 
 Tables are computed in float64 with NumPy and stored as float32 arrays in a `Schedule`; every
 function below is a pure function of arrays and works under jit. `t` is always an index into the

@@ -2,8 +2,8 @@
 
 The bottleneck feature map [B, H, W, C] is a graph whose N = H W nodes are the pixels (node
 n = row * W + col) joined to their 4-neighbours. Its adjacency and Laplacian are never built as
-N x N matrices: on a grid each is a local operation on the feature map (SPEC section 3). The
-tests compare every operator here with dense float64 matrices.
+N x N matrices: on a grid each is a local operation on the feature map (docs/method.md
+section 3). The tests compare every operator here with dense float64 matrices.
 """
 
 import math

@@ -1,4 +1,4 @@
-"""U-Net building blocks (SPEC section 3), NHWC: time embedding, residual block, down- and
+"""U-Net building blocks (docs/method.md section 3), NHWC: time embedding, residual block, down- and
 upsampling, skip attention and output heads. Parameters are float32; `dtype` is the compute dtype.
 """
 

@@ -1,4 +1,4 @@
-"""Training losses (SPEC section 5): similarity measures, the fusion quality loss and the
+"""Training losses (docs/method.md section 5): similarity measures, the fusion quality loss and the
 per-batch loss terms of the three colour channels.
 
 Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns

@@ -1,4 +1,4 @@
-"""The standard image-fusion metrics, as defined in METRICS.md, on 8-bit grey images.
+"""The standard image-fusion metrics, as defined in docs/metrics.md, on 8-bit grey images.
 
 Every metric takes the fused image F and (where it compares) the sources A and B as 2-D float64
 arrays [H, W] of rounded grey values on 0..255; `grey_image` makes such an array from a grey or

@@ -1,4 +1,4 @@
-"""Warping by a displacement field and the field's regularisers (SPEC sections 5 and 6).
+"""Warping by a displacement field and the field's regularisers (docs/method.md sections 5 and 7).
 
 Coordinates are corner-aligned pixel indices: pixel (row y, column x) sits at (x, y) with
 x in 0..W-1 and y in 0..H-1. A displacement field u [B, H, W, 2] holds, per output pixel, the

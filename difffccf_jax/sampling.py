@@ -1,4 +1,4 @@
-"""Hierarchical condition-enhancement sampling (SPEC section 6) as one compiled program.
+"""Hierarchical condition-enhancement sampling (docs/method.md section 6) as one compiled program.
 
 Each pair's three colour channels Y, Cr, Cb are fused with A by three reverse diffusion runs that
 share one batch of 3B rows, channel-major as in training (`losses.channel_batch`: rows 0..B-1
@@ -14,7 +14,7 @@ moment matching of the masked images and set to B_c outside R (`region_post_step
 instead, the same choice training makes for its clean fused estimate. PET Cr reflects instead
 (x <- 0.8 - x in R, config.sampling.reflect_channels).
 
-Choices where SPEC 6 leaves room:
+Choices where docs/method.md section 6 leaves room:
 - One N(0, I) sample eps per channel run starts all three states as training noises them: x^A
   and x^B are the run's two conditions noised to the first reverse step with the same eps, x is
   eps. A shared noise keeps x^A - x^B = sqrt(abar_t) (A' - B') along the whole reverse run (the

@@ -2,11 +2,11 @@
 
 Optional (`pip install -e '.[torch]'`); nothing else in the package imports it. It serves two
 purposes: reading published state dicts (its `state_dict()` has exactly the tensor names and
-shapes of ../shared/reference/paper_unet_state_dict.json) and comparing frameworks. It always
-behaves like the published model (SPEC section 3, "reference quirks"): the bottleneck tokens are
-scrambled before the graph layer, the Chebyshev layer uses the unnormalised Laplacian L = D - A,
-the positional embedding is the fixed sin-cos table of the bottleneck grid (512 channels on
-32 x 32 for the paper model), and the deformation field is [m1, m2].
+shapes of tests/data/paper_unet_state_dict.json) and comparing frameworks. It always behaves
+like the published model (docs/method.md section 3, "Compatibility mode"): the bottleneck
+tokens are scrambled before the graph layer, the Chebyshev layer uses the unnormalised Laplacian
+L = D - A, the positional embedding is the fixed sin-cos table of the bottleneck grid
+(512 channels on 32 x 32 for the paper model), and the deformation field is [m1, m2].
 
     model = model_from_config(config.model, image_size=256).eval()
     noise, m1, m2, deformation = model(x, t)   # x [B, 4, H, W] float32, t [B] int64

@@ -1,4 +1,5 @@
-"""Training (SPEC sections 5 and 7): the train state, one pure sharded step, the epoch loop.
+"""Training (docs/method.md sections 5 and 8): the train state, one pure sharded step, the
+epoch loop.
 
 Data-parallel over a ('data',) mesh of all devices: parameters, optimiser and policy state are
 replicated, every global batch is split along its first axis, and the state is donated to the

@@ -1,4 +1,4 @@
-"""The multi-head Chebyshev-graph U-Net (SPEC section 3), NHWC.
+"""The multi-head Chebyshev-graph U-Net (docs/method.md section 3), NHWC.
 
     model = model_from_config(config.model)
     params = init_params(model, key, image_size)

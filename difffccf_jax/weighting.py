@@ -1,4 +1,4 @@
-"""Exploration-to-stability adaptive loss weighting (SPEC section 7).
+"""Exploration-to-stability adaptive loss weighting (docs/method.md section 8).
 
 A Gaussian policy over the log-weights of the loss terms: each training step samples one weight
 vector, and after the step a reward computed from the losses updates the policy's mean by

@@ -11,6 +11,8 @@ from PIL import Image
 from difffccf_jax import color, demo
 from difffccf_jax.metrics import PUBLISHED_METRICS as PUBLISHED
 
+pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
+
 SIZE, TEST_PAIRS = 32, 2
 
 

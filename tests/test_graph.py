@@ -1,5 +1,5 @@
 """Grid-graph stencils against dense float64 matrices built by loops, and the Graformer layer
-against a NumPy re-implementation of the published formulas (SPEC section 3)."""
+against a NumPy re-implementation of the published formulas (docs/method.md section 3)."""
 
 import jax
 import jax.numpy as jnp

@@ -363,7 +363,7 @@ def test_training_losses_with_a_perfect_denoiser(stand_in_losses):
                        + np.sum(np.abs((x_b[4:] - x_a[4:]) * region[4:]))) / 1024
     assert float(terms["fusion"]) == pytest.approx(float(expected_fusion), rel=1e-4)
     y_fused = 0.5 * a + 0.5 * b[..., 0:1]
-    y_quality = losses.quality_loss(y_fused, a, b[..., 0:1], config.loss.quality_weights)
+    y_quality = losses.quality_loss(y_fused, a, b[..., 0:1], config.loss.luma_quality_weights)
     assert float(terms["quality"]) > float(jnp.sum(y_quality)) / 2 > 0
     # zero field: B unwarped, both blurred as configured
     blur = functools.partial(losses.gaussian_blur, sigma=config.loss.similarity_blur)
@@ -570,7 +570,14 @@ def test_training_losses_gradient_reaches_every_parameter_group(tiny_config_path
 def test_loss_config_from_config_checks_fields(paper_config_path):
     config = load_config(paper_config_path)
     settings = losses.LossConfig.from_config(config.loss)
-    assert settings == losses.LossConfig(128.0, (30.0, 40.0, 40.0), 32, 0.5, "ratio", 9, 1.0)
+    assert settings == losses.LossConfig(
+        loss_scale=128.0, quality_weights=(30.0, 40.0, 40.0),
+        luma_quality_weights=(0.0, 10.0, 40.0), stage_conditions=True, mi_bins=32,
+        mi_sigma=0.5, correlation="ratio", ncc_window=9, similarity_blur=1.0)
+    config.loss.luma_quality_weights = (1.0, -1.0, 0.0)
+    with pytest.raises(UserError, match="loss.luma_quality_weights"):
+        losses.LossConfig.from_config(config.loss)
+    config.loss.luma_quality_weights = (0.0, 10.0, 40.0)
     assert settings.region_statistics == regions.WHOLE_FRAME
     settings = losses.LossConfig.from_config(config.loss, regions.statistics_from_config(
         load_config(paper_config_path, [("regions_statistics", "in_region")])))

@@ -15,7 +15,7 @@ from difffccf_jax.errors import UserError
 N_SIDE = 32
 N = N_SIDE * N_SIDE
 
-# SPEC section 5, as published: (kind, threshold, above, sign, gain) for training and for
+# docs/method.md section 5, as published: (kind, threshold, above, sign, gain) for training and for
 # sampling; unpublished sampling entries (ADNI; CT's regions) are the training ones.
 PUBLISHED = {
     ("spect", "cr"): (("percentile", 70, True, +1, 1.0), ("percentile", 95, True, +1, 1.0)),

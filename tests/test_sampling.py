@@ -286,7 +286,8 @@ def test_sampler_from_config_passes_the_sampling_rules_and_statistics(tiny_confi
 def test_stages_split_the_schedule_in_thirds():
     for steps, sizes in ((12, [4, 4, 4]), (2000, [667, 667, 666]), (50, [17, 17, 16])):
         a, b = jnp.zeros(()), jnp.ones(())
-        pairs = [tuple(float(c) for c in losses.stage_conditions(losses.reverse_stage(i, steps), a, b))
+        pairs = [tuple(float(c) for c in
+                       losses.stage_conditions(losses.reverse_stage(i, steps), a, b))
                  for i in range(steps)]
         expected = [(1.0, 1.0)] * sizes[0] + [(0.0, 1.0)] * sizes[1] + [(0.0, 0.0)] * sizes[2]
         assert pairs == expected

@@ -110,6 +110,7 @@ def test_local_sweep_skips_finished_runs(tmp_path, repo_root):
     assert calls == [runs[2].name, runs[3].name]
 
 
+@pytest.mark.slow
 def test_two_run_local_sweep_on_tiny(tmp_path, repo_root, tiny_config_path):
     from difffccf_jax import cli
 

@@ -169,9 +169,10 @@ def test_wrong_input_size_is_refused(tiny_setup):
 
 
 def test_bottleneck_tokens_are_scrambled(tiny_setup, monkeypatch):
-    """SPEC quirk: the [B, N, C] tokens are read in memory as [B, C, N] and transposed back, and
-    the graph output is turned into a map without undoing that; so with an identity graph layer
-    the output map [C, H, W] is the tokens' memory read in order."""
+    """Published quirk (docs/method.md section 3): the [B, N, C] tokens are read in memory as
+    [B, C, N] and transposed back, and the graph output is turned into a map without undoing
+    that; so with an identity graph layer the output map [C, H, W] is the tokens' memory read in
+    order."""
     model, _, _, _ = tiny_setup
     channels, side = model.positional_embedding.shape[2], model.bottleneck_size
     h = torch.arange(channels * side * side, dtype=torch.float32).reshape(1, channels, side, side)

@@ -22,6 +22,8 @@ from difffccf_jax import checkpoints, cli, losses, parallel, train, weighting
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 
+pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
+
 # The reference run: tiny model, pet and spect drawn per epoch, a checkpoint per epoch.
 OVERRIDES = (("seed", "1"), ("data.multi_task", "True"), ("data.tasks", "('pet', 'spect')"),
              ("train.epochs", "2"), ("train.steps_per_epoch", "3"),
@@ -139,7 +141,10 @@ def test_one_device_takes_the_same_steps_as_four_devices(reference, config, one_
     metrics, params_at_3 = one_device_run
     for step in (1, 2, 3):  # epoch 0 of the reference run trains on pet
         for name, value in metrics[step - 1].items():
-            np.testing.assert_allclose(value, four_devices[step][name], rtol=2e-5, err_msg=name)
+            # The gradient norm sums over every parameter through the losses' kinks (clips,
+            # absolute values): a different reduction order moves it by up to ~2e-4 relative.
+            rtol = 1e-3 if name == "grad_norm" else 2e-5
+            np.testing.assert_allclose(value, four_devices[step][name], rtol=rtol, err_msg=name)
     saved = params_at(os.path.join(workdir, train.CHECKPOINT_DIR), config)[3]
     for a, b in zip(jax.tree.leaves(host_tree(saved)), jax.tree.leaves(params_at_3)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

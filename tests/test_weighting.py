@@ -1,4 +1,5 @@
-"""The adaptive loss-weight policy (SPEC section 7) against closed forms and NumPy oracles."""
+"""The adaptive loss-weight policy (docs/method.md section 8) against closed forms and NumPy
+oracles."""
 
 import math
 

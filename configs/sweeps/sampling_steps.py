@@ -1,4 +1,4 @@
-"""Number of respaced sampling steps (SPEC section 6) for one trained configuration.
+"""Number of respaced sampling steps (docs/method.md section 6) for one trained configuration.
 
     difffccf sweep --sweep configs/sweeps/sampling_steps.py:paper --workdir runs/steps \
         --launcher slurm --config.data.root=DATA

@@ -1,4 +1,5 @@
-"""Realistic paired data for the five tasks, written in the published layout (SPEC sections 2, 9).
+"""Realistic paired data for the five tasks, written in the published layout
+(docs/method.md section 2).
 
 | task  | A                         | B                                             |
 |-------|---------------------------|-----------------------------------------------|

@@ -1,4 +1,4 @@
-"""Loaders for the five published layouts (SPEC section 2).
+"""Loaders for the five published layouts (docs/method.md section 2).
 
 Each task lives in `<root>/<folder>/` with one sub-folder of source-A slices and one of source-B
 slices, paired by file name and ordered by the integer value of the file stem (then by name).
