@@ -69,6 +69,7 @@ def get_config(arg=None):
         crop_size=0,  # 0: train on whole pairs; else the side of random square training crops
         batch_size=4,  # global batch
         shuffle_seed=0,
+        eval_root="",  # held-out pairs a sweep run is scored on; "" scores the root's pairs
         tfds_dir="",  # "" reads the image folders into memory; else a tfds array_record cache
         layouts=dict(
             pet=_layout("HARVARD-PET-MRI", "MRI", "PET", True, False),

@@ -212,20 +212,21 @@ def write_report(rows, workdir):
 
 
 def train_and_score(config, run_dir):
-    """One sweep run: trains (resuming when interrupted), fuses the configured task's pairs with
-    the run's sampling settings, and returns the final training loss and the mean fusion
-    metrics, e.g. {'loss': ..., 'EN': ..., 'MI': ..., ...}."""
+    """One sweep run: trains (resuming when interrupted), fuses the configured task's held-out
+    pairs (data.eval_root, else the training pairs) with the run's sampling settings, and
+    returns the final training loss and the mean fusion metrics, e.g. {'loss': ..., 'MI': ...}."""
     from difffccf_jax import cli, evaluation, train
     from difffccf_jax.data import layouts
 
     train.train_and_evaluate(config, run_dir)
     fused = os.path.join(run_dir, "fused")
+    scored_root = config.data.get("eval_root") or config.data.root
     argv = ["fuse", "--checkpoint", os.path.join(run_dir, train.CHECKPOINT_DIR), "--task",
-            config.data.task, "--data", config.data.root, "--out", fused, "--overwrite"]
+            config.data.task, "--data", scored_root, "--out", fused, "--overwrite"]
     if cli.main(argv):
         raise UserError(f"sweep run {run_dir}: `difffccf {' '.join(argv)}` failed")
     layout = layouts.layout_from_config(config.data, config.data.task)
-    scores, _ = evaluation.score_pairs(layouts.list_pairs(config.data.root, layout),
+    scores, _ = evaluation.score_pairs(layouts.list_pairs(scored_root, layout),
                                        layout, {"run": fused}, with_baselines=False)
     summary = evaluation.summarise(scores["run"])
     final = train.read_metrics_log(run_dir)[-1]

@@ -22,9 +22,12 @@ def test_expand_resolves_each_run(repo_root):
     path = os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py")
     runs = sweeps.expand(path, [("train.epochs", "2")])
     assert [(r.config.weighting.enabled, r.config.seed) for r in runs] == [
-        (True, 0), (True, 1), (False, 0), (False, 1)]
+        (True, 0), (True, 1), (True, 2), (False, 0), (False, 1), (False, 2)]
     assert all(r.config.train.epochs == 2 for r in runs)
-    assert len({r.name for r in runs}) == 4 and runs[2].name == "002-enabled=False-seed=0"
+    assert len({r.name for r in runs}) == 6 and runs[3].name == "003-enabled=False-seed=0"
+    demo_runs = sweeps.expand(path + ":demo")
+    # Equal training length for policy on and off, whatever the machine's load.
+    assert {(r.config.train.max_minutes, r.config.train.epochs) for r in demo_runs} == {(0.0, 60)}
     paper_runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps",
                                             "sampling_steps.py") + ":paper")
     assert [r.config.sampling.steps for r in paper_runs] == [25, 50, 100, 250, 2000]
@@ -49,7 +52,7 @@ def test_slurm_script(tmp_path, repo_root):
     path = tmp_path / "sweep.sbatch"
     path.write_text(script)
     subprocess.run(["bash", "-n", str(path)], check=True)
-    assert "#SBATCH --array=0-3\n" in script and "#SBATCH --nodes=2\n" in script
+    assert "#SBATCH --array=0-5\n" in script and "#SBATCH --nodes=2\n" in script
     assert "#SBATCH --gpus-per-node=8\n" in script
     assert 'srun difffccf sweep-run --run-dir "$RUN_DIR" --config.train.distributed=True' in script
     # The array index picks each run's folder, and each folder holds its resolved config.

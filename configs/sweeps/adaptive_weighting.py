@@ -1,14 +1,16 @@
-"""Adaptive loss weighting (docs/method.md section 8) on versus off, each with two seeds.
+"""Adaptive loss weighting (docs/method.md section 8) on versus off, each with three seeds.
 
     difffccf sweep --sweep configs/sweeps/adaptive_weighting.py:paper --workdir runs/weighting \
         --launcher slurm --config.data.root=DATA
 
-`:demo` is the demo's setting (tiny model, 96 px pairs, 32 px training crops, 2 minutes of
-training per run, 30 sampling steps), a comparison that runs on a 2-core CPU in about 15 minutes:
+`:demo` is the demo's setting (tiny model, 96 px pairs, 32 px training crops, 30 sampling steps)
+with a fixed number of training steps, so that policy on and off train equally long whatever
+the machine's load; it runs on a 2-core CPU in about 30 minutes:
 
     difffccf make-data --task pet --num 24 --size 96 --seed 11 --out DATA
+    difffccf make-data --task pet --num 12 --size 96 --seed 12 --out HELD_OUT
     difffccf sweep --sweep configs/sweeps/adaptive_weighting.py:demo --workdir runs/weighting \
-        --launcher local --config.data.root=DATA
+        --launcher local --config.data.root=DATA --config.data.eval_root=HELD_OUT
 """
 
 import os
@@ -17,7 +19,8 @@ from difffccf_jax.config_cli import load_config_file
 from difffccf_jax.sweeps import product
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DEMO_MINUTES = 2.0
+DEMO_TRAIN_PAIRS = 24
+DEMO_EPOCHS = 60  # 6 steps of 4 pairs per epoch: 360 steps
 
 
 def get_config(arg=None):
@@ -25,10 +28,12 @@ def get_config(arg=None):
     if arg == "demo":
         from difffccf_jax import demo
 
-        return demo.demo_config("pet", image_size=96, minutes=DEMO_MINUTES, data_root="",
-                                train_pairs=24, sampling_steps=30, crop_size=32)
+        config = demo.demo_config("pet", image_size=96, minutes=0, data_root="",
+                                  train_pairs=DEMO_TRAIN_PAIRS, sampling_steps=30, crop_size=32)
+        config.train.epochs = DEMO_EPOCHS
+        return config
     return load_config_file(os.path.join(CONFIGS, f"{arg or 'tiny'}.py"))
 
 
 def get_sweep(arg=None):
-    return product(("weighting.enabled", [True, False]), ("seed", [0, 1]))
+    return product(("weighting.enabled", [True, False]), ("seed", [0, 1, 2]))
