@@ -17,6 +17,13 @@ from difffccf_jax import files
 from difffccf_jax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs")
+
+
+def shipped_config(name):
+    """The path of a config file shipped in the repository's configs/ folder ('paper', 'tiny')."""
+    return os.path.join(SHIPPED_CONFIGS, f"{name}.py")
 
 
 def _tuples(value):

@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from difffccf_jax import baselines, cli, evaluation, files, metrics
+from difffccf_jax import cli, files
+from difffccf_jax.evaluation import baselines, metrics, scoring
 from difffccf_jax.data import generator, images, layouts
 
 TARGET_SECONDS = 60.0
@@ -125,7 +126,7 @@ def main(argv=None):
     text = "\n".join(lines) + "\n"
     print(text, end="")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    evaluation.write_text_files([(args.out, text)])
+    scoring.write_text_files([(args.out, text)])
 
 
 if __name__ == "__main__":

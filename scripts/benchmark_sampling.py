@@ -25,7 +25,9 @@ import time
 import jax
 import numpy as np
 
-from difffccf_jax import files, parallel, sampling, unet
+from difffccf_jax import files, parallel
+from difffccf_jax.inference import sampling
+from difffccf_jax.model import unet
 from difffccf_jax.config_cli import load_config, split_overrides
 
 

@@ -18,7 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from difffccf_jax import files, parallel, train
+from difffccf_jax import files, parallel
+from difffccf_jax.training import train
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import benchmark_cases, benchmark_plan, benchmarking, files, graph
-from difffccf_jax.benchmarking import Row, Target, Timing
+from difffccf_jax import files
+from difffccf_jax.benchmark import cases, measure, suite
+from difffccf_jax.model import graph
+from difffccf_jax.benchmark.measure import Row, Target, Timing
 from difffccf_jax.commands import benchmark as benchmark_command
 from difffccf_jax.errors import UserError
 
@@ -25,12 +27,12 @@ def test_first_call_includes_compilation_and_steady_state_does_not():
         calls.append(1)
         jax.block_until_ready(f(x))
 
-    timing = benchmarking.time_calls(call, repeats=5)
+    timing = measure.time_calls(call, repeats=5)
     assert len(calls) == 6 and timing.repeats == 5
     assert timing.first_s > timing.steady_s  # the first call traced and compiled f
 
     g = jax.jit(lambda x: jnp.cos(x) * 3.0)
-    timing, compiled = benchmarking.time_jax(g, (x,), repeats=3)
+    timing, compiled = measure.time_jax(g, (x,), repeats=3)
     assert timing.compile_s > timing.steady_s
     np.testing.assert_allclose(compiled(x), np.cos(np.ones((64, 64))) * 3.0, rtol=1e-6)
 
@@ -41,7 +43,7 @@ def test_steady_time_is_the_median_of_the_repeats_and_cpu_time_excludes_sleep():
     def call():
         time.sleep(next(durations))
 
-    timing = benchmarking.time_calls(call, repeats=3)
+    timing = measure.time_calls(call, repeats=3)
     assert timing.first_s >= 0.2
     assert 0.03 <= timing.steady_s < 0.05  # median of 0.01, 0.05, 0.03
     assert 0.01 <= timing.best_s < 0.03
@@ -49,54 +51,54 @@ def test_steady_time_is_the_median_of_the_repeats_and_cpu_time_excludes_sleep():
 
 
 def test_repeats_fit_the_budget_within_bounds():
-    assert benchmarking.repeats_within(1.0, 10.0, 5) == 5
-    assert benchmarking.repeats_within(1.0, 3.0, 5) == 3
-    assert benchmarking.repeats_within(10.0, 1.0, 5) == 2
-    assert benchmarking.repeats_within(0.1, 60.0, 5) == 10  # fast: at least a second of calls
-    assert benchmarking.repeats_within(0.1, 0.5, 5) == 5  # ... within the budget
-    assert benchmarking.repeats_within(1e-5, 60.0, 5) == benchmarking.MAX_FAST_REPEATS
+    assert measure.repeats_within(1.0, 10.0, 5) == 5
+    assert measure.repeats_within(1.0, 3.0, 5) == 3
+    assert measure.repeats_within(10.0, 1.0, 5) == 2
+    assert measure.repeats_within(0.1, 60.0, 5) == 10  # fast: at least a second of calls
+    assert measure.repeats_within(0.1, 0.5, 5) == 5  # ... within the budget
+    assert measure.repeats_within(1e-5, 60.0, 5) == measure.MAX_FAST_REPEATS
     calls = []
 
     def call():
         calls.append(1)
         time.sleep(0.05)
 
-    timing = benchmarking.time_calls(call, repeats=10, budget_s=0.12)
+    timing = measure.time_calls(call, repeats=10, budget_s=0.12)
     assert timing.repeats == 2 and len(calls) == 3
 
 
 def test_xla_flop_count_of_a_matmul_is_2mnk_and_buffers_hold_its_operands():
     m, k, n = 64, 32, 48
     compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
-    assert benchmarking.xla_flops(compiled) == 2 * m * n * k
+    assert measure.xla_flops(compiled) == 2 * m * n * k
     operands = 4 * (m * k + k * n + m * n)
-    assert operands <= benchmarking.xla_buffer_bytes(compiled) < operands + 2 ** 20
+    assert operands <= measure.xla_buffer_bytes(compiled) < operands + 2 ** 20
 
 
 def test_measurement_row_derives_rate_and_share_of_matmul():
     row = Row("U-Net forward", "paper (compat)", 1, "JAX", Timing(2.0, 0.6, 0.5, 0.9, 4),
               flops=2e9, rss_mib=100.4, buffers_mib=12.25, load=1.5, note="n")
-    cells = benchmarking.measurement_row(row, matmul_gflops=8.0)
-    assert len(cells) == len(benchmarking.MEASUREMENT_COLUMNS) == 16
-    named = dict(zip(benchmarking.MEASUREMENT_COLUMNS, cells))
+    cells = measure.measurement_row(row, matmul_gflops=8.0)
+    assert len(cells) == len(measure.MEASUREMENT_COLUMNS) == 16
+    named = dict(zip(measure.MEASUREMENT_COLUMNS, cells))
     assert named["GFLOP/s"] == "4.0" and named["% of matmul"] == "50"
     assert named["steady s"] == "0.5" and named["compile s"] == "2"
     assert named["peak RSS MiB"] == "100" and named["XLA buffers MiB"] == "12.2"
-    failed = benchmarking.measurement_row(row._replace(timing=None), 8.0)
-    assert dict(zip(benchmarking.MEASUREMENT_COLUMNS, failed))["steady s"] == "failed"
+    failed = measure.measurement_row(row._replace(timing=None), 8.0)
+    assert dict(zip(measure.MEASUREMENT_COLUMNS, failed))["steady s"] == "failed"
 
 
 def test_markdown_table_has_header_rule_and_rows():
-    text = benchmarking.markdown_table(("a", "b"), [("1", "2"), ("3", "4")])
+    text = measure.markdown_table(("a", "b"), [("1", "2"), ("3", "4")])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
 
 
 def test_target_rows_say_whether_the_bound_is_met():
-    assert benchmarking.target_row(Target("t", 0.6, 0.7, True))[1:4] == ("0.60", "<= 0.7", "yes")
-    assert benchmarking.target_row(Target("t", 0.8, 0.7, True))[3] == "no"
-    assert benchmarking.target_row(Target("t", 16.0, 15.0, False))[2:4] == (">= 15", "yes")
-    assert benchmarking.target_row(Target("t", None, 15.0, False))[3] == "not measured"
-    assert benchmarking.target_row(Target("t", 3.0, None))[2:4] == ("—", "—")
+    assert measure.target_row(Target("t", 0.6, 0.7, True))[1:4] == ("0.60", "<= 0.7", "yes")
+    assert measure.target_row(Target("t", 0.8, 0.7, True))[3] == "no"
+    assert measure.target_row(Target("t", 16.0, 15.0, False))[2:4] == (">= 15", "yes")
+    assert measure.target_row(Target("t", None, 15.0, False))[3] == "not measured"
+    assert measure.target_row(Target("t", 3.0, None))[2:4] == ("—", "—")
 
 
 def _row(case, config, batch, framework, steady, **fields):
@@ -118,7 +120,7 @@ def test_targets_pair_jax_with_the_port_graph_forms_and_samplers():
         _row("sampler, 100 steps (respaced)", "tiny, T=2000", 1, "JAX", 2.0),
         _row("sampler, 2000 steps (full)", "tiny, T=2000", 1, "JAX", 36.0),
     ]
-    found = {t.name: t for t in benchmark_plan.all_targets(rows)}
+    found = {t.name: t for t in suite.all_targets(rows)}
     paper = found["U-Net forward: JAX / PyTorch port, paper (compat), batch 1"]
     assert paper.measured == pytest.approx(0.6) and paper.required == 0.7 and paper.at_most
     tiny = found["U-Net forward: JAX / PyTorch port, tiny, batch 4"]
@@ -139,9 +141,9 @@ def test_port_rows_take_the_flop_count_of_their_jax_counterpart():
     rows = [_row("U-Net forward", "tiny", 1, "JAX", 1.0, flops=5e9),
             _row("U-Net forward", "tiny", 1, "PyTorch port", 2.0),
             _row("U-Net forward", "tiny", 4, "PyTorch port", 2.0)]
-    filled = benchmark_plan.with_counterpart_flops(rows)
+    filled = suite.with_counterpart_flops(rows)
     assert [r.flops for r in filled] == [5e9, 5e9, None]
-    assert benchmark_plan.matmul_rate(
+    assert suite.matmul_rate(
         [_row("float32 matmul", "8^2", 1, "JAX", 0.5, flops=4e9),
          _row("float32 matmul", "8^2", 1, "PyTorch port", 1.0, flops=4e9)]) == pytest.approx(8.0)
 
@@ -149,12 +151,12 @@ def test_port_rows_take_the_flop_count_of_their_jax_counterpart():
 def test_report_and_its_data_are_written_atomically_and_read_back(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "BENCHMARKS.md"
     rows = [_row("U-Net forward", "tiny", 1, "JAX", 1.0, flops=2e9)]
-    runs = [benchmarking.Run("difffccf benchmark --quick", "2026-01-02 03:04", 1.0, 2.0)]
-    text = benchmarking.report("Title", runs, rows, [], "- CPU: x", 4.0, ["a note"])
-    benchmarking.write_report(str(path), text, benchmarking.results_json(runs, rows, None))
+    runs = [measure.Run("difffccf benchmark --quick", "2026-01-02 03:04", 1.0, 2.0)]
+    text = measure.report("Title", runs, rows, [], "- CPU: x", 4.0, ["a note"])
+    measure.write_report(str(path), text, measure.results_json(runs, rows, None))
     assert path.read_text() == text
     assert sorted(os.listdir(path.parent)) == ["BENCHMARKS.json", "BENCHMARKS.md"]
-    assert benchmarking.read_results(str(tmp_path / "sub" / "BENCHMARKS.json")) == (
+    assert measure.read_results(str(tmp_path / "sub" / "BENCHMARKS.json")) == (
         runs, rows, None)
     for heading in ("# Title", "## Runs", "## Machine", "## Targets", "## Measurements",
                     "## Notes"):
@@ -169,7 +171,7 @@ def test_report_and_its_data_are_written_atomically_and_read_back(tmp_path, monk
 
     monkeypatch.setattr(files, "_write_text", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        benchmarking.write_report(str(path), "new text " * 100, "{}")
+        measure.write_report(str(path), "new text " * 100, "{}")
     assert path.read_text() == text
     assert sorted(os.listdir(path.parent)) == ["BENCHMARKS.json", "BENCHMARKS.md"]
 
@@ -180,7 +182,7 @@ def test_merging_runs_replaces_re_measured_cases_in_place():
            _row("U-Net forward", "tiny", 1, "JAX", 0.1)]
     new = [_row("U-Net forward", "paper (compat)", 1, "PyTorch port", 2.0)._replace(run=2),
            _row("U-Net forward", "paper (compat)", 4, "JAX", 9.0)._replace(run=2)]
-    merged = benchmarking.merge_rows(old, new)
+    merged = measure.merge_rows(old, new)
     assert [(r.config, r.batch, r.framework, r.run, r.timing.steady_s) for r in merged] == [
         ("paper (compat)", 1, "JAX", 1, 3.0), ("paper (compat)", 1, "PyTorch port", 2, 2.0),
         ("tiny", 1, "JAX", 1, 0.1), ("paper (compat)", 4, "JAX", 2, 9.0)]
@@ -189,7 +191,7 @@ def test_merging_runs_replaces_re_measured_cases_in_place():
 def test_dense_graph_of_the_benchmark_equals_the_stencil_operators():
     z = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
     for kind in ("scaled", "unnormalized"):
-        dense = benchmark_cases.dense_graph(*benchmark_cases.dense_graph_matrices(3, 5, kind))
+        dense = cases.dense_graph(*cases.dense_graph_matrices(3, 5, kind))
         stencil = graph.stencil_graph(kind)
         np.testing.assert_allclose(dense.adjacency(z), stencil.adjacency(z), atol=1e-5)
         np.testing.assert_allclose(dense.laplacian(z), stencil.laplacian(z), atol=1e-5)
@@ -207,7 +209,7 @@ def _args(**overrides):
 def test_plan_compares_paper_in_compat_mode_and_estimates_its_sampler():
     options, command = benchmark_command.options_from_args(_args(batch_sizes="1,4"))
     assert command.startswith("difffccf benchmark --configs paper,tiny --batch-sizes 1,4")
-    cases = benchmark_plan.plan(options)
+    cases = suite.plan(options)
     forward = [(c.label, c.batch, c.framework, c.compat) for c in cases if c.kind == "forward"]
     assert forward == [("paper (compat)", 1, "jax", True), ("paper (compat)", 1, "torch", True),
                        ("paper (compat)", 4, "jax", True), ("paper (compat)", 4, "torch", True),
@@ -233,19 +235,19 @@ def test_quick_options_and_bad_options():
 
 
 def test_worker_process_measures_a_matmul_and_reports_a_failure():
-    case = benchmark_cases.Case("matmul", size=64, label="64^2", max_repeats=2, budget_s=1.0)
-    rows, accelerator = benchmark_cases.run_in_subprocess(case, timeout_s=120)
+    case = cases.Case("matmul", size=64, label="64^2", max_repeats=2, budget_s=1.0)
+    rows, accelerator = cases.run_in_subprocess(case, timeout_s=120)
     (row,) = rows
     assert row.flops == 2 * 64 ** 3 and row.timing.repeats >= 2 and row.rss_mib >= 0
     assert accelerator is None or isinstance(accelerator, str)
     broken = case._replace(kind="forward", config="/nonexistent/config.py")
-    (row,), _ = benchmark_cases.run_in_subprocess(broken, timeout_s=120)
+    (row,), _ = cases.run_in_subprocess(broken, timeout_s=120)
     assert row.timing is None and row.note.startswith("failed:")
 
 
 def test_update_needs_earlier_results_next_to_the_report(tmp_path):
     with pytest.raises(UserError, match="no earlier results"):
-        benchmark_plan.previous_results(str(tmp_path / "BENCHMARKS.md"))
+        suite.previous_results(str(tmp_path / "BENCHMARKS.md"))
     (tmp_path / "BENCHMARKS.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="not a results file"):
-        benchmark_plan.previous_results(str(tmp_path / "BENCHMARKS.md"))
+        suite.previous_results(str(tmp_path / "BENCHMARKS.md"))

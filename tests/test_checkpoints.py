@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from difffccf_jax import checkpoints
+from difffccf_jax.model import checkpoints
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
 
@@ -97,7 +97,7 @@ def test_load_for_inference_prefers_ema_params(tmp_path, tiny_config, random_par
 KILLED_SAVER = textwrap.dedent("""
     import sys
     import numpy as np
-    from difffccf_jax import checkpoints
+    from difffccf_jax.model import checkpoints
     manager = checkpoints.open_manager(sys.argv[1], keep=3)
     checkpoints.save(manager, 1, {"train": {"w": np.arange(8, dtype=np.float32)}}, {"epoch": 1})
     print("saved", flush=True)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from difffccf_jax import checkpoints, cli, torch_port, unet
+from difffccf_jax import cli
+from difffccf_jax.model import checkpoints, torch_port, unet
 from difffccf_jax.commands import convert_torch
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError

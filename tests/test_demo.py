@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difffccf_jax import color, demo
-from difffccf_jax.metrics import PUBLISHED_METRICS as PUBLISHED
+from difffccf_jax import color
+from difffccf_jax.tools import demo
+from difffccf_jax.evaluation.metrics import PUBLISHED_METRICS as PUBLISHED
 
 pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
 
@@ -188,7 +189,8 @@ def test_compare_counts_ties_at_the_printed_precision():
 
 
 def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
-    from difffccf_jax import cli, parallel, train
+    from difffccf_jax import cli, parallel
+    from difffccf_jax.training import train
     from difffccf_jax.errors import UserError
 
     calls = []

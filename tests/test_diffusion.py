@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import diffusion
+from difffccf_jax.model import diffusion
 from difffccf_jax.errors import UserError
 
 T = 2000

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difffccf_jax import baselines, cli, color, evaluation, files, metrics
+from difffccf_jax import cli, color, files
+from difffccf_jax.evaluation import baselines, metrics, scoring
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts
 
@@ -81,12 +82,12 @@ def test_summary_skips_undefined_values():
                 "2.png": dict.fromkeys(metrics.METRIC_NAMES, 3.0),
                 "3.png": dict.fromkeys(metrics.METRIC_NAMES, None)}
     per_pair["3.png"]["EN"] = 5.0
-    summary = evaluation.summarise(per_pair)
-    assert summary["CC"] == evaluation.MetricSummary(mean=2.0, std=1.0, defined=2, undefined=1)
+    summary = scoring.summarise(per_pair)
+    assert summary["CC"] == scoring.MetricSummary(mean=2.0, std=1.0, defined=2, undefined=1)
     assert summary["EN"].mean == 3.0 and summary["EN"].undefined == 0
-    undefined = evaluation.summarise({"1.png": dict.fromkeys(metrics.METRIC_NAMES, None)})
-    assert undefined["SSIM"] == evaluation.MetricSummary(None, None, 0, 1)
-    assert "| m | undefined |" in evaluation.markdown_table({"m": undefined}, "caption")
+    undefined = scoring.summarise({"1.png": dict.fromkeys(metrics.METRIC_NAMES, None)})
+    assert undefined["SSIM"] == scoring.MetricSummary(None, None, 0, 1)
+    assert "| m | undefined |" in scoring.markdown_table({"m": undefined}, "caption")
 
 
 # ---------------------------------------------------------------- the command

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from difffccf_jax import checkpoints, cli, color, unet
+from difffccf_jax import cli, color
+from difffccf_jax.model import checkpoints, unet
 from difffccf_jax.commands import fuse
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts

@@ -196,7 +196,7 @@ def test_saved_field_realigns_the_moved_b(task):
 
 def test_saved_field_follows_the_registration_warp_convention():
     """registration.warp (the network's warp) with the saved field equals the scipy oracle."""
-    from difffccf_jax import registration
+    from difffccf_jax.model import registration
 
     pair = generator.make_pair("adni", SIZE, seed=2, index=0, misalign_b=True)
     warped = jax.jit(registration.warp)(pair.b[None, ..., None].astype(np.float32),

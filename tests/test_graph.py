@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numpy.polynomial import chebyshev
 
-from difffccf_jax import graph
+from difffccf_jax.model import graph
 
 GRIDS = [(1, 5), (3, 3), (4, 7), (6, 5), (8, 8)]
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import color, diffusion, losses, regions, unet
+from difffccf_jax import color
+from difffccf_jax.model import composition, diffusion, regions, unet
+from difffccf_jax.training import losses
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
 
@@ -168,7 +170,7 @@ def test_noise_and_fusion_losses_known_answers():
     half = jnp.full(eps.shape, 0.5)
     chroma = jnp.array([False, True])
     sign_gain = jnp.array([0.0, 1.0])
-    fused = losses.fuse(x_a, x_b, half, half, chroma, sign_gain)
+    fused = composition.fuse(x_a, x_b, half, half, chroma, sign_gain)
     np.testing.assert_allclose(fused[0], 0.5 * (x_a[0] + x_b[0]), atol=1e-6)
     np.testing.assert_allclose(fused[1], x_b[1] + 0.5 * x_a[1], atol=1e-6)
     region = jnp.broadcast_to(jnp.arange(8)[None, :, None, None] < 4, eps.shape)
@@ -272,7 +274,7 @@ def test_channel_batch_layout(paper_config_path):
     config = load_config(paper_config_path)
     a, b = ycrcb_batch(1)
     rules = regions.rules_from_config(config.regions, "spect", "train")
-    rows = losses.channel_batch(a, b, rules)
+    rows = composition.channel_batch(a, b, rules)
     np.testing.assert_array_equal(rows["cond_a"][:2], a)
     np.testing.assert_array_equal(rows["cond_b"][:2], b[..., :1])
     np.testing.assert_array_equal(rows["chroma"], [False, False, True, True, True, True])
@@ -297,7 +299,7 @@ def test_channel_batch_carries_the_phases_sign_and_gain(paper_config_path, task,
     config = load_config(paper_config_path)
     a, b = ycrcb_batch(1)
     for phase, (cr, cb) in (("train", train), ("sample", sample)):
-        rows = losses.channel_batch(a, b, regions.rules_from_config(config.regions, task, phase))
+        rows = composition.channel_batch(a, b, regions.rules_from_config(config.regions, task, phase))
         np.testing.assert_allclose(rows["sign_gain"], [0, 0, cr, cr, cb, cb], err_msg=phase)
 
 
@@ -356,7 +358,7 @@ def test_training_losses_with_a_perfect_denoiser(stand_in_losses):
     assert float(terms["noise"]) < 1e-2 * config.loss.loss_scale
     assert float(terms["smoothness"]) == 0.0 and float(terms["folding"]) == 0.0
     x_a, x_b = np.asarray(x[..., 2:3]), np.asarray(x[..., 3:4])
-    region = np.asarray(losses.channel_batch(a, b, rules)["region"])
+    region = np.asarray(composition.channel_batch(a, b, rules)["region"])
     # m = 1/2. Y: |f - x_a| + |f - x_b| = |x_a - x_b|. Cr (+1): f - m2 x_a = x_b.
     # Cb (-1): f - m2 x_a = x_b - x_a. Each a sum over pixels / (H W), summed over images.
     expected_fusion = (np.sum(np.abs(x_a[:2] - x_b[:2])) + np.sum(np.abs(x_b[2:4] * region[2:4]))
@@ -429,7 +431,7 @@ def test_a_field_optimised_for_the_configured_registration_loss_realigns_b(
     (B is deformed towards A's look instead)."""
     import optax
 
-    from difffccf_jax import registration
+    from difffccf_jax.model import registration
 
     config = load_config(tiny_config_path)
     loss_config = losses.LossConfig.from_config(config.loss)
@@ -496,7 +498,7 @@ def test_training_losses_use_the_configured_statistics(paper_config_path):
     for name in losses.TERMS:
         if name != "quality":
             assert float(whole[name]) == float(in_region[name]), name
-    rows = losses.channel_batch(a, b, rules)
+    rows = composition.channel_batch(a, b, rules)
     masked_a = (rows["cond_a"] * rows["region"] * masks)[2:]
     chroma_quality = {}
     for statistics in regions.STATISTICS:

@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import color, diffusion, losses, regions, sampling, unet
+from difffccf_jax import color
+from difffccf_jax.inference import sampling
+from difffccf_jax.model import composition, diffusion, regions, unet
+from difffccf_jax.training import losses
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 
@@ -85,7 +88,7 @@ def test_training_shows_each_row_the_conditions_of_its_sampling_stage(tiny_confi
     network = Recorder(jnp.full((24, SIZE, SIZE, 1), 0.5))
     losses.training_losses(network, None, a, b, rules, jax.random.PRNGKey(4), schedule,
                            loss_config)
-    rows = losses.channel_batch(a, b, rules)
+    rows = composition.channel_batch(a, b, rules)
     t = np.searchsorted(np.asarray(schedule.timesteps), np.asarray(network.timesteps))
     first, second = np.asarray(network.inputs[..., 0:1]), np.asarray(network.inputs[..., 1:2])
     cond_a, cond_b = np.asarray(rows["cond_a"]), np.asarray(rows["cond_b"])
@@ -108,7 +111,7 @@ def test_y_rows_use_the_luma_quality_weights(tiny_config_path):
         losses.LossConfig(quality_weights=chroma, luma_quality_weights=luma))
     # The same total from the per-row definition: Y rows F = m1 A + (1 - m1) B_Y scored with
     # the luma weights, Cr/Cb rows as published with the chroma weights.
-    rows = losses.channel_batch(a, b, rules)
+    rows = composition.channel_batch(a, b, rules)
     y_fused = mask[:2] * a + (1 - mask[:2]) * b[..., :1]
     y_quality = losses.quality_loss(y_fused, a, b[..., :1], luma)
     published = losses.training_losses(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from difffccf_jax import metrics
+from difffccf_jax.evaluation import metrics
 
 
 def _two_level(shape=(8, 8), low=0.0, high=255.0):

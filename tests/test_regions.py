@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import regions
+from difffccf_jax.model import regions
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import registration
+from difffccf_jax.model import registration
 
 H, W = 12, 16
 warp = jax.jit(registration.warp)  # one compile for every [2, H, W, 3] test below

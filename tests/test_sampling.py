@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import color, diffusion, losses, regions, sampling, unet
+from difffccf_jax import color
+from difffccf_jax.inference import sampling
+from difffccf_jax.model import composition, diffusion, regions, unet
 from difffccf_jax.config_cli import load_config
 
 NUM_PAIRS = 4
@@ -226,7 +228,7 @@ def test_pet_reverse_step_and_post_step_match_the_published_sampler(tiny_config_
 
     @jax.jit
     def step(a, b, x, x_a, x_b, eps, m1, m2):
-        rows = losses.channel_batch(a, b, rules)
+        rows = composition.channel_batch(a, b, rules)
         new = sampling.reverse_step(schedule, sampling.SamplerState(x, x_a, x_b), eps, m1, m2,
                                     index, rows["chroma"], rows["sign_gain"])
         post = sampling.region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
@@ -287,7 +289,7 @@ def test_stages_split_the_schedule_in_thirds():
     for steps, sizes in ((12, [4, 4, 4]), (2000, [667, 667, 666]), (50, [17, 17, 16])):
         a, b = jnp.zeros(()), jnp.ones(())
         pairs = [tuple(float(c) for c in
-                       losses.stage_conditions(losses.reverse_stage(i, steps), a, b))
+                       composition.stage_conditions(composition.reverse_stage(i, steps), a, b))
                  for i in range(steps)]
         expected = [(1.0, 1.0)] * sizes[0] + [(0.0, 1.0)] * sizes[1] + [(0.0, 0.0)] * sizes[2]
         assert pairs == expected

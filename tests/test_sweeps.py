@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from difffccf_jax import sweeps
+from difffccf_jax.tools import sweeps
 from difffccf_jax.errors import UserError
 
 
@@ -123,7 +123,7 @@ def test_two_run_local_sweep_on_tiny(tmp_path, repo_root, tiny_config_path):
     sweep_file = tmp_path / "two.py"
     sweep_file.write_text(
         "from difffccf_jax.config_cli import load_config_file\n"
-        "from difffccf_jax.sweeps import zipped\n"
+        "from difffccf_jax.tools.sweeps import zipped\n"
         f"def get_config(arg=None):\n    return load_config_file({tiny_config_path!r})\n"
         "def get_sweep(arg=None):\n    return zipped(('seed', [0, 1]))\n")
     workdir = str(tmp_path / "sweep")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from difffccf_jax import torch_port
+from difffccf_jax.model import torch_port
 from difffccf_jax.config_cli import load_config
 
 # Every tensor name and shape of the published model (a copy of the published reference facts).

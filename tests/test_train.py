@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import checkpoints, cli, losses, parallel, train, weighting
+from difffccf_jax import cli, parallel
+from difffccf_jax.model import checkpoints
+from difffccf_jax.training import losses, train, weighting
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 
@@ -304,7 +306,7 @@ WORKER = textwrap.dedent("""
     import json, sys
     import jax
     import numpy as np
-    from difffccf_jax import train
+    from difffccf_jax.training import train
     from difffccf_jax.config_cli import load_config
     config = load_config(sys.argv[1], [tuple(item) for item in json.loads(sys.argv[2])])
     state = train.train_and_evaluate(config, sys.argv[3])

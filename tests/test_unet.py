@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import cli, graph, layers, unet
+from difffccf_jax import cli
+from difffccf_jax.model import graph, layers, unet
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
-from difffccf_jax.published_mapping import params_from_published, published_mapping, to_ours
+from difffccf_jax.model.published_mapping import params_from_published, published_mapping, to_ours
 
 # Every tensor name and shape of the published model (a copy of the published reference facts).
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "paper_unet_state_dict.json")

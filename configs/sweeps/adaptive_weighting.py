@@ -16,7 +16,7 @@ the machine's load; it runs on a 2-core CPU in about 30 minutes:
 import os
 
 from difffccf_jax.config_cli import load_config_file
-from difffccf_jax.sweeps import product
+from difffccf_jax.tools.sweeps import product
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DEMO_TRAIN_PAIRS = 24
@@ -26,7 +26,7 @@ DEMO_EPOCHS = 60  # 6 steps of 4 pairs per epoch: 360 steps
 def get_config(arg=None):
     """The base config: `tiny` (default), `paper`, or `demo` (the demo's tiny setting)."""
     if arg == "demo":
-        from difffccf_jax import demo
+        from difffccf_jax.tools import demo
 
         config = demo.demo_config("pet", image_size=96, minutes=0, data_root="",
                                   train_pairs=DEMO_TRAIN_PAIRS, sampling_steps=30, crop_size=32)

@@ -7,7 +7,7 @@
 import os
 
 from difffccf_jax.config_cli import load_config_file
-from difffccf_jax.sweeps import zipped
+from difffccf_jax.tools.sweeps import zipped
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -72,8 +72,8 @@ def _choose(value, quick_value, default, quick):
 
 
 def options_from_args(args):
-    """(benchmark_plan.Options, the equivalent command line with every option explicit)."""
-    from difffccf_jax import benchmark_plan
+    """(suite.Options, the equivalent command line with every option explicit)."""
+    from difffccf_jax.benchmark import suite
 
     quick = args.quick
     configs = _choose(args.configs, QUICK["configs"], "paper,tiny", quick)
@@ -85,8 +85,8 @@ def options_from_args(args):
     if unknown or not parts:
         raise UserError(f"--cases: unknown part(s) {unknown or parts}; choose among "
                         f"{', '.join(PARTS)}")
-    options = benchmark_plan.Options(
-        configs=tuple(benchmark_plan.config_path(c) for c in configs.split(",") if c),
+    options = suite.Options(
+        configs=tuple(suite.config_path(c) for c in configs.split(",") if c),
         batch_sizes=_integers(batch_sizes, "--batch-sizes"), parts=parts,
         graph_sizes=_integers(graph_sizes, "--graph-sizes"),
         matmul_size=_choose(args.matmul_size, QUICK["matmul_size"], 2048, quick),
@@ -98,7 +98,7 @@ def options_from_args(args):
     if options.max_repeats < 2 or options.budget_s <= 0 or options.matmul_size < 1:
         raise UserError("--max-repeats must be at least 2, --budget-s and --matmul-size "
                         "positive")
-    full = benchmark_plan.FULL_SAMPLING_STEPS
+    full = suite.FULL_SAMPLING_STEPS
     if not 1 <= options.sampling_steps < full:
         raise UserError(f"--sampling-steps: expected 1..{full - 1} (fewer than the full "
                         f"{full}), got {options.sampling_steps}")
@@ -113,8 +113,8 @@ def options_from_args(args):
 
 
 def run(args):
-    from difffccf_jax import benchmark_plan
+    from difffccf_jax.benchmark import suite
 
     options, command = options_from_args(args)
-    print(benchmark_plan.run(options, command, args.out, args.update))
+    print(suite.run(options, command, args.out, args.update))
     print(f"written to {args.out}")

@@ -3,7 +3,7 @@
     difffccf convert-torch --state-dict model.pt --config configs/paper.py --out CKPT
 
 The state dict (`torch.save(model.state_dict(), 'model.pt')` of the published network, or of
-difffccf_jax.torch_port) must hold exactly the tensors of the model the config describes, with
+difffccf_jax.model.torch_port) must hold exactly the tensors of the model the config describes, with
 their published shapes; anything missing, unexpected or mis-shaped is refused by name. Published
 weights only mean something in the compatibility mode, so the checkpoint's config has
 model.compat = True. `fuse` and `train` accept the written checkpoint. Needs the `torch` extra.
@@ -50,7 +50,7 @@ def read_state_dict(path):
 
 def convert(state_dict, config):
     """(compat config, NumPy params) of our UNet from a published state dict {name: array}."""
-    from difffccf_jax import checkpoints, published_mapping
+    from difffccf_jax.model import checkpoints, published_mapping
 
     config = config.copy_and_resolve_references()
     config.model.compat = True
@@ -59,7 +59,7 @@ def convert(state_dict, config):
 
 
 def run(args):
-    from difffccf_jax import checkpoints
+    from difffccf_jax.model import checkpoints
 
     config, params = convert(read_state_dict(args.state_dict), config_from_args(args))
     checkpoints.write_params_checkpoint(args.out, config, params)

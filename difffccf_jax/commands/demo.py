@@ -39,7 +39,7 @@ def register(subparsers):
 
 
 def run(args):
-    from difffccf_jax import demo
+    from difffccf_jax.tools import demo
 
     demo.run_demo(args.out, task=args.task, minutes=args.minutes, image_size=args.image_size,
                   train_pairs=args.train_pairs, test_pairs=args.test_pairs,

@@ -1,15 +1,13 @@
 """`difffccf evaluate`: scores folders of fused images, and optionally the classical baselines,
 with the standard fusion metrics and writes the comparison table (Markdown, CSV, JSON)."""
 
-import os
 
 from difffccf_jax.commands.common import add_config_argument, config_from_args
 from difffccf_jax.errors import UserError
+from difffccf_jax.config_cli import shipped_config
 
 # The published settings; evaluation reads only their folder layouts (config.data.layouts).
-PAPER_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "configs", "paper.py")
+PAPER_CONFIG = shipped_config("paper")
 
 
 def register(subparsers):
@@ -53,7 +51,7 @@ def parse_methods(texts, baseline_names=()):
 def run(args):
     import tqdm
 
-    from difffccf_jax import baselines, evaluation
+    from difffccf_jax.evaluation import baselines, scoring
     from difffccf_jax.data import layouts
 
     methods = parse_methods(args.fused, tuple(baselines.BASELINES) if args.baselines else ())
@@ -63,11 +61,11 @@ def run(args):
         raise UserError(f"--ssim-data-range {args.ssim_data_range}: expected a positive number")
     layout = layouts.layout_from_config(config_from_args(args).data, args.task)
     pairs = layouts.list_pairs(args.data, layout)
-    scores, size = evaluation.score_pairs(
+    scores, size = scoring.score_pairs(
         pairs, layout, methods, args.baselines, args.ssim_data_range,
         progress=lambda items: tqdm.tqdm(items, desc="evaluate", unit="pair", leave=False))
     info = dict(task=args.task, data=args.data, pairs=len(pairs), image_size=size,
                 ssim_data_range=args.ssim_data_range, fused=methods)
-    markdown, paths = evaluation.write_tables(args.out, scores, info)
+    markdown, paths = scoring.write_tables(args.out, scores, info)
     print(markdown, end="")
     print("written: " + ", ".join(paths))

@@ -208,7 +208,9 @@ def run(args):
     import jax
     import tqdm
 
-    from difffccf_jax import checkpoints, files, parallel, sampling
+    from difffccf_jax import files, parallel
+    from difffccf_jax.inference import sampling
+    from difffccf_jax.model import checkpoints
     from difffccf_jax.data import layouts
 
     config, params = checkpoints.load_for_inference(args.checkpoint)

@@ -1,12 +1,11 @@
 """`difffccf make-data`: writes realistic generated pairs of one task in the published layout."""
 
-import os
 
 from difffccf_jax.commands.common import add_config_argument, config_from_args
 from difffccf_jax.data.generator import TASKS
+from difffccf_jax.config_cli import shipped_config
 
-PAPER_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "paper.py")
+PAPER_CONFIG = shipped_config("paper")
 
 
 def register(subparsers):

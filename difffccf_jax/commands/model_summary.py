@@ -37,7 +37,7 @@ def run(args):
     import jax
     import jax.numpy as jnp
 
-    from difffccf_jax import published_mapping, unet
+    from difffccf_jax.model import published_mapping, unet
     from difffccf_jax.errors import UserError
 
     config = config_from_args(args)

@@ -43,7 +43,8 @@ def register(subparsers):
 
 
 def run_sweep(args):
-    from difffccf_jax import files, sweeps
+    from difffccf_jax import files
+    from difffccf_jax.tools import sweeps
 
     runs = sweeps.expand(args.sweep, args.config_overrides)
     sweeps.write_runs(runs, args.workdir)
@@ -61,7 +62,7 @@ def run_sweep(args):
 
 
 def run_one(args):
-    from difffccf_jax import sweeps
+    from difffccf_jax.tools import sweeps
     from difffccf_jax.config_cli import load_config
 
     path = os.path.join(args.run_dir, "config.json")
@@ -75,7 +76,7 @@ def run_one(args):
 
 
 def run_report(args):
-    from difffccf_jax import sweeps
+    from difffccf_jax.tools import sweeps
 
     rows = sweeps.collect(args.workdir)
     if not rows:

@@ -15,6 +15,6 @@ def register(subparsers):
 
 
 def run(args):
-    from difffccf_jax import train
+    from difffccf_jax.training import train
 
     train.train_and_evaluate(config_from_args(args), args.workdir)

@@ -1,7 +1,7 @@
 """The cases of `difffccf benchmark`, each measured in a fresh process so that its peak memory
 is its own:
 
-    python -m difffccf_jax.benchmark_cases '{"kind": "forward", "framework": "jax", ...}'
+    python -m difffccf_jax.benchmark.cases '{"kind": "forward", "framework": "jax", ...}'
 
 prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": ...}. Kinds:
 - matmul: a float32 n x n matrix product (the machine's reference rate);
@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from difffccf_jax import benchmarking
-from difffccf_jax.benchmarking import Row, Timing
+from difffccf_jax.benchmark import measure
+from difffccf_jax.benchmark.measure import Row, Timing
 
 RESULT_PREFIX = "RESULT "
 FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch port"}
@@ -80,8 +80,8 @@ def make_row(case, case_name, timing, **fields):
 
 def jax_row(case, case_name, timing, compiled, note=""):
     """A row with XLA's FLOP count and buffer size of `compiled`."""
-    return make_row(case, case_name, timing, flops=benchmarking.xla_flops(compiled),
-                    buffers_mib=benchmarking.xla_buffer_bytes(compiled) / benchmarking.MIB,
+    return make_row(case, case_name, timing, flops=measure.xla_flops(compiled),
+                    buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
                     note=note)
 
 
@@ -124,7 +124,7 @@ def matmul_jax(case):
 
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.random.normal(k, (case.size, case.size), jnp.float32) for k in keys)
-    timing, compiled = benchmarking.time_jax(jax.jit(jnp.matmul), (a, b), case.max_repeats,
+    timing, compiled = measure.time_jax(jax.jit(jnp.matmul), (a, b), case.max_repeats,
                                              case.budget_s)
     return [jax_row(case, "float32 matmul", timing, compiled)]
 
@@ -139,7 +139,7 @@ def matmul_torch(case):
         torch.mm(a, b)
         torch_sync(device)
 
-    timing = benchmarking.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
     return [make_row(case, "float32 matmul", timing, flops=2.0 * case.size ** 3)]
 
 
@@ -147,7 +147,7 @@ def forward_jax(case):
     import jax
     import jax.numpy as jnp
 
-    from difffccf_jax import unet
+    from difffccf_jax.model import unet
 
     config = load_case_config(case)
     size = config.data.image_size
@@ -155,14 +155,14 @@ def forward_jax(case):
     params = unet.init_params(model, jax.random.key(0), size)
     x, t, _ = example_inputs(case.batch, size, model.in_channels, config.diffusion.steps)
     apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False))
-    timing, compiled = benchmarking.time_jax(apply, (params, jnp.asarray(x), jnp.asarray(t)),
+    timing, compiled = measure.time_jax(apply, (params, jnp.asarray(x), jnp.asarray(t)),
                                              case.max_repeats, case.budget_s)
     return [jax_row(case, "U-Net forward", timing, compiled)]
 
 
 def torch_setup(case, training):
     """(config, device, the port in train or eval mode, torch inputs x, t, noise) of a case."""
-    from difffccf_jax import torch_port
+    from difffccf_jax.model import torch_port
 
     config = load_case_config(case)
     size = config.data.image_size
@@ -183,7 +183,7 @@ def forward_torch(case):
             model(x, t)
         torch_sync(device)
 
-    timing = benchmarking.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
     return [make_row(case, "U-Net forward", timing)]
 
 
@@ -192,7 +192,7 @@ def train_jax(case):
     import jax.numpy as jnp
     import optax
 
-    from difffccf_jax import unet
+    from difffccf_jax.model import unet
 
     config = load_case_config(case)
     size = config.data.image_size
@@ -214,12 +214,12 @@ def train_jax(case):
 
     jitted = jax.jit(step, donate_argnums=(0, 1))
     state = [params, tx.init(params)]
-    compiled, compile_s = benchmarking.compile_jax(jitted, *state, x, t, noise, dropout_key)
+    compiled, compile_s = measure.compile_jax(jitted, *state, x, t, noise, dropout_key)
 
     def call():
         state[:] = jax.block_until_ready(compiled(*state, x, t, noise, dropout_key))[:2]
 
-    timing = benchmarking.time_calls(call, case.max_repeats, compile_s, case.budget_s)
+    timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
     return [jax_row(case, "train step (stand-in L1, AdamW)", timing, compiled)]
 
 
@@ -237,7 +237,7 @@ def train_torch(case):
         optimizer.step()
         torch_sync(device)
 
-    timing = benchmarking.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
     return [make_row(case, "train step (stand-in L1, AdamW)", timing)]
 
 
@@ -247,7 +247,8 @@ def train_full_jax(case):
     import jax
     import jax.numpy as jnp
 
-    from difffccf_jax import parallel, train
+    from difffccf_jax import parallel
+    from difffccf_jax.training import train
     from difffccf_jax.data import generator, layouts
 
     config = load_case_config(case)
@@ -264,12 +265,12 @@ def train_full_jax(case):
     step = train.make_train_step(mesh, parallel.replicated(mesh), **run.step_options)
     args = (run.rules[config.data.task],
             jax.device_put(jnp.float32(config.optim.learning_rate), parallel.replicated(mesh)))
-    compiled, compile_s = benchmarking.compile_jax(step, state[0], batch, *args)
+    compiled, compile_s = measure.compile_jax(step, state[0], batch, *args)
 
     def call():
         state[0] = jax.block_until_ready(compiled(state[0], batch, *args))[0]
 
-    timing = benchmarking.time_calls(call, case.max_repeats, compile_s, case.budget_s)
+    timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
     return [jax_row(case, "train step (train.py, all losses)", timing, compiled,
                     note=f"network batch 3 x {case.batch} (Y, Cr, Cb)")]
 
@@ -277,7 +278,9 @@ def train_full_jax(case):
 def sampling_jax(case):
     import jax
 
-    from difffccf_jax import parallel, sampling, unet
+    from difffccf_jax import parallel
+    from difffccf_jax.inference import sampling
+    from difffccf_jax.model import unet
 
     config = load_case_config(case)
     size = config.data.image_size
@@ -293,7 +296,7 @@ def sampling_jax(case):
         config.sampling.steps = steps
         sample, schedule = sampling.sampler_from_config(config, config.data.task, mesh)
         args = (params, schedule, a, b, jax.random.key(0), pair_ids)
-        return benchmarking.time_jax(sample, args, case.max_repeats, case.budget_s)
+        return measure.time_jax(sample, args, case.max_repeats, case.budget_s)
 
     def name(steps):
         full = steps == config.diffusion.steps
@@ -303,7 +306,7 @@ def sampling_jax(case):
         timing, compiled = measure(case.steps)
         note = f"{case.batch / timing.steady_s:.3g} pairs/s; network batch 3 x {case.batch}"
         return [make_row(case, name(case.steps), timing,
-                         buffers_mib=benchmarking.xla_buffer_bytes(compiled) / benchmarking.MIB,
+                         buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
                          note=note)]
     (short, _), (long, compiled) = (measure(n) for n in ESTIMATE_STEPS)
     spread = ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]
@@ -319,15 +322,15 @@ def sampling_jax(case):
                 f"{ESTIMATE_STEPS[0]}- and {ESTIMATE_STEPS[1]}-step runs); "
                 f"{case.batch / estimated.steady_s:.3g} pairs/s")
         rows.append(make_row(case, name(steps), estimated, note=note,
-                             buffers_mib=benchmarking.xla_buffer_bytes(compiled)
-                             / benchmarking.MIB))
+                             buffers_mib=measure.xla_buffer_bytes(compiled)
+                             / measure.MIB))
     return rows
 
 
 def dense_graph_matrices(height, width, laplacian_kind):
     """The dense [N, N] float32 normalised adjacency D~^-1/2 (A + I) D~^-1/2 and Laplacian
     (L = D - A, or 2 L / lambda_max - I when 'scaled') of the 4-neighbour pixel grid."""
-    from difffccf_jax import graph
+    from difffccf_jax.model import graph
 
     n = height * width
     index = np.arange(n).reshape(height, width)
@@ -349,7 +352,7 @@ def dense_graph(adjacency, laplacian):
     [N, N] matrices."""
     import jax.numpy as jnp
 
-    from difffccf_jax import graph
+    from difffccf_jax.model import graph
 
     def apply(matrix):
         def operator(z):
@@ -364,7 +367,7 @@ def graph_jax(case):
     import jax
     import jax.numpy as jnp
 
-    from difffccf_jax import graph
+    from difffccf_jax.model import graph
 
     m = load_case_config(case).model
     channels = m.model_channels * m.channel_mult[-1]
@@ -394,7 +397,7 @@ def graph_jax(case):
             return layer(matrices).apply(params, z)
         args = (params, z, *matrices)
         name = f"Graformer layer, {case.variant}"
-    timing, compiled = benchmarking.time_jax(jax.jit(run), args, case.max_repeats, case.budget_s)
+    timing, compiled = measure.time_jax(jax.jit(run), args, case.max_repeats, case.budget_s)
     row = jax_row(case, name, timing, compiled,
                   note=f"{case.size} x {case.size} x {channels} grid, N = {case.size ** 2}")
     return [row._replace(config=f"{case.label} {case.size}x{case.size}")]
@@ -440,13 +443,13 @@ def device_peak_mib(framework):
     if framework == "torch":
         import torch
 
-        return torch.cuda.max_memory_allocated() / benchmarking.MIB \
+        return torch.cuda.max_memory_allocated() / measure.MIB \
             if torch.cuda.is_available() else None
     import jax
 
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform != "cpu" else None
-    return stats["peak_bytes_in_use"] / benchmarking.MIB if stats else None
+    return stats["peak_bytes_in_use"] / measure.MIB if stats else None
 
 
 def with_device_peak(note, framework):
@@ -457,18 +460,18 @@ def with_device_peak(note, framework):
 def run_here(case):
     """Measures `case` in this process; returns the worker's result dict."""
     import_framework(case.framework)
-    baseline = benchmarking.peak_rss_mib()
+    baseline = measure.peak_rss_mib()
     rows = CASES[(case.kind, case.framework)](case)
-    rss = benchmarking.peak_rss_mib() - baseline
+    rss = measure.peak_rss_mib() - baseline
     rows = [r._replace(rss_mib=rss, note=with_device_peak(r.note, case.framework)) for r in rows]
-    return {"rows": [benchmarking.row_to_dict(r) for r in rows],
+    return {"rows": [measure.row_to_dict(r) for r in rows],
             "accelerator": accelerator_name(case.framework)}
 
 
 def run_in_subprocess(case, timeout_s=None):
     """Measures `case` in a fresh Python process; returns (rows, accelerator name). A failed
     or timed-out case gives one row without timing whose note says why."""
-    command = [sys.executable, "-m", "difffccf_jax.benchmark_cases", json.dumps(case._asdict())]
+    command = [sys.executable, "-m", "difffccf_jax.benchmark.cases", json.dumps(case._asdict())]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                               env=dict(os.environ))
@@ -477,7 +480,7 @@ def run_in_subprocess(case, timeout_s=None):
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
-            return ([benchmarking.row_from_dict(r) for r in result["rows"]],
+            return ([measure.row_from_dict(r) for r in result["rows"]],
                     result["accelerator"])
     if done.returncode < 0:
         why = f"killed by signal {-done.returncode}" + (

@@ -215,7 +215,9 @@ def train_and_score(config, run_dir):
     """One sweep run: trains (resuming when interrupted), fuses the configured task's held-out
     pairs (data.eval_root, else the training pairs) with the run's sampling settings, and
     returns the final training loss and the mean fusion metrics, e.g. {'loss': ..., 'MI': ...}."""
-    from difffccf_jax import cli, evaluation, train
+    from difffccf_jax import cli
+    from difffccf_jax.evaluation import scoring
+    from difffccf_jax.training import train
     from difffccf_jax.data import layouts
 
     train.train_and_evaluate(config, run_dir)
@@ -226,8 +228,8 @@ def train_and_score(config, run_dir):
     if cli.main(argv):
         raise UserError(f"sweep run {run_dir}: `difffccf {' '.join(argv)}` failed")
     layout = layouts.layout_from_config(config.data, config.data.task)
-    scores, _ = evaluation.score_pairs(layouts.list_pairs(scored_root, layout),
+    scores, _ = scoring.score_pairs(layouts.list_pairs(scored_root, layout),
                                        layout, {"run": fused}, with_baselines=False)
-    summary = evaluation.summarise(scores["run"])
+    summary = scoring.summarise(scores["run"])
     final = train.read_metrics_log(run_dir)[-1]
     return {"loss": final["loss"], **{name: s.mean for name, s in summary.items()}}

@@ -14,9 +14,9 @@ import numpy as np
 
 from difffccf_jax import files
 from difffccf_jax.errors import UserError
+from difffccf_jax.config_cli import shipped_config
 
-TINY_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs", "tiny.py")
+TINY_CONFIG = shipped_config("tiny")
 STAGES = ("generate data", "train", "fuse", "evaluate", "figures", "report")
 METHOD = "diff-fccf"
 REGISTERED = "diff-fccf-registered"  # the same model fusing B warped by its predicted field
@@ -107,7 +107,8 @@ def selection_pixels(a, warped_b, m1, fused_y):
 
     a: uint8 [H, W, 1]; warped_b: the B that was fused (as given or registered), uint8 RGB
     [H, W, 3]; m1, fused_y: the mask_m1_y and fused_y extras, uint8 [H, W]."""
-    from difffccf_jax import baselines, color
+    from difffccf_jax import color
+    from difffccf_jax.evaluation import baselines
 
     a_y = np.asarray(a, np.float64)[..., 0]
     b_y = color.rgb_to_grey(np.asarray(warped_b, np.float64))[..., 0]
@@ -162,7 +163,7 @@ def compare(means, method, rivals):
     """How `method` fares against the best of `rivals` (method names) on each of the 8
     published metrics (all higher is better), at the table's 2 decimals: dict(ahead, level,
     behind, undefined: [metric]) and best {metric: the rival with the highest mean}."""
-    from difffccf_jax import metrics
+    from difffccf_jax.evaluation import metrics
 
     verdict = dict(ahead=[], level=[], behind=[], undefined=[], best={})
     for metric in metrics.PUBLISHED_METRICS:
@@ -191,7 +192,7 @@ def _verdict_words(verdict):
 def comparison_sentence(comparisons):
     """One sentence from `comparisons` = {'best_baseline': compare(...), 'ycrcb-maximum':
     compare(...)}: on which published metrics our method is ahead of or behind each."""
-    from difffccf_jax import metrics
+    from difffccf_jax.evaluation import metrics
 
     best, rule = comparisons["best_baseline"], comparisons["ycrcb-maximum"]
     return (f"Of the {len(metrics.PUBLISHED_METRICS)} published metrics "
@@ -385,7 +386,7 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     (config.data.crop_size) and fusion the whole held-out pairs."""
     import json
 
-    from difffccf_jax import train
+    from difffccf_jax.training import train
     from difffccf_jax.data import layouts
 
     if os.path.isdir(out) and os.listdir(out):

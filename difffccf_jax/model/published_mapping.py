@@ -21,9 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from difffccf_jax import graph
+from difffccf_jax.model import graph
 from difffccf_jax.errors import UserError
-from difffccf_jax.unet import COMPAT_BOTTLENECK
+from difffccf_jax.model.unet import COMPAT_BOTTLENECK
 
 
 class Rule(NamedTuple):

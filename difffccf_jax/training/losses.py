@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax import color, diffusion, registration, regions
+from difffccf_jax import color
+from difffccf_jax.model import composition, diffusion, registration, regions
 from difffccf_jax.errors import UserError
 
 VALUE_RANGE = (-1.0, 1.0)  # the intensity range of network inputs
@@ -215,18 +216,8 @@ def quality_loss(fused, a, b, weights=(30.0, 40.0, 40.0)):
 
 # ---- the three-channel fusion -------------------------------------------------------------------
 
-def _per_image(values):
-    """[B] -> [B, 1, 1, 1] for broadcasting against images."""
-    return values.reshape(values.shape + (1, 1, 1))
 
 
-def fuse(x_a, x_b, m1, m2, chroma, sign_gain):
-    """Fused state per image: m1 x_a + (1 - m1) x_b for Y, x_b + sign gain m2 x_a for Cr/Cb.
-
-    x_a, x_b, m1, m2 [B, H, W, 1]; chroma bool [B] (which images are Cr/Cb); sign_gain [B]."""
-    luma = m1 * x_a + (1.0 - m1) * x_b
-    chroma_fused = x_b + _per_image(sign_gain) * m2 * x_a
-    return jnp.where(_per_image(chroma), chroma_fused, luma)
 
 
 def noise_loss(noise, predicted, loss_scale):
@@ -241,7 +232,7 @@ def fusion_loss(fused_t, x_a, x_b, m2, region, chroma):
     height, width = x_a.shape[1:3]
     luma = jnp.abs(fused_t - x_a) + jnp.abs(fused_t - x_b)
     chroma_term = jnp.abs((fused_t - m2 * x_a) * region)
-    per_pixel = jnp.where(_per_image(chroma), chroma_term, luma)
+    per_pixel = jnp.where(composition.per_image(chroma), chroma_term, luma)
     return jnp.sum(per_pixel, axis=(1, 2, 3)) / (height * width)
 
 
@@ -256,51 +247,17 @@ def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain,
     regions.REFERENCE_PIXEL (as in the published training branch); or regions.IN_REGION,
     b_original's mean and std over R. a, b: the network's conditions (for Cr/Cb, A standardised
     in R and B_c * R)."""
-    image_chroma = _per_image(chroma)
-    fused = fuse(jnp.where(image_chroma, a * region, a), b, m1, m2, chroma, sign_gain)
+    image_chroma = composition.per_image(chroma)
+    fused = composition.fuse(jnp.where(image_chroma, a * region, a), b, m1, m2, chroma,
+                             sign_gain)
     chroma_fused = regions.restandardise(fused, b_original, region, None, statistics)
     return jnp.where(image_chroma, chroma_fused, fused)
 
 
-def channel_batch(a, b, task_rules):
-    """The three channel problems of a batch as one batch of 3B, channel-major (Y, Cr, Cb).
-
-    a [B, H, W, 1], b [B, H, W, 3] YCrCb. Returns a dict: sources a3 and b3 [3B, H, W, 1] (A and
-    the channel of B), the network conditions cond_a, cond_b (Cr/Cb: A standardised to B_c in R,
-    B_c * R, zero outside R), region bool [3B, H, W, 1] (all true for Y), chroma bool [3B] and
-    sign_gain [3B], sign * gain of each row (0 for Y). task_rules is the rule set of one phase
-    (`regions.rules_from_config(..., 'train' or 'sample')`), so training rows carry the training
-    sign and gain and sampler rows the sampling ones."""
-    batch = a.shape[0]
-    b_y, b_cr, b_cb = jnp.split(b, 3, axis=-1)
-    region = jnp.concatenate([jnp.ones_like(b_y, dtype=bool),
-                              regions.region_mask(b_cr, task_rules.cr),
-                              regions.region_mask(b_cb, task_rules.cb)], axis=0)
-    a3 = jnp.concatenate([a, a, a], axis=0)
-    b3 = jnp.concatenate([b_y, b_cr, b_cb], axis=0)
-    chroma = jnp.repeat(jnp.array([False, True, True]), batch)
-    sign_gain = jnp.repeat(jnp.stack([
-        jnp.asarray(0.0, jnp.float32),
-        jnp.asarray(task_rules.cr.sign * task_rules.cr.gain, jnp.float32),
-        jnp.asarray(task_rules.cb.sign * task_rules.cb.gain, jnp.float32)]), batch)
-    image_chroma = _per_image(chroma)
-    cond_a = jnp.where(image_chroma, regions.standardise_in_region(a3, b3, region), a3)
-    cond_b = jnp.where(image_chroma, b3 * region, b3)
-    return dict(a3=a3, b3=b3, cond_a=cond_a, cond_b=cond_b, region=region, chroma=chroma,
-                sign_gain=sign_gain)
 
 
-def reverse_stage(step, num_steps):
-    """The hierarchical stage (0, 1, 2) of reverse step `step` (0 = the noisiest) of a reverse run
-    of `num_steps` steps: floor(3 step / num_steps); scalar or array."""
-    return (3 * step) // num_steps
 
 
-def stage_conditions(stage, cond_a, cond_b):
-    """The network's two conditions in stage `stage` (a scalar, or one per row [R]) for the
-    conditions cond_a, cond_b [R, H, W, 1]: (B, B) in stage 0, (A, B) in 1, (A, A) in 2."""
-    stage = jnp.reshape(stage, (-1, 1, 1, 1)) if jnp.ndim(stage) else stage
-    return jnp.where(stage == 0, cond_b, cond_a), jnp.where(stage == 2, cond_a, cond_b)
 
 
 def quality_weights_per_row(loss_config, chroma):
@@ -348,7 +305,7 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
     (1 - correlation) compare A with B_c warped by the predicted deformation; smoothness and
     folding regularise that deformation."""
     batch = a.shape[0]
-    problems = channel_batch(a, b, task_rules)
+    problems = composition.channel_batch(a, b, task_rules)
     cond_a, cond_b, region, chroma = (problems[name] for name in
                                       ("cond_a", "cond_b", "region", "chroma"))
     t_key, noise_key = jax.random.split(key)
@@ -359,7 +316,8 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
     first, second = cond_a, cond_b
     if loss_config.stage_conditions:
         steps = schedule.betas.shape[0]
-        first, second = stage_conditions(reverse_stage(steps - 1 - t, steps), cond_a, cond_b)
+        stage = composition.reverse_stage(steps - 1 - t, steps)
+        first, second = composition.stage_conditions(stage, cond_a, cond_b)
     network_input = jnp.concatenate([first, second, x_a, x_b], axis=-1)
     if dropout_key is None:
         out = apply_fn({"params": params}, network_input, schedule.timesteps[t], train=False)
@@ -367,19 +325,19 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
         out = apply_fn({"params": params}, network_input, schedule.timesteps[t], train=True,
                        rngs={"dropout": dropout_key})
 
-    fused_t = fuse(x_a, x_b, out.m1, out.m2, chroma, problems["sign_gain"])
+    fused_t = composition.fuse(x_a, x_b, out.m1, out.m2, chroma, problems["sign_gain"])
     fused = clean_fused_estimate(cond_a, cond_b, problems["b3"], out.m1, out.m2, region, chroma,
                                  problems["sign_gain"], loss_config.region_statistics)
     # Quality: Y compares F with A and B_c; Cr/Cb compare F R with A' R m2 (both sources).
     masked_a = cond_a * region * out.m2
-    image_chroma = _per_image(chroma)
+    image_chroma = composition.per_image(chroma)
     quality = quality_loss(jnp.where(image_chroma, fused * region, fused),
                            jnp.where(image_chroma, masked_a, problems["a3"]),
                            jnp.where(image_chroma, masked_a, problems["b3"]),
                            quality_weights_per_row(loss_config, chroma))
     black = jnp.repeat(jnp.asarray(color.black_ycrcb_unit()), batch)  # each row's background
     mi, correlation = registration_similarity(problems["a3"], problems["b3"], out.deformation,
-                                              _per_image(black), loss_config)
+                                              composition.per_image(black), loss_config)
     return dict(
         noise=jnp.sum(noise_loss(noise, out.noise, loss_config.loss_scale)),
         fusion=jnp.sum(fusion_loss(fused_t, x_a, x_b, out.m2, region, chroma)),

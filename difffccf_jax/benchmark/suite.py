@@ -6,11 +6,11 @@ import os
 import sys
 from typing import NamedTuple
 
-from difffccf_jax import benchmarking
-from difffccf_jax.benchmark_cases import Case, run_in_subprocess
+from difffccf_jax.benchmark import measure
+from difffccf_jax.benchmark.cases import Case, run_in_subprocess
 from difffccf_jax.errors import UserError
+from difffccf_jax.config_cli import shipped_config
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 PUBLISHED_BOTTLENECK = (32, 512)  # side and width the compatibility mode requires
 FULL_SAMPLING_STEPS = 2000  # the paper's diffusion steps, the full sampler
 FORWARD_TARGET = 0.7  # JAX time / PyTorch port time, paper configuration, batch 1
@@ -36,7 +36,7 @@ class Options(NamedTuple):
 
 def config_path(name):
     """'paper' and 'tiny' name the shipped configs; anything else is a config file path."""
-    path = os.path.join(CONFIG_DIR, f"{name}.py") if os.sep not in name and not \
+    path = shipped_config(name) if os.sep not in name and not \
         name.endswith((".py", ".json")) else name
     if not os.path.isfile(path):
         raise UserError(f"--configs: no config file {path!r} (give 'paper', 'tiny' or a path)")
@@ -143,7 +143,7 @@ def framework_targets(rows, case, bound):
         port = find(rows, case, row.config, row.batch, "PyTorch port")
         required = bound if (row.config.split(" ")[0], row.batch) == (
             TARGET_CONFIG, TARGET_BATCH) else None
-        targets.append(benchmarking.Target(
+        targets.append(measure.Target(
             f"{case}: JAX / PyTorch port, {row.config}, batch {row.batch}",
             _ratio(_steady(row), _steady(port)), required, True, "steady time ratio"))
     return targets
@@ -158,10 +158,10 @@ def graph_targets(rows):
         dense = find(rows, row.case[:-len("stencil")] + "dense", row.config, row.batch)
         operators = row.case.startswith("graph operators")
         name = "graph operators" if operators else "Graformer layer"
-        targets.append(benchmarking.Target(
+        targets.append(measure.Target(
             f"{name}: dense / stencil time, {row.config}", _ratio(_steady(dense), _steady(row)),
             GRAPH_SPEED_TARGET if operators else None, False, "steady time ratio"))
-        targets.append(benchmarking.Target(
+        targets.append(measure.Target(
             f"{name}: stencil / dense memory, {row.config}",
             _ratio(row.buffers_mib, dense.buffers_mib if dense else None),
             1.0 if operators else None, True,
@@ -179,7 +179,7 @@ def sampling_targets(rows):
                       and (r.config, r.batch) == (row.config, row.batch)), None)
         steps = (row.case, whole.case if whole else "the full sampler")
         estimated = "estimated" in row.note
-        targets.append(benchmarking.Target(
+        targets.append(measure.Target(
             f"sampling throughput: {' / '.join(s.split(', ')[1] for s in steps)}, "
             f"{row.config}, batch {row.batch}",
             _ratio(_steady(whole), _steady(row)), SAMPLING_TARGET, False,
@@ -269,11 +269,11 @@ NOTES = (
 
 def previous_results(out):
     """(runs, rows, accelerator) kept next to the report `out` by an earlier run."""
-    path = benchmarking.data_path(out)
+    path = measure.data_path(out)
     if not os.path.isfile(path):
         raise UserError(f"--update: no earlier results at {path} (run without --update first)")
     try:
-        return benchmarking.read_results(path)
+        return measure.read_results(path)
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"--update: {path} is not a results file of this benchmark: "
                         f"{error}") from error
@@ -299,14 +299,14 @@ def run(options, command, out, update=False, progress=sys.stderr):
     next to it) atomically; with `update`, the new rows replace the same cases of the earlier
     results and are added to them. Returns the report text."""
     runs, rows, accelerator = previous_results(out) if update else ([], [], None)
-    started, load_start = benchmarking.utc_now(), os.getloadavg()[0]
+    started, load_start = measure.utc_now(), os.getloadavg()[0]
     new_rows, new_accelerator = measure_all(plan(options), options.case_timeout_s,
                                             len(runs) + 1, progress)
-    runs = runs + [benchmarking.Run(command, started, load_start, os.getloadavg()[0])]
-    rows = with_counterpart_flops(benchmarking.merge_rows(rows, new_rows))
+    runs = runs + [measure.Run(command, started, load_start, os.getloadavg()[0])]
+    rows = with_counterpart_flops(measure.merge_rows(rows, new_rows))
     accelerator = new_accelerator or accelerator
-    text = benchmarking.report(
+    text = measure.report(
         "Benchmarks: JAX against the PyTorch port", runs, rows, all_targets(rows),
-        benchmarking.machine_description(accelerator), matmul_rate(rows), NOTES)
-    benchmarking.write_report(out, text, benchmarking.results_json(runs, rows, accelerator))
+        measure.machine_description(accelerator), matmul_rate(rows), NOTES)
+    measure.write_report(out, text, measure.results_json(runs, rows, accelerator))
     return text

@@ -140,7 +140,7 @@ def check_shapes(expected, stored, where):
 
 def expected_params(config):
     """Tree of jax.ShapeDtypeStruct of the parameters of the model that `config` describes."""
-    from difffccf_jax import unet
+    from difffccf_jax.model import unet
 
     model = unet.model_from_config(config.model)
     return jax.eval_shape(

@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from flax import struct
 
-from difffccf_jax import checkpoints, diffusion, losses, parallel, regions, unet, weighting
+from difffccf_jax import parallel
+from difffccf_jax.model import checkpoints, diffusion, regions, unet
+from difffccf_jax.training import losses, weighting
 from difffccf_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"

@@ -1,7 +1,7 @@
 """Hierarchical condition-enhancement sampling (docs/method.md section 6) as one compiled program.
 
 Each pair's three colour channels Y, Cr, Cb are fused with A by three reverse diffusion runs that
-share one batch of 3B rows, channel-major as in training (`losses.channel_batch`: rows 0..B-1
+share one batch of 3B rows, channel-major as in training (`composition.channel_batch`: rows 0..B-1
 are the Y runs, then Cr, then Cb). One reverse step is the pure function `reverse_step` followed
 by `region_post_step`; `make_sampler` wraps registration and the whole reverse loop (a lax.scan
 over the schedule) in one jitted function whose batch is split over the devices of a mesh.
@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax import color, diffusion, losses, parallel, regions, registration, unet
+from difffccf_jax import color, parallel
+from difffccf_jax.model import composition, diffusion, regions, registration, unet
 from difffccf_jax.errors import UserError
 
 
@@ -113,7 +114,7 @@ def posterior_step(schedule, z, index, eps, noise=None, x0=None):
 def reverse_step(schedule, state, eps, m1, m2, index, chroma, sign_gain, noise=None,
                  sources=None):
     """One reverse step at schedule entry `index` given the network's outputs eps, m1, m2
-    [3B, H, W, 1]: x <- (f + x) / 2 with the fused state f of `losses.fuse` (chroma bool [3B],
+    [3B, H, W, 1]: x <- (f + x) / 2 with the fused state f of `composition.fuse` (chroma bool [3B],
     sign_gain [3B] per row), then x, x^A and x^B each to its posterior mean (plus the same
     `noise` sample for all three in stochastic mode).
 
@@ -122,7 +123,7 @@ def reverse_step(schedule, state, eps, m1, m2, index, chroma, sign_gain, noise=N
     difference x^A - x^B wherever both estimates clip (every pixel, at high noise), so by the
     last steps the network sees two sources that are nearly equal; with the known x0 the
     difference stays sqrt(abar) (A' - B'), as in training."""
-    fused = losses.fuse(state.x_a, state.x_b, m1, m2, chroma, sign_gain)
+    fused = composition.fuse(state.x_a, state.x_b, m1, m2, chroma, sign_gain)
     x = 0.5 * (fused + state.x)
     known_a, known_b = sources if sources is not None else (None, None)
     return SamplerState(posterior_step(schedule, x, index, eps, noise),
@@ -193,7 +194,7 @@ def ycrcb_unit_to_rgb_uint8(fused):
 
 class FusionInputs(NamedTuple):
     """What the reverse steps fuse: b [B, H, W, 3] (YCrCb, registered), the deformation that
-    registered it [B, H, W, 2], and `rows`, the 3B-row dict of `losses.channel_batch`
+    registered it [B, H, W, 2], and `rows`, the 3B-row dict of `composition.channel_batch`
     (conditions, B's channels, regions, per-row chroma flags and signed gains)."""
     b: jnp.ndarray
     deformation: jnp.ndarray
@@ -229,7 +230,7 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
     def fusion_inputs(a, b, deformation):
-        rows = losses.channel_batch(a, b, task_rules)
+        rows = composition.channel_batch(a, b, task_rules)
         return FusionInputs(b, deformation, jax.lax.with_sharding_constraint(rows, split))
 
     def sample_pairs(params, schedule, a, b, key, pair_ids):
@@ -252,7 +253,7 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
             network_input = jnp.where(
                 registering,
                 jnp.concatenate([rows["a3"], rows["b3"]] * 2, axis=-1),
-                jnp.concatenate([*losses.stage_conditions(losses.reverse_stage(step, num_steps),
+                jnp.concatenate([*composition.stage_conditions(composition.reverse_stage(step, num_steps),
                                                           rows["cond_a"], rows["cond_b"]),
                                  state.x_a, state.x_b],
                                 axis=-1))

@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from difffccf_jax import graph
+from difffccf_jax.model import graph
 from difffccf_jax.errors import UserError
-from difffccf_jax.layers import (BlockSettings, OutputHead, ResBlock, SkipAttention, TimeEmbedding,
+from difffccf_jax.model.layers import (BlockSettings, OutputHead, ResBlock, SkipAttention, TimeEmbedding,
                                  conv3x3, downsample, timestep_embedding, upsample)
 
 # The published model's fixed positional embedding (compatibility mode): 32 x 32 x 512.

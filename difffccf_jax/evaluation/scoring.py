@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from difffccf_jax import baselines, files, metrics
+from difffccf_jax import files
+from difffccf_jax.evaluation import baselines, metrics
 from difffccf_jax.data import images, layouts
 from difffccf_jax.errors import UserError
 

@@ -1,0 +1,58 @@
+"""How the two sources reach the network and how its masks combine them (docs/method.md
+sections 2 and 5): the three channel problems of a batch as one batch of rows, the conditions of
+each hierarchical stage, and the masked fused state. Shared by training and sampling."""
+
+import jax.numpy as jnp
+
+from difffccf_jax.model import regions
+
+
+def per_image(values):
+    """[B] -> [B, 1, 1, 1] for broadcasting against images."""
+    return values.reshape(values.shape + (1, 1, 1))
+
+def fuse(x_a, x_b, m1, m2, chroma, sign_gain):
+    """Fused state per image: m1 x_a + (1 - m1) x_b for Y, x_b + sign gain m2 x_a for Cr/Cb.
+
+    x_a, x_b, m1, m2 [B, H, W, 1]; chroma bool [B] (which images are Cr/Cb); sign_gain [B]."""
+    luma = m1 * x_a + (1.0 - m1) * x_b
+    chroma_fused = x_b + per_image(sign_gain) * m2 * x_a
+    return jnp.where(per_image(chroma), chroma_fused, luma)
+
+def channel_batch(a, b, task_rules):
+    """The three channel problems of a batch as one batch of 3B, channel-major (Y, Cr, Cb).
+
+    a [B, H, W, 1], b [B, H, W, 3] YCrCb. Returns a dict: sources a3 and b3 [3B, H, W, 1] (A and
+    the channel of B), the network conditions cond_a, cond_b (Cr/Cb: A standardised to B_c in R,
+    B_c * R, zero outside R), region bool [3B, H, W, 1] (all true for Y), chroma bool [3B] and
+    sign_gain [3B], sign * gain of each row (0 for Y). task_rules is the rule set of one phase
+    (`regions.rules_from_config(..., 'train' or 'sample')`), so training rows carry the training
+    sign and gain and sampler rows the sampling ones."""
+    batch = a.shape[0]
+    b_y, b_cr, b_cb = jnp.split(b, 3, axis=-1)
+    region = jnp.concatenate([jnp.ones_like(b_y, dtype=bool),
+                              regions.region_mask(b_cr, task_rules.cr),
+                              regions.region_mask(b_cb, task_rules.cb)], axis=0)
+    a3 = jnp.concatenate([a, a, a], axis=0)
+    b3 = jnp.concatenate([b_y, b_cr, b_cb], axis=0)
+    chroma = jnp.repeat(jnp.array([False, True, True]), batch)
+    sign_gain = jnp.repeat(jnp.stack([
+        jnp.asarray(0.0, jnp.float32),
+        jnp.asarray(task_rules.cr.sign * task_rules.cr.gain, jnp.float32),
+        jnp.asarray(task_rules.cb.sign * task_rules.cb.gain, jnp.float32)]), batch)
+    image_chroma = per_image(chroma)
+    cond_a = jnp.where(image_chroma, regions.standardise_in_region(a3, b3, region), a3)
+    cond_b = jnp.where(image_chroma, b3 * region, b3)
+    return dict(a3=a3, b3=b3, cond_a=cond_a, cond_b=cond_b, region=region, chroma=chroma,
+                sign_gain=sign_gain)
+
+def reverse_stage(step, num_steps):
+    """The hierarchical stage (0, 1, 2) of reverse step `step` (0 = the noisiest) of a reverse run
+    of `num_steps` steps: floor(3 step / num_steps); scalar or array."""
+    return (3 * step) // num_steps
+
+def stage_conditions(stage, cond_a, cond_b):
+    """The network's two conditions in stage `stage` (a scalar, or one per row [R]) for the
+    conditions cond_a, cond_b [R, H, W, 1]: (B, B) in stage 0, (A, B) in 1, (A, A) in 2."""
+    stage = jnp.reshape(stage, (-1, 1, 1, 1)) if jnp.ndim(stage) else stage
+    return jnp.where(stage == 0, cond_b, cond_a), jnp.where(stage == 2, cond_a, cond_b)
