@@ -3,7 +3,6 @@ worker protocol (the benchmark itself is run by `difffccf benchmark`, never time
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +14,36 @@ from difffccf_jax.benchmark import cases, measure, suite
 from difffccf_jax.model import graph
 from difffccf_jax.benchmark.measure import Row, Target, Timing
 from difffccf_jax.commands import benchmark as benchmark_command
+from difffccf_jax.data.generator import TASKS
 from difffccf_jax.errors import UserError
 
 
+class FakeClock:
+    """Stands in for the `time` module of measure.py: wall and CPU time pass only when a test
+    spends them, so timings are exact whatever the machine's load."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+
+    def perf_counter(self):
+        return self.wall
+
+    def process_time(self):
+        return self.cpu
+
+    def spend(self, wall, cpu=0.0):
+        self.wall += wall
+        self.cpu += cpu
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(measure, "time", fake)
+    return fake
+
+
+@pytest.mark.timing
 def test_first_call_includes_compilation_and_steady_state_does_not():
     f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
     x = jnp.ones((64, 64))
@@ -37,17 +63,11 @@ def test_first_call_includes_compilation_and_steady_state_does_not():
     np.testing.assert_allclose(compiled(x), np.cos(np.ones((64, 64))) * 3.0, rtol=1e-6)
 
 
-def test_steady_time_is_the_median_of_the_repeats_and_cpu_time_excludes_sleep():
-    durations = iter([0.2, 0.01, 0.05, 0.03])
-
-    def call():
-        time.sleep(next(durations))
-
-    timing = measure.time_calls(call, repeats=3)
-    assert timing.first_s >= 0.2
-    assert 0.03 <= timing.steady_s < 0.05  # median of 0.01, 0.05, 0.03
-    assert 0.01 <= timing.best_s < 0.03
-    assert timing.cpu_s < 0.02  # sleeping costs no CPU
+def test_steady_time_is_the_median_of_the_repeats_and_cpu_time_is_its_own(clock):
+    spent = iter([(0.2, 0.1), (0.01, 0.01), (0.05, 0.0), (0.03, 0.02)])  # (wall, CPU)
+    timing = measure.time_calls(lambda: clock.spend(*next(spent)), repeats=3)
+    # first call apart; medians of the three repeats; the fastest repeat
+    assert tuple(timing) == pytest.approx((0.0, 0.2, 0.03, 0.01, 3, 0.01))
 
 
 def test_repeats_fit_the_budget_within_bounds():
@@ -57,11 +77,14 @@ def test_repeats_fit_the_budget_within_bounds():
     assert measure.repeats_within(0.1, 60.0, 5) == 10  # fast: at least a second of calls
     assert measure.repeats_within(0.1, 0.5, 5) == 5  # ... within the budget
     assert measure.repeats_within(1e-5, 60.0, 5) == measure.MAX_FAST_REPEATS
+
+
+def test_a_budget_cuts_the_repeats_after_a_slow_first_call(clock):
     calls = []
 
     def call():
         calls.append(1)
-        time.sleep(0.05)
+        clock.spend(0.05)
 
     timing = measure.time_calls(call, repeats=10, budget_s=0.12)
     assert timing.repeats == 2 and len(calls) == 3
@@ -234,11 +257,15 @@ def test_quick_options_and_bad_options():
         benchmark_command.options_from_args(_args(configs="nonexistent"))
 
 
+@pytest.mark.timing
+@pytest.mark.multiprocess
 def test_worker_process_measures_a_matmul_and_reports_a_failure():
-    case = cases.Case("matmul", size=64, label="64^2", max_repeats=2, budget_s=1.0)
+    size = 512
+    case = cases.Case("matmul", size=size, label="512^2", max_repeats=2, budget_s=1.0)
     rows, accelerator = cases.run_in_subprocess(case, timeout_s=120)
     (row,) = rows
-    assert row.flops == 2 * 64 ** 3 and row.timing.repeats >= 2 and row.rss_mib >= 0
+    assert row.flops == 2 * size ** 3 and row.timing.repeats >= 2
+    assert row.rss_mib >= 3 * size * size * 4 / measure.MIB  # holds both operands and the result
     assert accelerator is None or isinstance(accelerator, str)
     broken = case._replace(kind="forward", config="/nonexistent/config.py")
     (row,), _ = cases.run_in_subprocess(broken, timeout_s=120)
@@ -251,3 +278,76 @@ def test_update_needs_earlier_results_next_to_the_report(tmp_path):
     (tmp_path / "BENCHMARKS.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="not a results file"):
         suite.previous_results(str(tmp_path / "BENCHMARKS.md"))
+
+
+def test_cases_parts_are_checked_and_the_message_names_the_choices():
+    assert benchmark_command.parse_parts("generator,,metrics") == ("generator", "metrics")
+    with pytest.raises(UserError, match=r"--cases: unknown part\(s\) speed, gpu in "
+                                        r"'forward,speed,gpu'; choose among matmul, .*, "
+                                        r"generator, metrics$"):
+        benchmark_command.parse_parts("forward,speed,gpu")
+    with pytest.raises(UserError, match="--cases: no part in ','"):
+        benchmark_command.parse_parts(",")
+
+
+def test_plan_writes_every_generator_task_both_ways_and_scores_metrics_per_config():
+    options, command = benchmark_command.options_from_args(_args(cases="generator,metrics"))
+    assert "--cases generator,metrics " in command
+    planned = suite.plan(options)
+    assert {c.framework for c in planned} == {"numpy"}
+    generator = [(c.label, c.task, c.variant) for c in planned if c.kind == "generator"]
+    assert len(generator) == 2 * len(TASKS) * 2
+    assert generator[:2] == [("paper 256x256", "pet", "aligned"),
+                             ("paper 256x256", "pet", "misaligned")]
+    assert generator[-1] == ("tiny 32x32", TASKS[-1], "misaligned")
+    assert [(c.label, c.task) for c in planned if c.kind == "metrics"] == [
+        ("paper 256x256", "pet"), ("tiny 32x32", "pet")]
+
+
+@pytest.mark.timing
+def test_generator_and_metrics_cases_time_one_pair_per_call(tiny_config_path):
+    common = dict(framework="numpy", config=tiny_config_path, label="tiny 32x32",
+                  max_repeats=2, budget_s=0.3)
+    for case, name, note in [
+            (cases.Case("generator", task="ct", variant="misaligned", **common),
+             "generator, ct pair, B misaligned", "per CPU second; PNG files and the "
+                                                 "displacement field"),
+            (cases.Case("metrics", task="pet", **common),
+             "fusion metrics (all_metrics), pet pair", "s per 100 pairs")]:
+        result = cases.run_here(case)
+        (row,) = [measure.row_from_dict(r) for r in result["rows"]]
+        assert (row.case, row.config, row.batch, row.framework) == (name, "tiny 32x32", 1,
+                                                                     "NumPy")
+        assert result["accelerator"] is None and row.timing.repeats >= 2
+        assert row.timing.compile_s == 0 and row.flops is None and note in row.note
+        # a failure replaces the row it would have measured when runs are merged
+        assert measure.row_key(cases.failed_row(case, "failed: x")) == measure.row_key(row)
+
+
+def test_generator_and_metrics_targets_use_the_slowest_task_and_100_pairs():
+    rows = [_row("generator, pet pair, B aligned", "paper 256x256", 1, "NumPy", 0.04),
+            _row("generator, ct pair, B misaligned", "paper 256x256", 1, "NumPy", 0.05),
+            _row("generator, ct pair, B aligned", "tiny 32x32", 1, "NumPy", 0.01),
+            _row("generator, gfp pair, B aligned", "tiny 32x32", 1, "NumPy", 0.1)
+            ._replace(timing=None),
+            _row("fusion metrics (all_metrics), pet pair", "paper 256x256", 1, "NumPy", 0.7)]
+    found = {t.name: t for t in suite.all_targets(rows)}
+    paper = found["generator: pairs per CPU second, slowest task, paper 256x256"]
+    assert paper.measured == pytest.approx(20.0) and paper.required == 20.0
+    assert not paper.at_most
+    tiny = found["generator: pairs per CPU second, slowest task, tiny 32x32"]
+    assert tiny.measured == pytest.approx(100.0) and tiny.required is None
+    scoring = found["fusion metrics: s per 100 pairs, paper 256x256"]
+    assert scoring.measured == pytest.approx(70.0) and scoring.required == 60.0
+    assert scoring.at_most and measure.target_row(scoring)[3] == "no"
+    assert len(found) == 3
+
+
+@pytest.mark.slow
+def test_sampling_case_measures_the_respaced_sampler(tiny_config_path):
+    case = cases.Case("sampling", config=tiny_config_path, label="tiny", steps=2,
+                      max_repeats=2, budget_s=1.0)
+    (row,) = cases.sampling_jax(case)
+    assert (row.case, row.config, row.framework) == ("sampler, 2 steps (respaced)", "tiny",
+                                                     "JAX")
+    assert row.timing.repeats >= 2 and row.buffers_mib > 0 and "pairs/s" in row.note

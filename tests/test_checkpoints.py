@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -94,34 +93,53 @@ def test_load_for_inference_prefers_ema_params(tmp_path, tiny_config, random_par
     assert_trees_equal(raw, random_params)
 
 
+# The child saves step 1, then starts step 2 and stops itself at the commit: orbax writes a step
+# into a temporary directory and renames it to its final name (the step number) last. The child
+# wraps os.rename / os.replace so that the rename to "2" prints a line and waits to be killed,
+# which makes the parent's kill land inside the save whatever the machine's load.
 KILLED_SAVER = textwrap.dedent("""
+    import os
     import sys
+    import time
     import numpy as np
     from difffccf_jax.model import checkpoints
+
+    def held_at_the_commit(real):
+        def rename(source, target, *args, **kwargs):
+            if os.path.basename(os.fspath(target)) == "2":
+                print("committing", os.path.basename(os.fspath(source)), flush=True)
+                time.sleep(600)  # killed here by the parent
+            return real(source, target, *args, **kwargs)
+        return rename
+
+    os.rename, os.replace = held_at_the_commit(os.rename), held_at_the_commit(os.replace)
     manager = checkpoints.open_manager(sys.argv[1], keep=3)
     checkpoints.save(manager, 1, {"train": {"w": np.arange(8, dtype=np.float32)}}, {"epoch": 1})
     print("saved", flush=True)
-    big = np.random.default_rng(0).normal(size=(48, 1024, 1024)).astype(np.float32)
+    big = np.random.default_rng(0).normal(size=(256, 1024)).astype(np.float32)
     checkpoints.save(manager, 2, {"train": {"w": big}}, {"epoch": 2})
     print("second save finished", flush=True)
 """)
 
 
+@pytest.mark.multiprocess  # a child process saves and is killed
 def test_process_killed_during_a_save_leaves_the_previous_step(tmp_path):
     directory = str(tmp_path / "run")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     child = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, directory],
                              stdout=subprocess.PIPE, text=True, env=env)
-    assert child.stdout.readline().strip() == "saved"
-    deadline = time.time() + 120
-    in_progress = []
-    while not in_progress and time.time() < deadline and child.poll() is None:
-        in_progress = [name for name in os.listdir(directory)
-                       if name.startswith("2") and "tmp" in name]
-        time.sleep(0.002)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert in_progress, "the second save was not caught in progress"
+    try:
+        assert child.stdout.readline().strip() == "saved"
+        # blocks until the child reaches the commit of step 2 (or exits: then "" or "second
+        # save finished", and the rename hook no longer sees orbax's commit)
+        line = child.stdout.readline().split()
+        assert line[:1] == ["committing"], line
+        temporary = line[1]
+        assert temporary.startswith("2") and "tmp" in temporary, temporary
+        assert sorted(os.listdir(directory)) == sorted(["1", temporary])
+    finally:
+        child.kill()
+        child.wait()
     assert child.returncode == -signal.SIGKILL
     manager = checkpoints.open_manager(directory)
     assert manager.latest_step() == 1
@@ -129,7 +147,8 @@ def test_process_killed_during_a_save_leaves_the_previous_step(tmp_path):
         manager, 1, {"train": {"w": np.zeros(8, np.float32)}})
     np.testing.assert_array_equal(restored["train"]["w"], np.arange(8))
     assert progress == {"epoch": 1}
-    # The half-written step is cleaned up and can be saved again.
+    # The unfinished step does not block saving step 2 again.
     checkpoints.save(manager, 2, {"train": {"w": np.ones(8, np.float32)}}, {"epoch": 2})
     assert list(manager.all_steps()) == [1, 2]
     manager.close()
+    assert sorted(os.listdir(directory)) == ["1", "2"]  # the unfinished step 2 is gone

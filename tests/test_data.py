@@ -364,6 +364,19 @@ def test_crops_of_a_and_b_come_from_one_window(mesh):
                                   source.b[whole.local_indices(0, 0)])
 
 
+def test_element_spec_describes_the_next_batch_without_consuming_it(mesh):
+    iterator = pipeline.BatchIterator(coded_source(), 4, mesh, seed=5, crop_size=20)
+    next(iterator)
+    position = iterator.state()
+    spec = iterator.element_spec()
+    assert iterator.state() == position
+    batch = next(iterator)
+    assert sorted(spec) == sorted(batch)
+    for key, value in batch.items():
+        assert (spec[key].shape, spec[key].dtype) == (value.shape, value.dtype)
+        assert spec[key].sharding == value.sharding
+
+
 def test_restored_iterator_cuts_the_same_crops(mesh):
     source = coded_source()
     iterator = pipeline.BatchIterator(source, 4, mesh, seed=2, crop_size=12)

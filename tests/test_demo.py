@@ -1,6 +1,9 @@
-"""A shortened demo (one short epoch of training) writes every artefact, well-formed."""
+"""A shortened demo (one short epoch of training) writes every artefact, well-formed, and its
+report shows the run's numbers; the report and the baselines it compares with, on known
+answers."""
 
 import json
+import math
 import os
 import re
 
@@ -8,11 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difffccf_jax import color
+from difffccf_jax import cli, color
 from difffccf_jax.tools import demo
 from difffccf_jax.evaluation.metrics import PUBLISHED_METRICS as PUBLISHED
-
-pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
 
 SIZE, TEST_PAIRS = 32, 2
 
@@ -26,6 +27,7 @@ def demo_run(tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow  # whole training runs; see pytest.ini
 def test_every_artefact_exists_and_is_well_formed(demo_run):
     out, report = demo_run
     fused = sorted(n for n in os.listdir(os.path.join(out, "fused")) if n.endswith(".png"))
@@ -46,24 +48,60 @@ def test_every_artefact_exists_and_is_well_formed(demo_run):
     assert report == os.path.join(out, "report.md")
 
 
+def _grey_levels(path):
+    """The rounded grey levels of an image file: 0.299 R + 0.587 G + 0.114 B (docs/metrics.md)."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), np.float64)
+    return np.round(rgb @ np.array([0.299, 0.587, 0.114]))
+
+
+def _entropy_bits(levels):
+    _, counts = np.unique(levels, return_counts=True)
+    p = counts / levels.size
+    return float(-np.sum(p * np.log2(p)))
+
+
+def _table_mean(text, method, metric="EN"):
+    """The mean printed in `method`'s row of the report's metric table."""
+    header = re.search(r"^\| method \|(.*)\|$", text, re.MULTILINE).group(1)
+    column = [name.strip() for name in header.split("|")].index(metric)
+    row = re.search(rf"^\| {re.escape(method)} \|(.*)\|$", text, re.MULTILINE).group(1)
+    return float(row.split("|")[column].split("±")[0])
+
+
+@pytest.mark.slow  # whole training runs; see pytest.ini
 def test_report_numbers_come_from_the_run(demo_run):
+    """The report's numbers, recomputed here with NumPy from the run's files: EN of the fused
+    images, and the registration errors from the true fields and the predicted deformations."""
     out, report = demo_run
     with open(report, encoding="utf-8") as file:
         text = file.read()
-    with open(os.path.join(out, "evaluation", "evaluation.json"), encoding="utf-8") as file:
-        evaluation = json.load(file)
-    en = evaluation["methods"][demo.METHOD]["EN"]["mean"]
-    assert f"| {demo.METHOD} | {en:.2f} ±" in text
-    registered = evaluation["methods"][demo.REGISTERED]["EN"]["mean"]
-    assert f"| {demo.REGISTERED} | {registered:.2f} ±" in text
-    rows = demo.registration_rows(_pairs(out), os.path.join(out, "fused_registered"), SIZE)
-    stem_errors = demo.registration_errors(rows)
-    assert f"{stem_errors[0]:.3f} px before warping" in text
-    assert f"{stem_errors[1]:.3f} px after warping" in text
-    assert stem_errors[0] > 0  # the generated pairs are misaligned
-    name, true, predicted, before, after = rows[0]
-    assert (f"| {name} | {true[0]:+.2f}, {true[1]:+.2f} | {predicted[0]:+.2f}, "
-            f"{predicted[1]:+.2f} | {before:.3f} | {after:.3f} |") in text
+    with open(os.path.join(out, "evaluation", "evaluation.md"), encoding="utf-8") as file:
+        assert file.read().strip() in text  # the evaluation's table, as written
+    pairs = _pairs(out)
+    assert len(pairs) == TEST_PAIRS
+    stems = [os.path.splitext(pair.name)[0] for pair in pairs]
+    for method, folder in ((demo.METHOD, "fused"), (demo.REGISTERED, "fused_registered")):
+        en = np.mean([_entropy_bits(_grey_levels(os.path.join(out, folder, f"{stem}.png")))
+                      for stem in stems])
+        assert abs(_table_mean(text, method) - en) <= 0.005 + 1e-9, method  # printed to 2 places
+
+    true = [np.load(pair.displacement).astype(np.float64) for pair in pairs]
+    predicted = [np.load(os.path.join(out, "fused_registered", "extras", stem,
+                                      "deformation.npy")).astype(np.float64) for stem in stems]
+    before = [np.mean(np.hypot(field[..., 0], field[..., 1])) for field in true]
+    after = [np.mean(np.hypot(*np.moveaxis(field - guess, -1, 0)))
+             for field, guess in zip(true, predicted)]
+    assert np.mean(before) > 0.5  # the generated pairs are misaligned
+    printed = re.search(r"([\d.]+) px before warping, ([\d.]+) px after warping",
+                        " ".join(text.split()))
+    assert abs(float(printed.group(1)) - np.mean(before)) <= 5e-4 + 1e-9
+    assert abs(float(printed.group(2)) - np.mean(after)) <= 5e-4 + 1e-9
+    for pair, field, guess, pair_before, pair_after in zip(pairs, true, predicted, before, after):
+        row = re.search(rf"^\| {re.escape(pair.name)} \| (.*) \|$", text, re.MULTILINE)
+        cells = [[float(v) for v in cell.split(",")] for cell in row.group(1).split(" | ")]
+        np.testing.assert_allclose(cells[0], field.mean(axis=(0, 1)), atol=0.005 + 1e-9)
+        np.testing.assert_allclose(cells[1], guess.mean(axis=(0, 1)), atol=0.005 + 1e-9)
+        np.testing.assert_allclose(cells[2:], [[pair_before], [pair_after]], atol=5e-4 + 1e-9)
     for figure in os.listdir(os.path.join(out, "figures")):
         assert f"figures/{figure}" in text
     # the field's metric table is the report's first table; the SSIM-vs-A table is gone
@@ -73,13 +111,109 @@ def test_report_numbers_come_from_the_run(demo_run):
     assert text.index("| method | EN | SD | SF | MI | SCD | VIF | Qabf | SSIM |") == text.index(
         "| ")
     assert "Anatomy and colour kept" not in text and "SSIM vs A" not in text
-    assert f"| a-luminance | {evaluation['methods']['a-luminance']['EN']['mean']:.2f} ±" in text
+
+
+def test_report_shows_the_numbers_it_is_given(tmp_path):
+    """write_report with chosen numbers: each appears in the report as printed by hand here."""
+    figure = tmp_path / "figures" / "pair_1.png"
+    info = dict(
+        command="difffccf demo --out X", task="pet", train_pairs=8, test_pairs=2,
+        image_size=32, crop_size=16, train_steps=123, train_minutes=1.5, final_loss=0.03125,
+        sampling_steps=6, diffusion_steps=50,
+        stage_seconds={"data": 1.2, "train": 90.0, "fuse": 30.6},
+        metrics_table="| method | EN |\n|---|---|\n| diff-fccf | 9.87 ± 0.01 |\n",
+        sentence="A chosen sentence.",
+        selection=dict(bright_fraction=0.25, m1_inside_bright=0.125, m1_outside_bright=0.875,
+                       y_deviation_from_max={"diff-fccf": 3.14159, "a-luminance": 12.5,
+                                             "ycrcb-maximum": 0.0}),
+        registration=[("1.png", np.array([1.5, -2.25]), np.array([0.5, -1.0]), 2.0, 1.0),
+                      ("2.png", np.array([-0.5, 0.75]), np.array([0.0, 0.25]), 3.0, 0.5)],
+        figures=[str(figure)], checkpoint=str(tmp_path / "training" / "checkpoints"))
+    path = str(tmp_path / "report.md")
+    text = demo.write_report(path, info)
+    with open(path, encoding="utf-8") as file:
+        assert file.read() == text
+    flat = " ".join(text.split())
+    assert "Command: `difffccf demo --out X`" in text
+    assert "8 generated training pairs and 2 held-out pairs of 32 x 32" in flat
+    assert "on random 16 x 16 crops of the training pairs" in flat
+    assert "123 steps (1.5 min, final total loss 0.03125)" in flat
+    assert "with 6 respaced steps (of 50)" in flat
+    assert "Stage times (s): data 1, train 90, fuse 31." in flat
+    assert info["metrics_table"] in text and "A chosen sentence." in text
+    assert "here 25.0% of the pixels" in flat
+    assert "| 0.125 | 0.875 |" in text
+    for row in ("| diff-fccf | 3.14 |", "| a-luminance | 12.50 |", "| ycrcb-maximum | 0.00 |"):
+        assert row in text
+    assert "2.500 px before warping, 0.750 px after warping" in flat  # (2 + 3) / 2, (1 + 0.5) / 2
+    assert "| 1.png | +1.50, -2.25 | +0.50, -1.00 | 2.000 | 1.000 |" in text
+    assert "| 2.png | -0.50, +0.75 | +0.00, +0.25 | 3.000 | 0.500 |" in text
+    assert "![pair](figures/pair_1.png)" in text
+    assert "Checkpoint: `training/checkpoints`" in text
+
+
+SSIM_C1, SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2  # K1, K2 = 0.01, 0.03; data range 255
+
+
+def _ssim_against_black(levels):
+    """SSIM(G, 0) as docs/metrics.md defines SSIM (7 x 7 uniform windows over the valid
+    interior, sample variances): a black image has mean, variance and covariance 0 in every
+    window, so each window gives C1 C2 / ((mean^2 + C1) (variance + C2))."""
+    windows = np.lib.stride_tricks.sliding_window_view(levels, (7, 7))
+    mean, variance = windows.mean(axis=(-2, -1)), windows.var(axis=(-2, -1), ddof=1)
+    return float(np.mean(SSIM_C1 * SSIM_C2 / ((mean ** 2 + SSIM_C1) * (variance + SSIM_C2))))
+
+
+def test_baselines_score_their_known_answers(tmp_path):
+    """The classical rules the demo compares with, scored by `difffccf evaluate --baselines` (the
+    demo's evaluation), on two pairs whose fusion is known:
+    pair 1, A black: the colour-preserving maximum rule (Y = max(A, Y_B) = Y_B, Cr and Cb of B)
+    and the RGB maximum return B itself, so SSIM = SSIM(B, A) + SSIM(B, B) = SSIM(B, 0) + 1,
+    MI = 0 + H(B) = EN ln 2 (nats, bits), MSE = (mean B^2 + 0) / 2 and SD = std B;
+    pair 2, B a grey copy of A: every rule returns A, so SSIM = 2, MSE = 0, CC = 1 and
+    MI = 2 EN ln 2."""
+    from difffccf_jax.data import generator, layouts
+    from difffccf_jax.evaluation import baselines
+
+    root = str(tmp_path / "data")
+    layout = _layout()
+    generator.write_task(root, layout, 2, SIZE, seed=5)
+    black_a, grey_b = layouts.list_pairs(root, layout)
+    a_levels = np.asarray(Image.open(black_a.a), np.uint8)
+    Image.fromarray(np.zeros_like(a_levels)).save(black_a.a)
+    a_grey = np.asarray(Image.open(grey_b.a), np.uint8)
+    Image.fromarray(np.repeat(a_grey[..., None], 3, axis=-1)).save(grey_b.b)
+    assert cli.main(["evaluate", "--task", "pet", "--data", root, "--baselines",
+                     "--out", str(tmp_path / "tables")]) == 0
+    with open(tmp_path / "tables" / "evaluation.json", encoding="utf-8") as file:
+        per_pair = json.load(file)["per_pair"]
+    assert set(per_pair) == set(baselines.BASELINES)
+
+    b = _grey_levels(black_a.b)
+    assert b.std() > 10  # a real image, not a constant
+    for method in ("ycrcb-maximum", "maximum"):
+        scores = per_pair[method][black_a.name]
+        assert scores["EN"] == pytest.approx(_entropy_bits(b), rel=1e-12)
+        assert scores["SD"] == pytest.approx(b.std(), rel=1e-12)
+        assert scores["SSIM"] == pytest.approx(1 + _ssim_against_black(b), rel=1e-9)
+        assert scores["MI"] == pytest.approx(math.log(2) * scores["EN"], rel=1e-9)
+        assert scores["MSE"] == pytest.approx(np.mean(b ** 2) / 2, rel=1e-12)
+
+    a = a_grey.astype(np.float64)
+    assert a.std() > 10
+    for method, scores in per_pair.items():
+        scores = scores[grey_b.name]
+        assert scores["EN"] == pytest.approx(_entropy_bits(a), rel=1e-12), method
+        assert scores["SSIM"] == pytest.approx(2.0, abs=1e-12), method
+        assert scores["MSE"] == 0.0 and scores["CC"] == pytest.approx(1.0, abs=1e-12), method
+        assert scores["MI"] == pytest.approx(2 * math.log(2) * scores["EN"], rel=1e-9), method
 
 
 def _read_grey(path):
     return np.asarray(Image.open(path), np.float64)
 
 
+@pytest.mark.slow  # whole training runs; see pytest.ini
 def test_selection_statistics_equal_a_recomputation_from_the_extras(demo_run):
     out, report = demo_run
     inside, outside, deviation = [], [], {"diff-fccf": [], "a-luminance": [], "ycrcb-maximum": []}
@@ -128,6 +262,7 @@ def _verdicts(part):
     return verdicts
 
 
+@pytest.mark.slow  # whole training runs; see pytest.ini
 def test_comparison_sentence_agrees_with_the_table(demo_run):
     out, report = demo_run
     with open(os.path.join(out, "evaluation", "evaluation.json"), encoding="utf-8") as file:

@@ -1,6 +1,5 @@
 """`difffccf fuse` on generated PET pairs with a freshly initialised tiny model."""
 
-import argparse
 import json
 import os
 import shutil
@@ -11,10 +10,10 @@ import pytest
 
 from difffccf_jax import cli, color
 from difffccf_jax.model import checkpoints, unet
-from difffccf_jax.commands import fuse
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts
 from difffccf_jax.errors import UserError
+from difffccf_jax.inference import fusion
 
 NUM_PAIRS = 5  # batches of 4 on 4 devices: the second batch is padded
 # As in test_sampling: a two-level, one-block U-Net, so both share one compiled sampler.
@@ -67,18 +66,32 @@ def fuse_status(capsys, *arguments):
 
 def test_writes_one_rgb_png_per_pair_named_as_its_inputs(fused):
     names = [f"{i}.png" for i in range(1, NUM_PAIRS + 1)]
-    assert sorted(os.listdir(fused)) == sorted(names + [fuse.EXTRAS_FOLDER])
-    assert sorted(os.listdir(os.path.join(fused, fuse.EXTRAS_FOLDER))) == sorted(
+    assert sorted(os.listdir(fused)) == sorted(names + [fusion.EXTRAS_FOLDER])
+    assert sorted(os.listdir(os.path.join(fused, fusion.EXTRAS_FOLDER))) == sorted(
         name[:-4] for name in names)
     for name in names:
         image = images.read_image(os.path.join(fused, name))
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
 
 
+def test_library_call_returns_exactly_what_it_wrote(checkpoint, data_root, tmp_path):
+    out = str(tmp_path / "library")
+    result = fusion.fuse_folder(checkpoint, out, data=data_root, steps=3, save_extras=True,
+                                show_progress=False)
+    written = {os.path.relpath(os.path.join(folder, name), out)
+               for folder, _, names in os.walk(out) for name in names}
+    listed = {os.path.relpath(path, out) for paths in result.outputs for path in paths.values()}
+    assert written == listed and len(listed) == NUM_PAIRS * 12
+    assert result.names == tuple(f"{i}.png" for i in range(1, NUM_PAIRS + 1))
+    assert (result.task, result.steps, result.registered, result.stochastic) == (
+        "pet", 3, False, False)
+    assert result.summary() == f"fused {NUM_PAIRS} pet pairs into {out} (3 steps)"
+
+
 def test_extras_are_the_fused_channels_masks_field_and_warped_b(fused, data_root, config):
     _, b_folder = pet_folders(data_root)
     for stem in ("1", "5"):  # a pair of the full batch and the padded one
-        extras = os.path.join(fused, fuse.EXTRAS_FOLDER, stem)
+        extras = os.path.join(fused, fusion.EXTRAS_FOLDER, stem)
         channels = np.stack([images.read_image(os.path.join(extras, f"fused_{c}.png"))
                              for c in ("y", "cr", "cb")], axis=-1)
         rgb = images.read_image(os.path.join(fused, f"{stem}.png"))
@@ -96,13 +109,13 @@ def test_extras_are_the_fused_channels_masks_field_and_warped_b(fused, data_root
         b_rgb = images.read_image(os.path.join(b_folder, f"{stem}.png")).astype(int)
         assert np.abs(warped - b_rgb).max() <= 2  # through YCrCb levels and back
         grid = images.read_image(os.path.join(extras, "deformation_grid.png"))
-        assert grid.shape[0] >= fuse.GRID_PICTURE_SIZE and grid.ndim == 3
+        assert grid.shape[0] >= fusion.GRID_PICTURE_SIZE and grid.ndim == 3
 
 
 def test_grid_picture_moves_lines_by_the_field():
     field = np.zeros((8, 8, 2), np.float32)
     field[..., 0] = 2.0  # every grid point moved two pixels along x
-    picture = fuse.deformation_grid_image(field, spacing=4, size=64)
+    picture = fusion.deformation_grid_image(field, spacing=4, size=64)
     dark = picture[..., 0] < 100
     # columns 0 and 4 (at 8 px per pixel, centred) move from x = 4 and 36 to x = 20 and 52
     assert dark[:, 20].mean() > 0.8 and dark[:, 52].mean() > 0.8
@@ -189,21 +202,19 @@ def test_bad_arguments(tmp_path, checkpoint, data_root, capsys, arguments, messa
 
 def test_inputs_sharing_a_stem_are_refused(tmp_path):
     names = ("1.png", "1.jpg")
-    planned = [fuse.output_paths(str(tmp_path), name, save_extras=False) for name in names]
+    planned = [fusion.output_paths(str(tmp_path), name, save_extras=False) for name in names]
     with pytest.raises(UserError, match=r"1\.png and 1\.jpg would both be written to .*1\.png"):
-        fuse.check_distinct(names, planned)
+        fusion.check_distinct(names, planned)
 
 
 def test_command_line_choices_override_the_checkpoint_settings(config):
-    args = argparse.Namespace(steps=7, batch_size=3, seed=11, stochastic=True, register=True,
-                              output="trajectory")
-    settings = fuse.sampling_settings(config.copy_and_resolve_references(), args)
+    settings = fusion.sampling_settings(config.copy_and_resolve_references(), steps=7,
+                                        batch_size=3, seed=11, stochastic=True, register=True,
+                                        output="trajectory")
     assert (settings.steps, settings.batch_size, settings.seed) == (7, 3, 11)
     assert settings.add_noise is True and settings.register is True
     assert settings.output == "trajectory"
-    defaults = argparse.Namespace(steps=None, batch_size=None, seed=None, stochastic=False,
-                                  register=None, output=None)
-    settings = fuse.sampling_settings(config.copy_and_resolve_references(), defaults)
+    settings = fusion.sampling_settings(config.copy_and_resolve_references())
     assert (settings.steps, settings.add_noise, settings.register) == (12, False, False)
     assert settings.output == "clean"
 
@@ -211,8 +222,7 @@ def test_command_line_choices_override_the_checkpoint_settings(config):
 def test_data_may_name_the_task_folder_itself(config, data_root):
     a_folder, _ = pet_folders(data_root)
     for data in (data_root, os.path.dirname(a_folder)):
-        args = argparse.Namespace(data=data, a_dir=None, b_dir=None)
-        root, layout = fuse.input_layout(args, config, "pet")
+        root, layout = fusion.input_layout(config, "pet", data=data)
         pairs = layouts.list_pairs(root, layout)
         assert [pair.name for pair in pairs] == [f"{i}.png" for i in range(1, NUM_PAIRS + 1)]
         assert os.path.samefile(pairs[0].a, os.path.join(a_folder, "1.png"))

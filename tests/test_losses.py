@@ -122,6 +122,22 @@ def ssim_oracle(x, y, data_range=2.0):
     return np.mean(values)
 
 
+def sobel_oracle(v):
+    """|Sobel_x| + |Sobel_y| of a 2-D float64 image, zero padding."""
+    return (np.abs(ndimage.sobel(v, axis=1, mode="constant"))
+            + np.abs(ndimage.sobel(v, axis=0, mode="constant")))
+
+
+def quality_oracle(f, s1, s2, weights):
+    """w1 (1 - (SSIM(F, S1) + SSIM(F, S2)) / 2) + w2 mean| |grad F| - max(|grad S1|, |grad S2|) |
+    + w3 mean|F - max(S1, S2)| of 2-D float64 images (section 5)."""
+    w_ssim, w_grad, w_intensity = weights
+    return (w_ssim * (1 - 0.5 * (ssim_oracle(f, s1) + ssim_oracle(f, s2)))
+            + w_grad * np.mean(np.abs(sobel_oracle(f) - np.maximum(sobel_oracle(s1),
+                                                                     sobel_oracle(s2))))
+            + w_intensity * np.mean(np.abs(f - np.maximum(s1, s2))))
+
+
 def test_ssim_identity_oracle_and_monotone_in_noise():
     x = jnp.tanh(2 * uniform(10, (1, 24, 24, 1)))
     noise = uniform(11, x.shape)
@@ -149,14 +165,7 @@ def test_quality_loss_terms():
     fused = 0.5 * (a + b)
     assert float(losses.quality_loss(a, a, a)[0]) == pytest.approx(0.0, abs=1e-5)
     a64, b64, f64 = (np.asarray(v, np.float64)[0, ..., 0] for v in (a, b, fused))
-
-    def sobel(v):
-        return (np.abs(ndimage.sobel(v, axis=1, mode="constant"))
-                + np.abs(ndimage.sobel(v, axis=0, mode="constant")))
-
-    expected = (30 * (1 - 0.5 * (ssim_oracle(f64, a64) + ssim_oracle(f64, b64)))
-                + 40 * np.mean(np.abs(sobel(f64) - np.maximum(sobel(a64), sobel(b64))))
-                + 40 * np.mean(np.abs(f64 - np.maximum(a64, b64))))
+    expected = quality_oracle(f64, a64, b64, (30.0, 40.0, 40.0))
     got = losses.quality_loss(fused, a, b, (30.0, 40.0, 40.0))
     assert float(got[0]) == pytest.approx(expected, rel=1e-4)
 
@@ -344,37 +353,171 @@ def as_arrays(rules):
     return jax.tree.map(jnp.asarray, rules)
 
 
-def test_training_losses_with_a_perfect_denoiser(stand_in_losses):
-    """The stand-in with exact eps, m1 = m2 = 1/2 and a zero field: the noise term vanishes,
-    smoothness and folding are 0, and the other terms equal their definitions on the network
-    input."""
-    config, run = stand_in_losses
-    rules = regions.rules_from_config(config.regions, "spect", "train")
+# ---- training_losses against a float64 transcription of docs/method.md section 5 ----------------
+
+PERFECT_STEPS = 50
+
+
+def cosine_alphas_cumprod(steps):
+    """abar_t of the cosine schedule in float64 (docs/method.md section 4):
+    beta_t = min(1 - abar((t + 1) / T) / abar(t / T), 0.999), abar(s) = cos((s + 0.008) / 1.008
+    pi / 2)^2, abar_t = prod (1 - beta)."""
+    def abar(s):
+        return np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2
+
+    t = np.arange(steps)
+    betas = np.minimum(1 - abar((t + 1) / steps) / abar(t / steps), 0.999)
+    return np.cumprod(1 - betas)
+
+
+PERFECT_ABAR = cosine_alphas_cumprod(PERFECT_STEPS)
+
+
+def reverse_stage_of(t, steps=PERFECT_STEPS):
+    """The sampler's stage of training step t (array): floor(3 (T - 1 - t) / T) (section 5)."""
+    return (3 * (steps - 1 - t)) // steps
+
+
+def perfect_network(variables, x, t, train, rngs=None):
+    """A perfect denoiser: the exact eps from a noisy source and the condition it was noised
+    from (x_t^A and the first condition A', or in stage 0, where the network is shown (B', B'),
+    x_t^B and B'); m1 = m2 = 1/2 and a zero deformation field."""
+    del variables, train, rngs
+    sqrt_abar = jnp.sqrt(jnp.asarray(PERFECT_ABAR, jnp.float32))[t][:, None, None, None]
+    noisiest = (reverse_stage_of(t) == 0)[:, None, None, None]
+    x_t = jnp.where(noisiest, x[..., 3:4], x[..., 2:3])
+    condition = jnp.where(noisiest, x[..., 1:2], x[..., 0:1])
+    eps = (x_t - sqrt_abar * condition) / jnp.sqrt(1 - sqrt_abar ** 2)
+    half = jnp.full_like(x[..., :1], 0.5)
+    return unet.UNetOutput(eps, half, half, jnp.zeros(x.shape[:3] + (2,), x.dtype))
+
+
+def parzen_weights(x, bins, sigma):
+    """[N, bins] Gaussian soft assignment of the values of x, clipped to [-1, 1], to `bins` evenly
+    spaced centres of [-1, 1]; sigma in bin widths; rows sum to 1."""
+    centres = np.linspace(-1, 1, bins)
+    d = (np.clip(np.ravel(x), -1, 1)[:, None] - centres) / (sigma * 2 / (bins - 1))
+    w = np.exp(-0.5 * d ** 2)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def soft_mi_and_correlation_ratio(a, b, bins, sigma):
+    """(MI in nats of the Parzen joint histogram of a and b, eta^2(b | a's soft classes))."""
+    wa, wb = parzen_weights(a, bins, sigma), parzen_weights(b, bins, sigma)
+    joint = wa.T @ wb / wa.shape[0]
+    outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
+    used = joint > 0
+    mi = np.sum(joint[used] * np.log(joint[used] / outer[used]))
+    values = np.ravel(b)
+    counts = wa.sum(axis=0)
+    class_means = wa.T @ values / counts
+    between = np.sum(counts * (class_means - values.mean()) ** 2)
+    return mi, between / np.sum((values - values.mean()) ** 2)
+
+
+def spect_train_rows(a, b):
+    """Float64 rows (Y of each image, then Cr, then Cb) of section 5 with the spect training
+    rules (Cr: R = B_c >= the 70th percentile, sign +, gain 1; Cb: R = B_c <= the 30th, sign -,
+    gain 1; the percentile is the sorted value at index floor(q / 100 H W)): lists of
+    (A, B_c, R, A', B', sign gain) with 2-D arrays and bool R."""
+    a, b = np.asarray(a, np.float64)[..., 0], np.asarray(b, np.float64)
+    rows = [(a_i, b_i[..., 0], np.ones(a_i.shape, bool), a_i, b_i[..., 0], 0.0)
+            for a_i, b_i in zip(a, b)]
+    for channel, (percent, above, sign_gain) in ((1, (70, True, 1.0)), (2, (30, False, -1.0))):
+        for a_i, b_i in zip(a, b):
+            b_c = b_i[..., channel]
+            threshold = np.sort(b_c.ravel())[int(np.floor(percent / 100 * b_c.size))]
+            region = b_c >= threshold if above else b_c <= threshold
+            # A moved to B_c's mean and std over R (ddof cancels in the ratio), 0 outside R
+            a_std = (a_i - a_i[region].mean()) / a_i[region].std() * b_c[region].std()
+            cond_a = np.where(region, a_std + b_c[region].mean(), 0.0)
+            rows.append((a_i, b_c, region, cond_a, b_c * region, sign_gain))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def perfect_denoiser_losses(paper_config_path):
+    """(loss config, a, b, {term: float}, network input x [6, 32, 32, 4] float64, network t [6])
+    of training_losses with `perfect_network` on a spect batch of two 32 px pairs."""
+    config = load_config(paper_config_path)
+    loss_config = losses.LossConfig.from_config(config.loss)
+    schedule = diffusion.make_schedule("cosine", PERFECT_STEPS)
+    rules = as_arrays(regions.rules_from_config(config.regions, "spect", "train"))
+
+    @jax.jit
+    def run(a, b, rules):
+        seen = {}
+
+        def recording_network(variables, x, t, train, rngs=None):
+            seen.update(x=x, t=t)
+            return perfect_network(variables, x, t, train, rngs)
+
+        # key 13 draws t = 41, 1, 17, 5, 23, 49: stages 0, 2 (Y), 1, 2 (Cr) and 1, 0 (Cb)
+        terms = losses.training_losses(recording_network, {}, a, b, rules,
+                                       jax.random.PRNGKey(13), schedule, loss_config)
+        return terms, seen["x"], seen["t"]
+
     a, b = ycrcb_batch(2)
-    params = {"noise": 1.0, "m1": 0.0, "m2": 0.0, "deformation": 0.0}
-    terms, x, t = run(params, a, b, as_arrays(rules))
+    terms, x, t = run(a, b, rules)
+    return (loss_config, a, b, {name: float(value) for name, value in terms.items()},
+            np.asarray(x, np.float64), np.asarray(t))
+
+
+def test_training_losses_with_a_perfect_denoiser(perfect_denoiser_losses):
+    """A denoiser that returns the true eps, m1 = m2 = 1/2 and a zero field: the noise term is
+    0, smoothness and folding are 0, and the conditions, fusion, quality, MI and correlation
+    terms equal a float64 transcription of docs/method.md section 5 (the spect training rules),
+    computed from A, B and the network input's noisy sources."""
+    loss_config, a, b, terms, x, t = perfect_denoiser_losses
     assert set(terms) == set(losses.TERMS)
     assert x.shape == (6, 32, 32, 4) and t.shape == (6,)
-    assert float(terms["noise"]) < 1e-2 * config.loss.loss_scale
-    assert float(terms["smoothness"]) == 0.0 and float(terms["folding"]) == 0.0
-    x_a, x_b = np.asarray(x[..., 2:3]), np.asarray(x[..., 3:4])
-    region = np.asarray(composition.channel_batch(a, b, rules)["region"])
-    # m = 1/2. Y: |f - x_a| + |f - x_b| = |x_a - x_b|. Cr (+1): f - m2 x_a = x_b.
-    # Cb (-1): f - m2 x_a = x_b - x_a. Each a sum over pixels / (H W), summed over images.
-    expected_fusion = (np.sum(np.abs(x_a[:2] - x_b[:2])) + np.sum(np.abs(x_b[2:4] * region[2:4]))
-                       + np.sum(np.abs((x_b[4:] - x_a[4:]) * region[4:]))) / 1024
-    assert float(terms["fusion"]) == pytest.approx(float(expected_fusion), rel=1e-4)
-    y_fused = 0.5 * a + 0.5 * b[..., 0:1]
-    y_quality = losses.quality_loss(y_fused, a, b[..., 0:1], config.loss.luma_quality_weights)
-    assert float(terms["quality"]) > float(jnp.sum(y_quality)) / 2 > 0
-    # zero field: B unwarped, both blurred as configured
-    blur = functools.partial(losses.gaussian_blur, sigma=config.loss.similarity_blur)
-    b_channels = blur(jnp.concatenate([b[..., 0:1], b[..., 1:2], b[..., 2:3]], axis=0))
-    a3 = blur(jnp.concatenate([a, a, a], axis=0))
-    mi = losses.mutual_information(a3, b_channels, config.loss.mi_bins, config.loss.mi_sigma)
-    assert float(terms["mi"]) == pytest.approx(-float(jnp.sum(mi)) / 2, rel=1e-5)
-    eta = losses.correlation_ratio(a3, b_channels, config.loss.mi_bins, config.loss.mi_sigma)
-    assert float(terms["correlation"]) == pytest.approx(float(jnp.sum(1 - eta)) / 2, rel=1e-5)
+    stages = reverse_stage_of(t)
+    assert set(stages) == {0, 1, 2}, f"t = {t}: every stage should be drawn (change the key)"
+    assert loss_config.stage_conditions and loss_config.similarity_blur == 1.0
+    rows = spect_train_rows(a, b)
+    batch, pixels = 2, 32 * 32
+
+    # conditions by stage: (B', B'), (A', B'), (A', A'); both sources noised with one eps
+    for row, ((_, _, _, cond_a, cond_b, _), stage) in enumerate(zip(rows, stages)):
+        shown = [(cond_b, cond_b), (cond_a, cond_b), (cond_a, cond_a)][stage]
+        np.testing.assert_allclose(x[row, ..., 0], shown[0], atol=2e-5, err_msg=row)
+        np.testing.assert_allclose(x[row, ..., 1], shown[1], atol=2e-5, err_msg=row)
+        np.testing.assert_allclose(x[row, ..., 2] - x[row, ..., 3],
+                                   np.sqrt(PERFECT_ABAR[t[row]]) * (cond_a - cond_b), atol=2e-5)
+
+    # a perfect denoiser: the noise term is 0 up to float32 rounding (recovering eps from x_t^A
+    # and the first condition in every stage gives 13); the zero field is smooth and unfolded
+    assert terms["noise"] == pytest.approx(0.0, abs=0.01)
+    assert terms["smoothness"] == 0.0 and terms["folding"] == 0.0
+
+    m1 = m2 = 0.5
+    fusion = quality = mi = correlation = 0.0
+    for row, (a_i, b_c, region, cond_a, cond_b, sign_gain) in enumerate(rows):
+        x_a, x_b = x[row, ..., 2], x[row, ..., 3]
+        if row < batch:  # Y: f = m1 A + (1 - m1) B_Y, sources A and B_Y
+            f_t = m1 * x_a + (1 - m1) * x_b
+            fusion += (np.sum(np.abs(f_t - x_a)) + np.sum(np.abs(f_t - x_b))) / pixels
+            fused = m1 * a_i + (1 - m1) * b_c
+            quality += quality_oracle(fused, a_i, b_c, loss_config.luma_quality_weights)
+        else:  # Cr / Cb: F = B' + s g m2 A', whole-frame moment matched, B_c outside R
+            f_t = x_b + sign_gain * m2 * x_a
+            fusion += np.sum(np.abs((f_t - m2 * x_a) * region)) / pixels
+            f0 = cond_b + sign_gain * m2 * cond_a * region
+            matched = published_normalize_with_ref_distribution(f0 * region, b_c * region,
+                                                                (f0 * region)[2, 2])
+            fused = np.where(region, np.clip(matched, -1, 1), b_c)
+            source = cond_a * region * m2
+            quality += quality_oracle(fused * region, source, source, loss_config.quality_weights)
+        # A against B_c (Y, Cr or Cb), both blurred by 1 px, the zero field warping nothing
+        blur = functools.partial(ndimage.gaussian_filter, sigma=1.0, mode="nearest", truncate=3.0)
+        row_mi, eta = soft_mi_and_correlation_ratio(blur(a_i), blur(b_c), loss_config.mi_bins,
+                                                    loss_config.mi_sigma)
+        mi -= row_mi
+        correlation += 1 - eta
+    assert terms["fusion"] == pytest.approx(fusion, rel=1e-5)
+    assert terms["quality"] == pytest.approx(quality / batch, rel=1e-5)
+    assert terms["mi"] == pytest.approx(mi / batch, rel=1e-5)
+    assert terms["correlation"] == pytest.approx(correlation / batch, rel=1e-5)
 
 
 def test_gaussian_blur_matches_scipy():

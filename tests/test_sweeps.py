@@ -44,6 +44,7 @@ def test_expand_refuses_unknown_field(tmp_path, repo_root):
         sweeps.expand(str(sweep))
 
 
+@pytest.mark.multiprocess
 def test_slurm_script(tmp_path, repo_root):
     runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py"))
     workdir = str(tmp_path / "sweep")

@@ -8,10 +8,11 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
-from difffccf_jax.model import torch_port
-from difffccf_jax.config_cli import load_config
+torch = pytest.importorskip("torch")
+
+from difffccf_jax.model import torch_port  # noqa: E402  (imports torch)
+from difffccf_jax.config_cli import load_config  # noqa: E402
 
 # Every tensor name and shape of the published model (a copy of the published reference facts).
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "paper_unet_state_dict.json")

@@ -57,7 +57,7 @@ def config(tiny_config_path, overrides):
 def reference(tmp_path_factory, config):
     """(final state, workdir) of the uninterrupted run."""
     workdir = str(tmp_path_factory.mktemp("reference"))
-    return train.train_and_evaluate(config, workdir), workdir
+    return train.fit(config, workdir), workdir
 
 
 def read_metrics(workdir):
@@ -94,13 +94,38 @@ def test_step_decay_task_draw_and_epoch_plan(paper_config_path):
     rates = [train.learning_rate_at(optim, epoch) for epoch in (0, 999, 1000, 2999, 3000)]
     np.testing.assert_allclose(rates, 2e-4 * 0.99 ** np.array([0, 0, 1, 2, 3]), rtol=1e-6)
     tasks = ("pet", "spect", "ct", "gfp", "adni")
-    plan = train.epoch_plan(0, 500, tasks, 0, {t: i + 1 for i, t in enumerate(tasks)})
-    assert plan == train.epoch_plan(0, 500, tasks, 0, {t: i + 1 for i, t in enumerate(tasks)})
-    assert plan != train.epoch_plan(1, 500, tasks, 0, {t: i + 1 for i, t in enumerate(tasks)})
+    steps_per_pass = {t: i + 1 for i, t in enumerate(tasks)}
+    plan = train.epoch_plan(0, 500, tasks, 0, steps_per_pass)
+    # An epoch's task depends on (seed, epoch) only: a longer run (or a resumed one) repeats
+    # the shorter run's draws, and another seed draws others.
+    assert plan[:40] == train.epoch_plan(0, 40, tasks, 0, steps_per_pass)
+    other = train.epoch_plan(1, 500, tasks, 0, steps_per_pass)
+    assert sum(a != b for a, b in zip(plan, other)) > 300  # independent draws: ~400 differ
     counts = {t: sum(task == t for task, _ in plan) for t in tasks}
     assert all(70 <= c <= 130 for c in counts.values()), counts  # uniform: 100 each
     assert all(steps == tasks.index(task) + 1 for task, steps in plan)
     assert {s for _, s in train.epoch_plan(0, 9, tasks, 7, {})} == {7}
+
+
+def test_pending_metrics_fetch_in_step_order_and_empty():
+    pending = train.PendingMetrics()
+    for step in (1, 2, 3):
+        pending.add(step, {"loss": jnp.float32(step * 0.5)})
+    records, rate = pending.fetch()
+    assert records == [(1, {"loss": 0.5}), (2, {"loss": 1.0}), (3, {"loss": 1.5})]
+    assert rate > 0 and len(pending) == 0 and pending.fetch()[0] == []
+
+
+def test_progress_counts_the_time_budget_not_the_planned_steps():
+    budget = train.TrainingProgress(total_steps=1_000_000, done_steps=0, max_minutes=5.5,
+                                    enabled=True)
+    assert (budget.bar.total, budget.bar.unit) == (330, "s")
+    budget.advance(10, 10, "pet", 1.0)
+    assert budget.bar.n <= 1  # seconds since the start, not 10 steps
+    steps = train.TrainingProgress(total_steps=600, done_steps=100, max_minutes=0,
+                                   enabled=True)
+    steps.advance(10, 110, "pet", 1.0)
+    assert (steps.bar.total, steps.bar.n, steps.bar.unit) == (600, 110, "step")
 
 
 def test_ema_update_is_the_exponential_moving_average():
@@ -202,7 +227,7 @@ def test_fixed_weights_and_parameter_ema_through_a_whole_run(overrides, tiny_con
         ("data.multi_task", "False"), ("train.epochs", "3"), ("train.steps_per_epoch", "1"),
         ("weighting.enabled", "False"), ("optim.ema_decay", "0.5")))
     workdir = str(tmp_path / "run")
-    state = train.train_and_evaluate(config, workdir)
+    state = train.fit(config, workdir)
     steps = step_records(read_metrics(workdir))
     assert sorted(steps) == [1, 2, 3]
     for record in steps.values():
@@ -237,7 +262,7 @@ def back_to_epoch_one(workdir, destination):
 def test_resume_continues_exactly_like_the_uninterrupted_run(reference, config, tmp_path):
     state, workdir = reference
     resumed_dir = back_to_epoch_one(workdir, str(tmp_path / "resumed"))
-    resumed = train.train_and_evaluate(config, resumed_dir)
+    resumed = train.fit(config, resumed_dir)
     assert_trees_equal(resumed, state)
     expected = step_records(read_metrics(workdir))
     got = step_records(read_metrics(resumed_dir))
@@ -267,7 +292,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(reference, con
     exploding.optim.decay_every_epochs = 1
     run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
     with pytest.raises(train.NonFiniteLoss) as error:
-        train.train_and_evaluate(exploding, run_dir)
+        train.fit(exploding, run_dir)
     message = str(error.value)
     step = int(message.split(" at step ")[1].split()[0])
     term = message.split("loss term '")[1].split("'")[0]
@@ -309,7 +334,7 @@ WORKER = textwrap.dedent("""
     from difffccf_jax.training import train
     from difffccf_jax.config_cli import load_config
     config = load_config(sys.argv[1], [tuple(item) for item in json.loads(sys.argv[2])])
-    state = train.train_and_evaluate(config, sys.argv[3])
+    state = train.fit(config, sys.argv[3])
     leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
     np.savez(sys.argv[4], *leaves)
 """)
@@ -321,6 +346,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_train_like_one_process_with_four_devices(
         reference, tiny_config_path, overrides, tmp_path):
     """Two processes with 2 devices each resume the reference run after epoch 1 and train

@@ -13,7 +13,11 @@ prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": .
 - sampling: the whole jitted sampler of sampling.py, run whole, or estimated from its per-step
   time (runs of 2 and 4 steps) when a whole run takes too long;
 - graph: the bottleneck graph on a pixel grid, stencil operators (graph.py) against dense
-  N x N matrices (built only here): the operators alone, or the whole Graformer layer.
+  N x N matrices (built only here): the operators alone, or the whole Graformer layer;
+- generator: one generated pair of a task written as PNG files (data/generator.py), B aligned
+  or misaligned (with its displacement field), at the config's image size;
+- metrics: every fusion metric of one (fused, A, B) triple (metrics.all_metrics), the fused
+  image by the maximum rule, at the config's image size.
 """
 
 import json
@@ -28,14 +32,15 @@ from difffccf_jax.benchmark import measure
 from difffccf_jax.benchmark.measure import Row, Timing
 
 RESULT_PREFIX = "RESULT "
-FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch port"}
+FRAMEWORK_NAMES = {"jax": "JAX", "torch": "PyTorch port", "numpy": "NumPy"}
 ESTIMATE_STEPS = (2, 4)  # sampler lengths whose times give the per-step estimate
+METRICS_PAIRS = 4  # distinct triples the metrics case cycles through
 
 
 class Case(NamedTuple):
     """What one worker process measures (JSON-serialisable)."""
-    kind: str  # matmul, forward, train, train_full, sampling or graph
-    framework: str = "jax"  # 'jax' or 'torch'
+    kind: str  # matmul, forward, train, train_full, sampling, graph, generator or metrics
+    framework: str = "jax"  # 'jax', 'torch' or 'numpy' (generator, metrics)
     config: str = ""  # config file path
     label: str = ""  # the configuration's name in the table
     batch: int = 1
@@ -44,8 +49,9 @@ class Case(NamedTuple):
     diffusion_steps: int = 0  # sampling: overrides config.diffusion.steps when > 0
     estimate: bool = False  # sampling: per-step estimate instead of a whole run
     size: int = 0  # graph: grid side; matmul: matrix side
-    variant: str = ""  # graph: 'stencil' or 'dense'
+    variant: str = ""  # graph: 'stencil' or 'dense'; generator: 'aligned' or 'misaligned'
     part: str = ""  # graph: 'operators' or 'layer'
+    task: str = ""  # generator, metrics: the task whose pairs are generated
     max_repeats: int = 5
     budget_s: float = 60.0  # wall-clock budget of the steady repeats
 
@@ -292,7 +298,7 @@ def sampling_jax(case):
     b = rng.uniform(-1, 1, (case.batch, size, size, 3)).astype(np.float32)
     pair_ids = np.arange(case.batch, dtype=np.int32)
 
-    def measure(steps):
+    def timed(steps):
         config.sampling.steps = steps
         sample, schedule = sampling.sampler_from_config(config, config.data.task, mesh)
         args = (params, schedule, a, b, jax.random.key(0), pair_ids)
@@ -303,12 +309,12 @@ def sampling_jax(case):
         return f"sampler, {steps} steps ({'full' if full else 'respaced'})"
 
     if not case.estimate:
-        timing, compiled = measure(case.steps)
+        timing, compiled = timed(case.steps)
         note = f"{case.batch / timing.steady_s:.3g} pairs/s; network batch 3 x {case.batch}"
         return [make_row(case, name(case.steps), timing,
                          buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
                          note=note)]
-    (short, _), (long, compiled) = (measure(n) for n in ESTIMATE_STEPS)
+    (short, _), (long, compiled) = (timed(n) for n in ESTIMATE_STEPS)
     spread = ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]
     per_step = (long.steady_s - short.steady_s) / spread
     per_step_cpu = (long.cpu_s - short.cpu_s) / spread
@@ -403,21 +409,76 @@ def graph_jax(case):
     return [row._replace(config=f"{case.label} {case.size}x{case.size}")]
 
 
+def generator_name(case):
+    return f"generator, {case.task} pair, B {case.variant}"
+
+
+def generator_numpy(case):
+    """Seconds per pair written: each call writes one new pair (its own seed) to a new
+    folder."""
+    import itertools
+    import tempfile
+
+    from difffccf_jax.data import generator, layouts
+
+    config = load_case_config(case)
+    size = config.data.image_size
+    layout = layouts.layout_from_config(config.data, case.task)
+    seeds = itertools.count()
+    with tempfile.TemporaryDirectory() as root:
+        def call():
+            seed = next(seeds)
+            generator.write_task(os.path.join(root, str(seed)), layout, 1, size, seed,
+                                 misalign_b=case.variant == "misaligned")
+
+        timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
+    note = (f"{1 / timing.steady_s:.3g} pairs/s, {1 / max(timing.cpu_s, 1e-9):.3g} per CPU "
+            "second; PNG files" + (" and the displacement field" if case.variant == "misaligned"
+                                   else ""))
+    return [make_row(case, generator_name(case), timing, note=note)]
+
+
+def metrics_name(case):
+    return f"fusion metrics (all_metrics), {case.task} pair"
+
+
+def metrics_numpy(case):
+    """Seconds to score one fused image against its sources with every metric (the work of
+    `difffccf evaluate` per pair and method, without reading files)."""
+    import itertools
+
+    from difffccf_jax.data import generator
+    from difffccf_jax.evaluation import baselines, metrics
+
+    size = load_case_config(case).data.image_size
+    triples = []
+    for index in range(METRICS_PAIRS):
+        pair = generator.make_pair(case.task, size, 0, index)
+        triples.append((baselines.maximum_fusion(pair.a, pair.b), pair.a, pair.b))
+    cycle = itertools.cycle(triples)
+    timing = measure.time_calls(lambda: metrics.all_metrics(*next(cycle)), case.max_repeats,
+                                budget_s=case.budget_s)
+    note = f"{100 * timing.steady_s:.3g} s per 100 pairs; fused image by the maximum rule"
+    return [make_row(case, metrics_name(case), timing, note=note)]
+
+
 CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
          ("forward", "jax"): forward_jax, ("forward", "torch"): forward_torch,
          ("train", "jax"): train_jax, ("train", "torch"): train_torch,
          ("train_full", "jax"): train_full_jax, ("sampling", "jax"): sampling_jax,
-         ("graph", "jax"): graph_jax}
+         ("graph", "jax"): graph_jax, ("generator", "numpy"): generator_numpy,
+         ("metrics", "numpy"): metrics_numpy}
 
 
 # ---- the worker process and its caller -----------------------------------------------------------
 
 def import_framework(framework):
     """Imports the framework before the memory baseline, so that its own footprint (and the
-    threads it starts) are not counted as the case's memory."""
+    threads it starts) are not counted as the case's memory. NumPy is imported with this
+    module."""
     if framework == "torch":
         import torch  # noqa: F401
-    else:
+    elif framework == "jax":
         import jax
 
         import flax.linen  # noqa: F401
@@ -427,7 +488,9 @@ def import_framework(framework):
 
 
 def accelerator_name(framework):
-    """The GPU the case ran on, or None on CPU."""
+    """The GPU the case ran on, or None on CPU (where NumPy cases always run)."""
+    if framework == "numpy":
+        return None
     if framework == "torch":
         import torch
 
@@ -439,7 +502,9 @@ def accelerator_name(framework):
 
 
 def device_peak_mib(framework):
-    """Peak memory the case used on its GPU, MiB, or None on CPU."""
+    """Peak memory the case used on its GPU, MiB, or None on CPU (where NumPy cases run)."""
+    if framework == "numpy":
+        return None
     if framework == "torch":
         import torch
 
@@ -495,7 +560,8 @@ def failed_row(case, note):
              "train": "train step (stand-in L1, AdamW)",
              "train_full": "train step (train.py, all losses)",
              "sampling": f"sampler, {case.steps} steps", "graph": f"graph {case.part}, "
-             f"{case.variant} {case.size}x{case.size}"}
+             f"{case.variant} {case.size}x{case.size}", "generator": generator_name(case),
+             "metrics": metrics_name(case)}
     return make_row(case, names[case.kind], None, note=note)
 
 

@@ -1,5 +1,5 @@
 """The benchmark suite of `difffccf benchmark`: which cases run for the chosen configurations,
-batch sizes and parts, the target ratios computed from their rows, and the whole run.
+batch sizes and parts, the targets computed from their rows, and the whole run.
 """
 
 import os
@@ -17,7 +17,11 @@ FORWARD_TARGET = 0.7  # JAX time / PyTorch port time, paper configuration, batch
 TRAIN_TARGET = 0.7
 GRAPH_SPEED_TARGET = 10.0  # dense time / stencil time
 SAMPLING_TARGET = 15.0  # respaced throughput / full throughput
+GENERATOR_TARGET = 20.0  # pairs per CPU second, the slowest task
+METRICS_TARGET_S = 60.0  # seconds to score 100 pairs with every metric, one method
 TARGET_CONFIG, TARGET_BATCH = "paper", 1
+METRICS_TASK = "pet"  # a colour-B task, like the fused images scored
+ALIGNMENTS = ("aligned", "misaligned")
 
 
 class Options(NamedTuple):
@@ -88,6 +92,20 @@ def sampling_cases(options, path, config):
             for batch in options.batch_sizes for steps in (respaced, full)]
 
 
+def numpy_cases(options, path, config, part):
+    """The generator cases (every task, B aligned and misaligned) or the metrics case, at the
+    config's image size."""
+    from difffccf_jax.data.generator import TASKS
+
+    size = config.data.image_size
+    common = dict(framework="numpy", config=path, label=f"{config_label(path)} {size}x{size}",
+                  max_repeats=options.max_repeats, budget_s=options.budget_s)
+    if part == "metrics":
+        return [Case("metrics", task=METRICS_TASK, **common)]
+    return [Case("generator", task=task, variant=alignment, **common)
+            for task in TASKS for alignment in ALIGNMENTS]
+
+
 def plan(options):
     """The ordered list of cases. JAX and PyTorch cases of one comparison run back to back,
     so both meet about the same machine load."""
@@ -106,6 +124,9 @@ def plan(options):
                            **repeats) for batch in options.batch_sizes]
         if "sampling" in options.parts:
             cases += sampling_cases(options, path, config)
+        for part in ("generator", "metrics"):
+            if part in options.parts:
+                cases += numpy_cases(options, path, config, part)
     if "graph" in options.parts:
         paper = config_path("paper")
         cases += [Case("graph", config=paper, label="paper", size=size, variant=variant,
@@ -134,6 +155,11 @@ def _steady(row):
     return row.timing.steady_s if row else None
 
 
+def _is_target_config(config):
+    """True for the rows of the configuration the targets are set for ('paper ...')."""
+    return config.split(" ")[0] == TARGET_CONFIG
+
+
 def framework_targets(rows, case, bound):
     """JAX time / PyTorch-port time of `case` for every (config, batch) measured on both."""
     targets = []
@@ -141,8 +167,8 @@ def framework_targets(rows, case, bound):
         if row.case != case or row.framework != "JAX":
             continue
         port = find(rows, case, row.config, row.batch, "PyTorch port")
-        required = bound if (row.config.split(" ")[0], row.batch) == (
-            TARGET_CONFIG, TARGET_BATCH) else None
+        required = bound if _is_target_config(row.config) and row.batch == TARGET_BATCH \
+            else None
         targets.append(measure.Target(
             f"{case}: JAX / PyTorch port, {row.config}, batch {row.batch}",
             _ratio(_steady(row), _steady(port)), required, True, "steady time ratio"))
@@ -188,10 +214,33 @@ def sampling_targets(rows):
     return targets
 
 
+def generator_targets(rows):
+    """Pairs per CPU second of the slowest generator row (task and alignment), per image size."""
+    cpu_per_pair = {}
+    for row in rows:
+        if row.case.startswith("generator,") and row.timing and row.timing.cpu_s > 0:
+            cpu_per_pair[row.config] = max(cpu_per_pair.get(row.config, 0.0), row.timing.cpu_s)
+    return [measure.Target(
+        f"generator: pairs per CPU second, slowest task, {config}", 1.0 / cpu,
+        GENERATOR_TARGET if _is_target_config(config) else None, False,
+        "1 / CPU s per pair of the slowest task (what one free core writes)")
+        for config, cpu in cpu_per_pair.items()]
+
+
+def metrics_targets(rows):
+    """Seconds to score 100 pairs with every metric, per image size."""
+    return [measure.Target(
+        f"fusion metrics: s per 100 pairs, {row.config}", 100.0 * row.timing.steady_s,
+        METRICS_TARGET_S if _is_target_config(row.config) else None, True,
+        "100 x steady s per pair (one method)")
+        for row in rows if row.case.startswith("fusion metrics") and row.timing]
+
+
 def all_targets(rows):
     return (framework_targets(rows, "U-Net forward", FORWARD_TARGET)
             + framework_targets(rows, "train step (stand-in L1, AdamW)", TRAIN_TARGET)
-            + sampling_targets(rows) + graph_targets(rows))
+            + sampling_targets(rows) + graph_targets(rows) + generator_targets(rows)
+            + metrics_targets(rows))
 
 
 def matmul_rate(rows):
@@ -256,6 +305,12 @@ NOTES = (
     "case): the operators alone (A z and the Chebyshev basis, the target rows) and the whole "
     "Graformer layer, whose dense graph attention (softmax of N x N scores) is the same in "
     "both forms.",
+    "Generator: each call writes one new pair of a task (`data/generator.py`, PNG files, and "
+    "with B misaligned the displacement field) at the config's image size. Fusion metrics: "
+    "every metric of one triple (`metrics.all_metrics`, the work of `difffccf evaluate` per "
+    "pair and method, files not read), pet pairs fused by the maximum rule. Both are NumPy "
+    "and SciPy code; their targets are for the paper's 256 x 256 images: at least 20 pairs "
+    "per CPU second for the slowest task, and 100 pairs scored in under a minute.",
     "Threads: JAX uses XLA's CPU thread pool over all cores, PyTorch its default intra-op "
     "thread count (one per core). PyTorch's threads wait for each other after every "
     "operation, so when other processes take CPU time the port slows down far more than JAX, "
@@ -284,8 +339,8 @@ def measure_all(cases, timeout_s, run_number, progress):
     rows, accelerator = [], None
     for case in cases:
         load = os.getloadavg()[0]
-        what = " ".join(str(v) for v in (case.kind, case.framework, case.label, case.variant,
-                                         case.part, case.size or "") if v)
+        what = " ".join(str(v) for v in (case.kind, case.framework, case.label, case.task,
+                                         case.variant, case.part, case.size or "") if v)
         print(f"measuring {what}, batch {case.batch} (load {load:.1f})", file=progress,
               flush=True)
         new_rows, name = run_in_subprocess(case, timeout_s)

@@ -1,11 +1,12 @@
 """`difffccf benchmark`: JAX against the PyTorch port (U-Net forward, training step), sampler
-throughput and the graph bottleneck, on this machine; writes BENCHMARKS.md and prints it."""
+throughput, the graph bottleneck, the data generator and the fusion metrics, on this machine;
+writes BENCHMARKS.md and prints it."""
 
 from difffccf_jax.errors import UserError
 
-PARTS = ("matmul", "forward", "train", "train_full", "sampling", "graph")
+PARTS = ("matmul", "forward", "train", "train_full", "sampling", "graph", "generator", "metrics")
 QUICK = dict(configs="tiny", batch_sizes="1", graph_sizes="32", matmul_size=1024, max_repeats=3,
-             budget_s=20.0, cases="matmul,forward,train,sampling,graph")
+             budget_s=20.0, cases="matmul,forward,train,sampling,graph,generator,metrics")
 
 
 def register(subparsers):
@@ -14,10 +15,11 @@ def register(subparsers):
         description="Measure, each case in a fresh process: the U-Net forward and a training "
                     "step in JAX and in the PyTorch port, the real JAX training step, the "
                     "respaced and the full sampler, the graph bottleneck as stencils and as "
-                    "dense matrices, and a float32 matrix product as the machine's reference "
-                    "rate. Compile time, first call, steady median, CPU time, peak memory and "
-                    "GFLOP/s per case; the target ratios; written to --out (needs the torch "
-                    "extra for the PyTorch cases).")
+                    "dense matrices, the paired-data generator (every task) and the fusion "
+                    "metrics per pair at each config's image size, and a float32 matrix "
+                    "product as the machine's reference rate. Compile time, first call, "
+                    "steady median, CPU time, peak memory and GFLOP/s per case; the targets; "
+                    "written to --out (needs the torch extra for the PyTorch cases).")
     parser.add_argument("--quick", action="store_true",
                         help="a fast subset: tiny config, batch 1, no train_full (its "
                              "compilation takes minutes), 32 x 32 graph, 1024^2 matmul, at most "
@@ -65,6 +67,16 @@ def _integers(text, option):
     return values
 
 
+def parse_parts(text):
+    """The parts named by --cases, in order; UserError for an empty list or an unknown part."""
+    parts = tuple(p for p in text.split(",") if p)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        problem = f"unknown part(s) {', '.join(unknown)}" if unknown else "no part"
+        raise UserError(f"--cases: {problem} in {text!r}; choose among {', '.join(PARTS)}")
+    return parts
+
+
 def _choose(value, quick_value, default, quick):
     if value is not None:
         return value
@@ -79,12 +91,7 @@ def options_from_args(args):
     configs = _choose(args.configs, QUICK["configs"], "paper,tiny", quick)
     batch_sizes = _choose(args.batch_sizes, QUICK["batch_sizes"], "1,4", quick)
     graph_sizes = _choose(args.graph_sizes, QUICK["graph_sizes"], "32,64", quick)
-    parts = tuple(p for p in _choose(args.cases, QUICK["cases"], ",".join(PARTS), quick)
-                  .split(",") if p)
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise UserError(f"--cases: unknown part(s) {unknown or parts}; choose among "
-                        f"{', '.join(PARTS)}")
+    parts = parse_parts(_choose(args.cases, QUICK["cases"], ",".join(PARTS), quick))
     options = suite.Options(
         configs=tuple(suite.config_path(c) for c in configs.split(",") if c),
         batch_sizes=_integers(batch_sizes, "--batch-sizes"), parts=parts,

@@ -49,23 +49,12 @@ def parse_methods(texts, baseline_names=()):
 
 
 def run(args):
-    import tqdm
-
-    from difffccf_jax.evaluation import baselines, scoring
     from difffccf_jax.data import layouts
+    from difffccf_jax.evaluation import baselines, scoring
 
     methods = parse_methods(args.fused, tuple(baselines.BASELINES) if args.baselines else ())
-    if not methods and not args.baselines:
-        raise UserError("nothing to evaluate: give --fused NAME=DIR and/or --baselines")
-    if not args.ssim_data_range > 0:
-        raise UserError(f"--ssim-data-range {args.ssim_data_range}: expected a positive number")
     layout = layouts.layout_from_config(config_from_args(args).data, args.task)
-    pairs = layouts.list_pairs(args.data, layout)
-    scores, size = scoring.score_pairs(
-        pairs, layout, methods, args.baselines, args.ssim_data_range,
-        progress=lambda items: tqdm.tqdm(items, desc="evaluate", unit="pair", leave=False))
-    info = dict(task=args.task, data=args.data, pairs=len(pairs), image_size=size,
-                ssim_data_range=args.ssim_data_range, fused=methods)
-    markdown, paths = scoring.write_tables(args.out, scores, info)
+    markdown, paths = scoring.evaluate_folders(args.data, layout, methods, args.out,
+                                               args.baselines, args.ssim_data_range)
     print(markdown, end="")
     print("written: " + ", ".join(paths))

@@ -17,4 +17,4 @@ def register(subparsers):
 def run(args):
     from difffccf_jax.training import train
 
-    train.train_and_evaluate(config_from_args(args), args.workdir)
+    train.fit(config_from_args(args), args.workdir)

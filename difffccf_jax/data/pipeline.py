@@ -178,10 +178,21 @@ class BatchIterator:
     def __iter__(self):
         return self
 
-    def __next__(self):
+    def _local_batch(self):
+        """This process's rows of the batch at the current position, {key: NumPy array}."""
         local = self.source.take(self.local_indices(self.epoch, self.step))
         if self.crop_size:
             local = crop(local, self.crop_windows(self.epoch, self.step), self.crop_size)
+        return local
+
+    def element_spec(self):
+        """{key: jax.ShapeDtypeStruct} of the global batches, to compile before the first."""
+        return {key: jax.ShapeDtypeStruct((self.global_batch_size,) + value.shape[1:],
+                                          value.dtype, sharding=self.sharding)
+                for key, value in self._local_batch().items()}
+
+    def __next__(self):
+        local = self._local_batch()
         self.step += 1
         if self.step == self.steps_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0

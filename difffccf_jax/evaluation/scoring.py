@@ -177,3 +177,24 @@ def write_tables(out, scores, info):
     files.write_files(list(zip(paths, [markdown, csv_table(summaries),
                                       json_report(summaries, scores, info)])))
     return markdown, paths
+
+
+def evaluate_folders(data, layout, methods, out, with_baselines=False, ssim_data_range=255.0,
+                     show_progress=True):
+    """Scores each method's folder of fused images ({name: folder}) on the pairs of `layout`
+    under `data`, with the classical rules too when with_baselines, and writes the tables into
+    `out`; returns (markdown text, [paths])."""
+    import tqdm
+
+    if not methods and not with_baselines:
+        raise UserError("nothing to evaluate: give --fused NAME=DIR and/or --baselines")
+    if not ssim_data_range > 0:
+        raise UserError(f"--ssim-data-range {ssim_data_range}: expected a positive number")
+    pairs = layouts.list_pairs(data, layout)
+    scores, size = score_pairs(
+        pairs, layout, methods, with_baselines, ssim_data_range,
+        progress=lambda items: tqdm.tqdm(items, desc="evaluate", unit="pair", leave=False,
+                                         disable=not show_progress))
+    info = dict(task=layout.task, data=data, pairs=len(pairs), image_size=size,
+                ssim_data_range=ssim_data_range, fused=methods)
+    return write_tables(out, scores, info)

@@ -1,1 +1,2 @@
-"""inference"""
+"""Fusing pairs with a trained model: the reverse diffusion sampler and the fuse-a-folder
+workflow."""

@@ -67,15 +67,6 @@ def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_streng
     return roots["train"], roots["test"], layout
 
 
-def run_command(argv):
-    """Runs a `difffccf` subcommand in this process; a failure stops the demo."""
-    from difffccf_jax import cli
-
-    status = cli.main(argv)
-    if status:
-        raise UserError(f"the demo's step `difffccf {' '.join(argv)}` failed (exit {status})")
-
-
 def registration_rows(pairs, fused_dir, image_size):
     """Per pair: (name, true mean displacement [2], predicted mean displacement [2], mean
     end-point error of B's alignment before warping (the true field itself) and after warping
@@ -386,8 +377,10 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     (config.data.crop_size) and fusion the whole held-out pairs."""
     import json
 
-    from difffccf_jax.training import train
     from difffccf_jax.data import layouts
+    from difffccf_jax.evaluation import scoring
+    from difffccf_jax.inference import fusion
+    from difffccf_jax.training import train
 
     if os.path.isdir(out) and os.listdir(out):
         raise UserError(f"--out {out!r} is not empty; choose a new folder")
@@ -407,7 +400,7 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
                          crop_size)
     announce(1, "compiling, then training the tiny model", eta_seconds=60 * minutes + 60)
     stage = time.perf_counter()
-    state = train.train_and_evaluate(config, workdir)
+    state = train.fit(config, workdir)
     timings["train"] = time.perf_counter() - stage
     checkpoint = os.path.join(workdir, train.CHECKPOINT_DIR)
 
@@ -415,17 +408,18 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     stage = time.perf_counter()
     fused_dir = os.path.join(out, "fused")
     registered_dir = os.path.join(out, "fused_registered")
-    for folder, register in ((fused_dir, "--no-register"), (registered_dir, "--register")):
-        run_command(["fuse", "--checkpoint", checkpoint, "--task", task, "--data", test_root,
-                     "--out", folder, "--save-extras", register])
+    for folder, register in ((fused_dir, False), (registered_dir, True)):
+        fused = fusion.fuse_folder(checkpoint, folder, data=test_root, task=task,
+                                   register=register, save_extras=True)
+        print(fused.summary())
     timings["fuse"] = time.perf_counter() - stage
 
     announce(3, "fusion metrics against the classical baselines")
     stage = time.perf_counter()
     evaluation_dir = os.path.join(out, "evaluation")
-    run_command(["evaluate", "--task", task, "--data", test_root, "--fused",
-                 f"{METHOD}={fused_dir}", "--fused", f"{REGISTERED}={registered_dir}",
-                 "--baselines", "--out", evaluation_dir])
+    metrics_table, _ = scoring.evaluate_folders(
+        test_root, layout, {METHOD: fused_dir, REGISTERED: registered_dir}, evaluation_dir,
+        with_baselines=True)
     pairs = layouts.list_pairs(test_root, layout)
     selection = selection_stats(pairs, layout, fused_dir, image_size)
     registration = registration_rows(pairs, registered_dir, image_size)
@@ -439,8 +433,6 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     timings["figures"] = time.perf_counter() - stage
 
     announce(5, "report.md")
-    with open(os.path.join(evaluation_dir, "evaluation.md"), encoding="utf-8") as file:
-        metrics_table = file.read()
     with open(os.path.join(evaluation_dir, "evaluation.json"), encoding="utf-8") as file:
         means = metric_means(json.load(file))
     baseline_names = [name for name in means if name not in (METHOD, REGISTERED)]

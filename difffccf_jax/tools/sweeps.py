@@ -215,21 +215,19 @@ def train_and_score(config, run_dir):
     """One sweep run: trains (resuming when interrupted), fuses the configured task's held-out
     pairs (data.eval_root, else the training pairs) with the run's sampling settings, and
     returns the final training loss and the mean fusion metrics, e.g. {'loss': ..., 'MI': ...}."""
-    from difffccf_jax import cli
-    from difffccf_jax.evaluation import scoring
-    from difffccf_jax.training import train
     from difffccf_jax.data import layouts
+    from difffccf_jax.evaluation import scoring
+    from difffccf_jax.inference import fusion
+    from difffccf_jax.training import train
 
-    train.train_and_evaluate(config, run_dir)
+    train.fit(config, run_dir)
     fused = os.path.join(run_dir, "fused")
     scored_root = config.data.get("eval_root") or config.data.root
-    argv = ["fuse", "--checkpoint", os.path.join(run_dir, train.CHECKPOINT_DIR), "--task",
-            config.data.task, "--data", scored_root, "--out", fused, "--overwrite"]
-    if cli.main(argv):
-        raise UserError(f"sweep run {run_dir}: `difffccf {' '.join(argv)}` failed")
+    fusion.fuse_folder(os.path.join(run_dir, train.CHECKPOINT_DIR), fused, data=scored_root,
+                       task=config.data.task, overwrite=True)
     layout = layouts.layout_from_config(config.data, config.data.task)
-    scores, _ = scoring.score_pairs(layouts.list_pairs(scored_root, layout),
-                                       layout, {"run": fused}, with_baselines=False)
+    scores, _ = scoring.score_pairs(layouts.list_pairs(scored_root, layout), layout,
+                                    {"run": fused}, with_baselines=False)
     summary = scoring.summarise(scores["run"])
     final = train.read_metrics_log(run_dir)[-1]
     return {"loss": final["loss"], **{name: s.mean for name, s in summary.items()}}

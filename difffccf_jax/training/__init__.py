@@ -1,1 +1,1 @@
-"""training"""
+"""Training: the loss terms, the adaptive weighting policy and the training loop."""

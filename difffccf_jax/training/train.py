@@ -294,14 +294,10 @@ def new_state(run, config, mesh):
 
 
 def compile_step(step_fn, args, fast):
-    """The AOT-compiled step for `args`; fast: XLA backend optimisation level 0 (much shorter
-    compiles on CPU, slower steps)."""
+    """The AOT-compiled step for `args` (arrays or jax.ShapeDtypeStruct); fast: XLA backend
+    optimisation level 0 (much shorter compiles on CPU, slower steps)."""
     options = {"xla_backend_optimization_level": 0} if fast else None
     return step_fn.lower(*args).compile(compiler_options=options)
-
-
-def _scalars(record):
-    return {name: float(value) for name, value in record.items()}
 
 
 def over_time_budget(max_minutes, start):
@@ -310,11 +306,122 @@ def over_time_budget(max_minutes, start):
     return max_minutes > 0 and time.perf_counter() - start >= 60 * max_minutes
 
 
-def train_and_evaluate(config, workdir):
-    """Trains as `config` says, checkpointing and logging into `workdir`; resumes from the
-    latest checkpoint there. Returns the final TrainState."""
-    from tqdm import tqdm
+class PendingMetrics:
+    """The metrics of the steps dispatched since the last fetch: fetching them all at once keeps
+    the host from waiting on the devices after every step."""
 
+    def __init__(self):
+        self.items, self.started = [], time.perf_counter()
+
+    def add(self, step, metrics):
+        self.items.append((step, metrics))
+
+    def __len__(self):
+        return len(self.items)
+
+    def fetch(self):
+        """([(step, {name: float})], steps per second since the previous fetch); empties."""
+        records = [(step, {name: float(value) for name, value in values.items()})
+                   for step, values in jax.device_get(self.items)]
+        rate = len(records) / max(time.perf_counter() - self.started, 1e-9)
+        self.items, self.started = [], time.perf_counter()
+        return records, rate
+
+    def restart_clock(self):
+        """Leaves time spent outside the steps (compiling, checkpointing) out of the rate."""
+        self.started = time.perf_counter()
+
+
+class TrainingProgress:
+    """A progress bar over the planned steps, or over the time budget when one is set
+    (config.train.max_minutes): a run that the budget ends never reaches its step count."""
+
+    def __init__(self, total_steps, done_steps, max_minutes, enabled):
+        from tqdm import tqdm
+
+        self.budget_s = 60.0 * max_minutes
+        self.started = time.perf_counter()
+        if self.budget_s > 0:
+            self.bar = tqdm(total=round(self.budget_s), unit="s", disable=not enabled,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of the time "
+                                       "budget{postfix}", dynamic_ncols=True)
+        else:
+            self.bar = tqdm(total=total_steps, initial=done_steps, unit="step",
+                            disable=not enabled, dynamic_ncols=True)
+
+    def advance(self, steps, step, task, loss):
+        if self.budget_s > 0:
+            self.bar.n = min(round(time.perf_counter() - self.started), self.bar.total)
+            self.bar.set_postfix(step=step, task=task, loss=f"{loss:.4g}")
+        else:
+            self.bar.update(steps)
+            self.bar.set_postfix(task=task, loss=f"{loss:.4g}")
+
+    def write(self, text):
+        self.bar.write(text)
+
+    def close(self):
+        self.bar.close()
+
+
+def check_finite(records, epoch, task, manager, checkpoint_dir):
+    """Raises NonFiniteLoss at the first non-finite loss term of `records`, naming the last
+    good checkpoint."""
+    bad = first_non_finite(records)
+    if bad is None:
+        return
+    step, term = bad
+    last_good = manager.latest_step()
+    kept = (f"the last good checkpoint is step {last_good} in {checkpoint_dir}"
+            if last_good is not None else "no checkpoint was written before it")
+    raise NonFiniteLoss(f"training stopped: loss term '{term}' is not finite at step {step} "
+                        f"(epoch {epoch}, task {task}); {kept}")
+
+
+class StepReporter:
+    """Collects the dispatched steps' metrics and every `log_every` steps (and at each epoch's
+    end) fetches them, stops on a non-finite loss, logs them and advances the progress bar."""
+
+    def __init__(self, log, progress, log_every, batch_size, manager, checkpoint_dir):
+        self.log, self.progress, self.log_every = log, progress, log_every
+        self.batch_size, self.manager, self.checkpoint_dir = batch_size, manager, checkpoint_dir
+        self.pending = PendingMetrics()
+
+    def add(self, step, metrics, epoch, task):
+        self.pending.add(step, metrics)
+        if len(self.pending) >= self.log_every:
+            self.report(epoch, task)
+
+    def report(self, epoch, task):
+        records, rate = self.pending.fetch()
+        if not records:
+            return
+        check_finite(records, epoch, task, self.manager, self.checkpoint_dir)
+        last = records[-1][0]
+        for step, values in records:
+            if step % self.log_every == 0 or step == last:
+                self.log.write(step, dict(values, epoch=epoch, task=task, steps_per_second=rate,
+                                          images_per_second=rate * self.batch_size))
+        self.progress.advance(len(records), last, task, records[-1][1]["loss"])
+
+
+def restore_or_start(run, config, mesh, manager):
+    """(TrainState, first epoch): the latest checkpoint in `manager` with the data iterators
+    moved to where it stopped, or a fresh state at epoch 0."""
+    latest = manager.latest_step()
+    if latest is None:
+        return new_state(run, config, mesh), 0
+    abstract = jax.eval_shape(run.create, jax.random.PRNGKey(config.seed))
+    state, progress = restore_state(manager, latest, abstract, mesh)
+    for task, position in progress["data"].items():
+        run.batches[task].restore(position)
+    return state, int(progress["epoch"])
+
+
+def fit(config, workdir):
+    """Trains as `config` says, checkpointing and logging into `workdir`; resumes from the
+    latest checkpoint there. Returns the final TrainState. (Scoring the result is the job of
+    `inference.fusion` and `evaluation.scoring`.)"""
     parallel.initialize_distributed(config.train.distributed)
     mesh = parallel.make_mesh()
     replicated = parallel.replicated(mesh)
@@ -325,84 +432,51 @@ def train_and_evaluate(config, workdir):
         os.makedirs(workdir, exist_ok=True)
         checkpoints.write_config(checkpoint_dir, config)
     manager = checkpoints.open_manager(checkpoint_dir, keep=config.train.keep_checkpoints)
-    start_epoch, latest = 0, manager.latest_step()
-    if latest is not None:
-        abstract = jax.eval_shape(run.create, jax.random.PRNGKey(config.seed))
-        state, progress = restore_state(manager, latest, abstract, mesh)
-        start_epoch = int(progress["epoch"])
-        for task, position in progress["data"].items():
-            run.batches[task].restore(position)
-    else:
-        state = new_state(run, config, mesh)
-
-    step_fn = make_train_step(mesh, replicated, **run.step_options)
+    state, start_epoch = restore_or_start(run, config, mesh, manager)
     rules = jax.device_put(run.rules, replicated)
     log = MetricsLog(workdir, enabled=lead)
-    compiled, pending, host_step = None, [], int(state.step)
-    progress_bar = tqdm(total=sum(steps for _, steps in run.plan), initial=host_step,
-                        unit="step", disable=not lead, dynamic_ncols=True)
-    interval_start = time.perf_counter()
-
-    def flush(epoch, task):
-        """Fetches the pending steps' metrics, stops on a non-finite loss, logs."""
-        nonlocal pending, interval_start
-        if not pending:
-            return
-        records = [(step, _scalars(values)) for step, values in jax.device_get(pending)]
-        pending = []
-        rate = len(records) / (time.perf_counter() - interval_start)
-        bad = first_non_finite(records)
-        if bad is not None:
-            step, term = bad
-            last_good = manager.latest_step()
-            kept = (f"the last good checkpoint is step {last_good} in {checkpoint_dir}"
-                    if last_good is not None else "no checkpoint was written before it")
-            raise NonFiniteLoss(f"training stopped: loss term '{term}' is not finite at step "
-                                f"{step} (epoch {epoch}, task {task}); {kept}")
-        for step, values in records:
-            if step % config.train.log_every_steps == 0 or step == records[-1][0]:
-                log.write(step, dict(values, epoch=epoch, task=task, steps_per_second=rate,
-                                     images_per_second=rate * config.data.batch_size))
-        progress_bar.update(len(records))
-        progress_bar.set_postfix(task=task, loss=f"{records[-1][1]['loss']:.4g}")
-        interval_start = time.perf_counter()
-
-    loop_start = time.perf_counter()
+    host_step = int(state.step)
+    progress = TrainingProgress(sum(steps for _, steps in run.plan), host_step,
+                                config.train.max_minutes, enabled=lead)
     try:
+        if start_epoch < config.train.epochs:
+            # Every task's batches have one shape, so one compiled step serves the whole run.
+            first_task = run.plan[start_epoch][0]
+            example = (state, run.batches[first_task].element_spec(), rules[first_task],
+                       jax.device_put(jnp.float32(0.0), replicated))
+            started = time.perf_counter()
+            compiled = compile_step(make_train_step(mesh, replicated, **run.step_options),
+                                    example, config.train.fast_compile)
+            seconds = time.perf_counter() - started
+            parallel.wait_for_all_processes("difffccf-train-step-compiled")
+            progress.write(f"compiled the train step in {seconds:.1f} s")
+            log.write(host_step, {"compile_seconds": seconds})
+        reporter = StepReporter(log, progress, config.train.log_every_steps,
+                                config.data.batch_size, manager, checkpoint_dir)
+        loop_start = time.perf_counter()
         for epoch in range(start_epoch, config.train.epochs):
             task, steps = run.plan[epoch]
             learning_rate = jax.device_put(
                 jnp.float32(learning_rate_at(config.optim, epoch)), replicated)
             for _ in range(steps):
-                batch = next(run.batches[task])
-                args = (state, batch, rules[task], learning_rate)
-                if compiled is None:
-                    started = time.perf_counter()
-                    compiled = compile_step(step_fn, args, config.train.fast_compile)
-                    seconds = time.perf_counter() - started
-                    parallel.wait_for_all_processes("difffccf-train-step-compiled")
-                    progress_bar.write(f"compiled the train step in {seconds:.1f} s")
-                    log.write(host_step, {"compile_seconds": seconds})
-                    interval_start = time.perf_counter()
-                state, metrics = compiled(*args)
+                state, metrics = compiled(state, next(run.batches[task]), rules[task],
+                                          learning_rate)
                 host_step += 1
-                pending.append((host_step, metrics))
-                if len(pending) >= config.train.log_every_steps:
-                    flush(epoch, task)
-            flush(epoch, task)
+                reporter.add(host_step, metrics, epoch, task)
+            reporter.report(epoch, task)
             out_of_time = over_time_budget(config.train.max_minutes, loop_start)
             if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or (
                     epoch + 1 == config.train.epochs) or out_of_time:
-                progress = dict(epoch=epoch + 1, step=host_step,
+                position = dict(epoch=epoch + 1, step=host_step,
                                 data={name: it.state() for name, it in run.batches.items()})
-                checkpoints.save(manager, host_step, state_to_items(state), progress)
-                interval_start = time.perf_counter()
+                checkpoints.save(manager, host_step, state_to_items(state), position)
+                reporter.pending.restart_clock()
             if out_of_time:
-                progress_bar.write(f"stopped after epoch {epoch + 1}: the time budget of "
-                                   f"{config.train.max_minutes:g} min is spent")
+                progress.write(f"stopped after epoch {epoch + 1}: the time budget of "
+                               f"{config.train.max_minutes:g} min is spent")
                 break
     finally:
-        progress_bar.close()
+        progress.close()
         log.close()
         manager.close()
     return state
