@@ -30,7 +30,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        # the template anatomy of the generator: the MNI152 template ships in nilearn's wheel
+        # and is read with nibabel (docs/data.md)
+        "realistic": ["nilearn>=0.10.3", "nibabel>=5.2"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nilearn>=0.10.3", "nibabel>=5.2"],
         "torch": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["difffccf=difffccf_jax.cli:main"]},

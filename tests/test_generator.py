@@ -1,6 +1,8 @@
-"""The paired-data generator: the five tasks, their physics, determinism, misalignment fields,
-atomic writes and the make-data command."""
+"""The paired-data generator: the five tasks, their physics on the template anatomy and on the
+phantom, the clinical colour maps, determinism, misalignment fields, atomic writes, the
+make-data command and its fallback to the phantom without the `realistic` extra."""
 
+import importlib.util
 import os
 
 import jax
@@ -9,9 +11,10 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from difffccf_jax import cli, files
+from difffccf_jax import cli, color, files
 from difffccf_jax.config_cli import load_config
-from difffccf_jax.data import cells, fields, generator, images, layouts, misalign, phantom
+from difffccf_jax.data import (cells, colormaps, fields, gallery, generator, images, layouts,
+                               misalign, phantom, template)
 from difffccf_jax.errors import UserError
 
 SIZE = 64
@@ -24,9 +27,10 @@ def paper_layouts(paper_config_path):
     return {task: layouts.layout_from_config(config.data, task) for task in generator.TASKS}
 
 
+@pytest.mark.parametrize("anatomy", generator.ANATOMIES)
 @pytest.mark.parametrize("task", generator.TASKS)
-def test_every_task_generates_a_plausible_pair(task):
-    pair = generator.make_pair(task, SIZE, seed=0, index=0)
+def test_every_task_generates_a_plausible_pair(task, anatomy):
+    pair = generator.make_pair(task, SIZE, seed=0, index=0, anatomy=anatomy)
     assert pair.a.shape == (SIZE, SIZE) and pair.a.dtype == np.uint8
     expected_b = (SIZE, SIZE, 3) if task in COLOUR_TASKS else (SIZE, SIZE)
     assert pair.b.shape == expected_b and pair.b.dtype == np.uint8
@@ -181,10 +185,12 @@ def test_field_realigns_a_smooth_image_almost_exactly():
     assert np.abs(scipy_warp(moved, -field) - image)[inner].mean() > before  # the sign matters
 
 
-@pytest.mark.parametrize("task", ["pet", "ct", "gfp"])
-def test_saved_field_realigns_the_moved_b(task):
-    pair = generator.make_pair(task, 128, seed=1, index=0, misalign_b=True)
-    aligned = generator.make_pair(task, 128, seed=1, index=0)
+@pytest.mark.parametrize("task, anatomy", [("pet", "phantom"), ("ct", "phantom"),
+                                           ("gfp", "phantom"), ("pet", "template"),
+                                           ("spect", "template"), ("ct", "template")])
+def test_saved_field_realigns_the_moved_b(task, anatomy):
+    pair = generator.make_pair(task, 128, seed=1, index=0, misalign_b=True, anatomy=anatomy)
+    aligned = generator.make_pair(task, 128, seed=1, index=0, anatomy=anatomy)
     np.testing.assert_array_equal(pair.a, aligned.a)  # misalignment leaves the content alone
     np.testing.assert_array_equal(pair.b_aligned, aligned.b)
     field = pair.displacement
@@ -311,3 +317,181 @@ def test_make_data_bad_input_exits_2_with_one_line(tmp_path, capsys):
                      "--motion-strength", "9", "--out", str(tmp_path / "strong")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "motion strength 9.0 is outside (0, 6.0]" in error
+
+
+# ---- the template anatomy (MNI152, the `realistic` extra) -----------------------------------
+
+@pytest.fixture(scope="module")
+def template_slices():
+    return [template.random_slice(np.random.default_rng(seed), 128) for seed in range(4)]
+
+
+def test_trilinear_sampling_reproduces_a_linear_volume_exactly():
+    """Trilinear interpolation is exact for a linear function: a known answer that also fixes
+    the (z, y, x) axis order."""
+    z, y, x = np.meshgrid(np.arange(7), np.arange(9), np.arange(11), indexing="ij")
+    volume = (2.0 * z + 3.0 * y + 5.0 * x).astype(np.float32)
+    points = [np.random.default_rng(0).uniform(0, n - 1.01, (5, 6)).astype(np.float32)
+              for n in volume.shape]
+    (sampled,) = template._trilinear([volume], points)
+    np.testing.assert_allclose(sampled, 2 * points[0] + 3 * points[1] + 5 * points[2],
+                               rtol=1e-5)
+
+
+def test_template_slice_is_a_head_of_partial_volumes(template_slices):
+    """Fractions sum to at most 1; every tissue has pure pixels; from the image's left edge
+    inwards along the middle row come air, scalp, skull, CSF, then the brain."""
+    for anatomy in template_slices:
+        fractions = anatomy.fractions
+        total = sum(fractions.values()) + sum(lesion.fraction for lesion in anatomy.lesions)
+        assert total.min() >= -1e-5 and total.max() <= 1 + 1e-5
+        for tissue in ("scalp", "skull", "csf", "grey", "white"):
+            assert (fractions[tissue] > 0.9).sum() > 10, tissue
+        row = 64
+        dominant = np.argmax(np.stack([1 - total[row]] + [fractions[name][row] for name in
+                                                          ("scalp", "skull", "csf")]
+                                      + [anatomy.parenchyma[row]]), axis=0)
+        # first pixel of each kind from the left: air, scalp, skull, csf, brain in this order
+        firsts = [int(np.argmax(dominant == kind)) for kind in range(5)]
+        assert firsts[0] == 0 and firsts[1:] == sorted(firsts[1:]) and firsts[1] > 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_template_slices_are_shown_radiologically(seed):
+    """The front (MNI +y) at the top, the subject's right (MNI +x) on the image's left, the
+    image about 215-245 mm across and the slice between the levels drawn (tilt aside)."""
+    size = 64
+    pixel_mm = 230.0 / size
+    x, y, z = template._slice_coordinates(np.random.default_rng(seed), size, pixel_mm)
+    middle = size // 2
+    assert y[0, middle] - y[-1, middle] > 0.8 * 230 and x[middle, 0] - x[middle, -1] > 0.8 * 230
+    low, high = template.LEVELS_MM
+    assert low - 20 < z[middle, middle] < high + 20
+
+
+def test_template_pet_uptake_is_four_times_higher_in_grey_than_white_matter(template_slices):
+    for seed, anatomy in enumerate(template_slices):
+        activity = template.uptake(anatomy, np.random.default_rng(seed), 4.0)
+        lesion_free = sum(lesion.fraction for lesion in anatomy.lesions) == 0
+        grey = activity[(anatomy.fractions["grey"] > 0.99) & lesion_free]
+        white = activity[(anatomy.fractions["white"] > 0.99) & lesion_free]
+        # regional variation of +-6 % and hot spots perturb single pixels, not medians
+        assert 3.7 < np.median(grey) / np.median(white) < 4.3
+
+
+def test_template_mri_and_ct_contrasts(template_slices):
+    anatomy = template_slices[0]
+    rng = np.random.default_rng(0)
+    t1 = template.render_mri(anatomy, rng, "T1")
+    t2 = template.render_mri(anatomy, rng, "T2")
+    ct = template.render_ct(anatomy, rng)
+
+    def mean(image, tissue):
+        return image[anatomy.fractions[tissue] > 0.9].mean()
+
+    assert mean(t1, "white") > mean(t1, "grey") > mean(t1, "csf")
+    assert mean(t1, "scalp") > mean(t1, "skull")  # fat bright, bone dark
+    assert mean(t2, "csf") > mean(t2, "grey") > mean(t2, "white")
+    assert mean(ct, "skull") > 0.95 > mean(ct, "grey") > mean(ct, "white") > mean(ct, "csf")
+    assert 0.2 < mean(ct, "grey") < 0.8  # soft tissue grey in the brain window
+
+
+def test_template_pet_b_is_black_outside_the_head_and_hot_inside():
+    """A PET B through the hot map: R >= G >= B everywhere, near black beyond the head, red to
+    yellow over the grey matter."""
+    size, seed, index = 128, 3, 2
+    pair = generator.make_pair("pet", size, seed, index, anatomy="template")
+    # the anatomy is the first draw of the pair's stream (generator.make_pair)
+    anatomy = template.random_slice(
+        np.random.default_rng([seed, generator.TASKS.index("pet"), index, 0]), size)
+    b = pair.b.astype(int)
+    assert np.all(b[..., 0] >= b[..., 1]) and np.all(b[..., 1] >= b[..., 2])
+    head = sum(anatomy.fractions.values()) > 0
+    far_outside = ndimage.distance_transform_edt(~head) > 8
+    assert far_outside.mean() > 0.2 and b[far_outside].max() < 12
+    grey = anatomy.fractions["grey"] > 0.9
+    assert np.median(b[grey][:, 0]) > 200 and np.median(b[grey][:, 1]) > 40
+
+
+def test_clinical_colour_maps():
+    """hot: black to white with luminance never falling; rainbow: black at zero uptake, red at
+    the peak; jet_on_black: JET, black where there is no signal."""
+    hot = colormaps.lut("hot").astype(float)
+    luminance = hot @ np.array(color.LUMA)
+    assert np.all(np.diff(luminance) >= 0) and luminance[0] == 0 and luminance[-1] == 255
+    rainbow = colormaps.lut("rainbow")
+    assert rainbow[0].tolist() == [0, 0, 0] and rainbow[-1].tolist() == [255, 0, 0]
+    values = np.array([[0.0, 0.01, 0.5, 1.0]], np.float32)
+    jet = colormaps.colorize(values, "jet_on_black") * 255
+    assert np.all(jet[0, :2] == 0)
+    np.testing.assert_allclose(jet[0, 2:], color.colormap_lut("jet")[[128, 255]], atol=1e-3)
+    with pytest.raises(ValueError, match="unknown colour map 'viridis'"):
+        colormaps.colorize(values, "viridis")
+
+
+def test_template_spect_uses_both_clinical_maps():
+    """SPECT B is shown through the rainbow or the hot map, drawn per pair: both occur."""
+    maps = set()
+    for index in range(8):
+        b = generator.make_pair("spect", 32, 0, index, anatomy="template").b.astype(int)
+        maps.add("rainbow" if np.any(b[..., 2] > b[..., 0] + 30) else "hot")
+    assert maps == {"rainbow", "hot"}
+
+
+def test_template_pairs_are_deterministic_per_seed_and_index():
+    first = generator.make_pair("spect", SIZE, seed=5, index=2, anatomy="template")
+    again = generator.make_pair("spect", SIZE, seed=5, index=2, anatomy="template")
+    np.testing.assert_array_equal(first.a, again.a)
+    np.testing.assert_array_equal(first.b, again.b)
+    other_index = generator.make_pair("spect", SIZE, seed=5, index=3, anatomy="template")
+    assert np.abs(first.a.astype(int) - other_index.a).mean() > 5
+
+
+def test_without_the_extra_the_phantom_is_the_fallback(tmp_path, capsys, monkeypatch):
+    """nilearn missing (simulated): the template is refused with the install hint, and
+    make-data falls back to the phantom, saying so."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "nilearn" else find_spec(name, *args))
+    assert not template.available() and generator.default_anatomy() == "phantom"
+    with pytest.raises(UserError, match=r"difffccf-jax\[realistic\]"):
+        generator.make_pair("pet", SIZE, 0, 0, anatomy="template")
+    out = str(tmp_path / "data")
+    assert cli.main(["make-data", "--task", "pet", "--num", "1", "--size", "32",
+                     "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "using the phantom anatomy" in printed and "on the phantom anatomy" in printed
+    np.testing.assert_array_equal(
+        images.read_image(os.path.join(out, "HARVARD-PET-MRI", "PET", "1.png")),
+        generator.make_pair("pet", 32, 0, 0, anatomy="phantom").b)
+    assert cli.main(["make-data", "--task", "pet", "--num", "1", "--anatomy", "template",
+                     "--out", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "needs the MNI152 template" in error
+
+
+def test_make_data_uses_the_template_when_installed(tmp_path, capsys):
+    out = str(tmp_path / "data")
+    assert cli.main(["make-data", "--task", "ct", "--num", "2", "--size", "32", "--seed", "4",
+                     "--out", out, "--misalign"]) == 0
+    assert "on the template anatomy" in capsys.readouterr().out
+    expected = generator.make_pair("ct", 32, seed=4, index=1, misalign_b=True,
+                                   anatomy="template")
+    folder = os.path.join(out, "HARVARD-CT-MRI")
+    np.testing.assert_array_equal(images.read_image(os.path.join(folder, "CT", "2.png")),
+                                  expected.a)
+    np.testing.assert_array_equal(np.load(os.path.join(folder, "displacement", "2.npy")),
+                                  expected.displacement)
+
+
+def test_gallery_shows_the_generated_pairs_side_by_side():
+    size = 32
+    figure = gallery.side_by_side(size=size, seed=2, template_pairs=1)
+    assert figure.shape == (gallery.LABEL_HEIGHT + 3 * size, gallery.LABEL_WIDTH + 4 * size, 3)
+    spect = generator.make_pair("spect", size, 2, 0, anatomy="template")
+    top, left = gallery.LABEL_HEIGHT + size, gallery.LABEL_WIDTH  # spect row, first column
+    np.testing.assert_array_equal(figure[top:top + size, left:left + size, 0], spect.a)
+    np.testing.assert_array_equal(figure[top:top + size, left + size:left + 2 * size], spect.b)
+    ct = generator.make_pair("ct", size, 2, 0, anatomy="phantom")
+    top, left = gallery.LABEL_HEIGHT + 2 * size, gallery.LABEL_WIDTH + 3 * size
+    np.testing.assert_array_equal(figure[top:top + size, left:left + size, 1], ct.b)

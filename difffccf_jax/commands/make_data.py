@@ -2,7 +2,7 @@
 
 
 from difffccf_jax.commands.common import add_config_argument, config_from_args
-from difffccf_jax.data.generator import TASKS
+from difffccf_jax.data.generator import ANATOMIES, TASKS
 from difffccf_jax.config_cli import shipped_config
 
 PAPER_CONFIG = shipped_config("paper")
@@ -16,7 +16,8 @@ def register(subparsers):
                     "Folder names come from the config's data.layouts. With --misalign, B is "
                     "moved by a small random affine plus elastic motion and the field that "
                     "realigns it goes to <task folder>/displacement/<n>.npy ([H, W, 2] pixels, "
-                    "x then y; sampling B at (x + dx, y + dy) realigns it).")
+                    "x then y; sampling B at (x + dx, y + dy) realigns it). Brain anatomy comes "
+                    "from the MNI152 template (the `realistic` extra) or a synthetic phantom.")
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--num", type=int, required=True, help="number of pairs")
     parser.add_argument("--size", type=int, default=256, help="image size in pixels")
@@ -27,17 +28,25 @@ def register(subparsers):
     parser.add_argument("--motion-strength", type=float, default=1.0, metavar="S",
                         help="with --misalign: multiplies every range of the random motion "
                              "(default 1: up to about 3 px at 256 px; at most 6)")
+    parser.add_argument("--anatomy", choices=ANATOMIES, default=None,
+                        help="brain tasks: slices of the MNI152 template (needs the realistic "
+                             "extra) or the synthetic phantom (default: template when installed)")
     add_config_argument(parser, default=PAPER_CONFIG)
     parser.set_defaults(run=run)
 
 
 def run(args):
-    from difffccf_jax.data import generator, layouts
+    from difffccf_jax.data import generator, layouts, template
 
     config = config_from_args(args)
     layout = layouts.layout_from_config(config.data, args.task)
+    anatomy = args.anatomy or generator.default_anatomy()
+    if args.anatomy is None and anatomy == "phantom" and args.task != "gfp":
+        print("the MNI152 template is not installed: using the phantom anatomy ("
+              f"{template.INSTALL_HINT} for the template)")
     folder = generator.write_task(args.out, layout, args.num, args.size, args.seed,
                                   misalign_b=args.misalign,
-                                  motion_strength=args.motion_strength)
-    print(f"wrote {args.num} {args.task} pairs of {args.size} x {args.size}"
+                                  motion_strength=args.motion_strength, anatomy=anatomy)
+    brain = "" if args.task == "gfp" else f" on the {anatomy} anatomy"
+    print(f"wrote {args.num} {args.task} pairs of {args.size} x {args.size}{brain}"
           f"{' with misaligned B' if args.misalign else ''} to {folder}")

@@ -3,13 +3,17 @@
 
 | task  | A                         | B                                             |
 |-------|---------------------------|-----------------------------------------------|
-| pet   | MRI (T1 or T2)            | PET, JET colour map on a black background     |
-| spect | MRI (T2)                  | SPECT (coarser, noisier), hot colour map      |
+| pet   | MRI (T1 or T2)            | PET, colour-mapped on a black background      |
+| spect | MRI (T2)                  | SPECT (coarser, noisier), colour-mapped       |
 | ct    | CT (brain window)         | MRI (T1 or T2), grey: the loader JET-maps it  |
 | adni  | MRI (T1)                  | PET, grey: the loader JET-maps it             |
 | gfp   | phase contrast            | GFP fluorescence, green                       |
 
-Brain tasks share one anatomy per pair (data/phantom.py), GFP one cell culture (data/cells.py).
+Brain tasks share one anatomy per pair, cut from a real MRI template (data/template.py; the
+`realistic` extra) or drawn as a synthetic phantom (data/phantom.py, the fallback); GFP one cell
+culture (data/cells.py). With the template, emission images are coloured as clinics show them
+(data/colormaps.py): PET through the hot map, SPECT through the rainbow or the hot map (drawn per
+pair); the phantom keeps its JET-on-black PET and hot SPECT.
 Pair i of a task depends only on (seed, task, i): a set of N pairs is a prefix of a larger one.
 With misalignment, B's signal is moved by a small random affine plus elastic motion before it
 is colour-mapped (data/misalign.py; drawn from its own random stream, so the A and B content
@@ -20,16 +24,19 @@ convention of `registration.warp`.
 """
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
 
 from difffccf_jax import color, files
-from difffccf_jax.data import cells, images, misalign, phantom
+from difffccf_jax.data import cells, colormaps, images, misalign, phantom, template
 from difffccf_jax.data.layouts import DISPLACEMENT_FOLDER
 from difffccf_jax.errors import UserError
 
 TASKS = ("pet", "spect", "ct", "gfp", "adni")
+ANATOMIES = ("template", "phantom")
+SPECT_MAPS = ("rainbow", "hot")  # template SPECT: one drawn per pair
 MIN_SIZE = 16
 
 
@@ -49,55 +56,64 @@ def _grey(values):
     return values
 
 
-def _jet_on_black(values):
-    """Emission image [S, S] on 0..1 -> [S, S, 3] RGB on 0..1 through JET, black where there is
-    no signal (as PET slices are shown)."""
-    rgb = color.apply_colormap(color.to_uint8(values * 255.0)[..., None], "jet")
-    return rgb * (np.clip((values - 0.02) / 0.06, 0.0, 1.0) / 255.0)[..., None]
-
-
-def _hot(values):
-    """Emission image [S, S] on 0..1 -> [S, S, 3] RGB on 0..1 through the hot colour map."""
-    rgb = color.apply_colormap(color.to_uint8(values * 255.0)[..., None], "hot")
-    return rgb * np.float32(1.0 / 255.0)
+def default_anatomy():
+    """'template' when the realistic extra is installed, else 'phantom'."""
+    return "template" if template.available() else "phantom"
 
 
 # Each task renders (A, B's signal, how the signal is shown): A and the signal [S, S] on 0..1.
 # Misalignment moves the signal (the subject moved between the scans) before it is shown.
-def _pet(rng, size):
-    anatomy = phantom.random_slice(rng, size)
-    mri = phantom.render_mri(anatomy, rng, rng.choice(["T1", "T2"]))
-    return mri, phantom.render_pet(anatomy, rng), _jet_on_black
+# `brain` is the anatomy's module (template or phantom: the same random_slice and render_*).
+def _emission_display(brain, task, rng):
+    """The colour map of a pet or spect B: the phantom's original ones, or the clinical ones
+    for the template (SPECT's drawn from SPECT_MAPS after everything else)."""
+    if brain is phantom:
+        name = "jet_on_black" if task == "pet" else "hot"
+    else:
+        name = "hot" if task == "pet" else SPECT_MAPS[rng.integers(len(SPECT_MAPS))]
+    return functools.partial(colormaps.colorize, name=name)
 
 
-def _spect(rng, size):
-    anatomy = phantom.random_slice(rng, size)
-    mri = phantom.render_mri(anatomy, rng, "T2")
-    return mri, phantom.render_spect(anatomy, rng), _hot
+def _pet(brain, rng, size):
+    anatomy = brain.random_slice(rng, size)
+    mri = brain.render_mri(anatomy, rng, rng.choice(["T1", "T2"]))
+    return mri, brain.render_pet(anatomy, rng), _emission_display(brain, "pet", rng)
 
 
-def _ct(rng, size):
-    anatomy = phantom.random_slice(rng, size)
-    ct = phantom.render_ct(anatomy, rng)
-    return ct, phantom.render_mri(anatomy, rng, rng.choice(["T1", "T2"])), _grey
+def _spect(brain, rng, size):
+    anatomy = brain.random_slice(rng, size)
+    mri = brain.render_mri(anatomy, rng, "T2")
+    return mri, brain.render_spect(anatomy, rng), _emission_display(brain, "spect", rng)
 
 
-def _adni(rng, size):
-    anatomy = phantom.random_slice(rng, size)
-    mri = phantom.render_mri(anatomy, rng, "T1")
-    return mri, phantom.render_pet(anatomy, rng), _grey
+def _ct(brain, rng, size):
+    anatomy = brain.random_slice(rng, size)
+    ct = brain.render_ct(anatomy, rng)
+    return ct, brain.render_mri(anatomy, rng, rng.choice(["T1", "T2"])), _grey
 
 
-def _gfp(rng, size):
+def _adni(brain, rng, size):
+    anatomy = brain.random_slice(rng, size)
+    mri = brain.render_mri(anatomy, rng, "T1")
+    return mri, brain.render_pet(anatomy, rng), _grey
+
+
+def _gfp(brain, rng, size):
+    del brain  # a cell culture, the same for either anatomy
     culture = cells.random_culture(rng, size)
     phase = cells.render_phase_contrast(culture, rng)
     return phase, cells.render_fluorescence(culture, rng), cells.gfp_to_rgb
 
 
 RENDERERS = dict(pet=_pet, spect=_spect, ct=_ct, gfp=_gfp, adni=_adni)
+BRAINS = dict(template=template, phantom=phantom)
 
 
-def _check(task, size, seed):
+def _check(task, size, seed, anatomy):
+    if anatomy not in ANATOMIES:
+        raise UserError(f"unknown anatomy {anatomy!r}; expected one of {', '.join(ANATOMIES)}")
+    if anatomy == "template" and task != "gfp":
+        template.check_available()
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
     if size < MIN_SIZE:
@@ -106,12 +122,15 @@ def _check(task, size, seed):
         raise UserError(f"seed {seed} must be a non-negative integer")
 
 
-def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0):
-    """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair); with
-    `misalign_b`, B moved by a random motion of `motion_strength` (misalign.random_motion)."""
-    _check(task, size, seed)
+def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0,
+              anatomy="phantom"):
+    """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair) on an
+    `anatomy` of ANATOMIES; with `misalign_b`, B moved by a random motion of `motion_strength`
+    (misalign.random_motion)."""
+    _check(task, size, seed, anatomy)
     streams = [seed, TASKS.index(task), index]
-    a, signal, show = RENDERERS[task](np.random.default_rng(streams + [0]), size)
+    a, signal, show = RENDERERS[task](BRAINS[anatomy], np.random.default_rng(streams + [0]),
+                                      size)
     a = color.to_uint8(a * 255.0)
     b_aligned = color.to_uint8(show(signal) * 255.0)
     if not misalign_b:
@@ -123,11 +142,12 @@ def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0):
                          displacement=displacement)
 
 
-def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1.0):
+def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1.0,
+               anatomy="phantom"):
     """Writes pairs 1..num of `layout.task` under `out` in the published layout; returns the
     task folder, which must not hold images yet. Each pair is written all-or-nothing (B and the
     field first, A last)."""
-    _check(layout.task, size, seed)
+    _check(layout.task, size, seed, anatomy)
     misalign.check_strength(motion_strength)
     if num < 1:
         raise UserError(f"--num {num}: expected at least one pair")
@@ -144,7 +164,7 @@ def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1
     except OSError as error:
         raise UserError(f"cannot create output folder under {out!r}: {error}") from error
     for index in range(num):
-        pair = make_pair(layout.task, size, seed, index, misalign_b, motion_strength)
+        pair = make_pair(layout.task, size, seed, index, misalign_b, motion_strength, anatomy)
         name = f"{index + 1}.png"
         outputs = [(os.path.join(b_folder, name), pair.b)]
         if pair.displacement is not None:

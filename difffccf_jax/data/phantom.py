@@ -178,7 +178,7 @@ def random_slice(rng, size):
                  texture=smooth_noise(rng, r.shape, 1.2 * size / 256))
 
 
-def _mix(anatomy, tissue_values, lesion_value):
+def mix(anatomy, tissue_values, lesion_value):
     """Sum over tissues of fraction x value, lesions included (lesion_value(lesion) each)."""
     image = sum(anatomy.fractions[name] * value for name, value in tissue_values.items())
     for lesion in anatomy.lesions:
@@ -186,7 +186,7 @@ def _mix(anatomy, tissue_values, lesion_value):
     return image.astype(np.float32)
 
 
-def _normalise(image, quantile, rng):
+def normalise(image, quantile, rng):
     """Scales so the given quantile maps to about 1 (with a random gain), clipped to 0..1."""
     scale = np.quantile(image[::2, ::2], quantile) * rng.uniform(0.95, 1.05)
     return np.clip(image / max(scale, 1e-6), 0.0, 1.0).astype(np.float32)
@@ -196,7 +196,7 @@ def render_mri(anatomy, rng, weighting):
     """MRI-like image [H, W] on 0..1 with 'T1' or 'T2' contrast."""
     table = TISSUE_T1 if weighting == "T1" else TISSUE_T2
     values = {name: value * rng.uniform(0.92, 1.08) for name, value in table.items()}
-    image = _mix(anatomy, values, lambda lesion: lesion.t1 if weighting == "T1" else lesion.t2)
+    image = mix(anatomy, values, lambda lesion: lesion.t1 if weighting == "T1" else lesion.t2)
     scale = anatomy.size / 256
     image *= 1.0 + 0.05 * anatomy.texture * anatomy.parenchyma
     image *= 1.0 + 0.1 * smooth_noise(rng, image.shape, 60 * scale)  # coil bias field
@@ -204,12 +204,12 @@ def render_mri(anatomy, rng, weighting):
     noise = rng.uniform(0.01, 0.03)
     real = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
     imaginary = noise * rng.standard_normal(image.shape, dtype=np.float32)
-    return _normalise(np.sqrt(real * real + imaginary * imaginary), 0.995, rng)
+    return normalise(np.sqrt(real * real + imaginary * imaginary), 0.995, rng)
 
 
 def render_ct(anatomy, rng):
     """CT-like image [H, W] on 0..1: Hounsfield units through a brain window."""
-    hu = _mix(anatomy, TISSUE_HU, lambda lesion: lesion.hu)
+    hu = mix(anatomy, TISSUE_HU, lambda lesion: lesion.hu)
     hu += -1000.0 * (1.0 - sum(anatomy.fractions.values())
                      - sum((lesion.fraction for lesion in anatomy.lesions), 0.0))
     hu = gaussian_blur(hu, 0.6 * anatomy.size / 256)
@@ -222,7 +222,7 @@ def uptake(anatomy, rng):
     """Noise-free tracer uptake [H, W]: grey matter 3-4 x white matter, lesions, hot spots."""
     values = {name: value * rng.uniform(0.95, 1.05) for name, value in TISSUE_UPTAKE.items()}
     values["white"] = 1.0 / rng.uniform(3.0, 4.0)
-    activity = _mix(anatomy, values, lambda lesion: lesion.uptake)
+    activity = mix(anatomy, values, lambda lesion: lesion.uptake)
     activity *= 1.0 + 0.08 * smooth_noise(rng, activity.shape, 12 * anatomy.size / 256)
     size = anatomy.size
     rows, columns = np.nonzero(anatomy.parenchyma > 0.5)
@@ -250,7 +250,7 @@ def render_emission(activity, rng, fwhm, peak_counts, block=1):
     # Poisson counting noise in its normal approximation (mean = variance = counts).
     noisy = np.maximum(counts + np.sqrt(counts) * rng.standard_normal(counts.shape, np.float32),
                        0.0) / peak_counts
-    return _normalise(gaussian_blur(noisy, 0.4 * fwhm / 2.355), 0.998, rng)
+    return normalise(gaussian_blur(noisy, 0.4 * fwhm / 2.355), 0.998, rng)
 
 
 def render_pet(anatomy, rng):
