@@ -14,6 +14,7 @@ from difffccf_jax.benchmark import cases, measure, suite
 from difffccf_jax.model import graph
 from difffccf_jax.benchmark.measure import Row, Target, Timing
 from difffccf_jax.commands import benchmark as benchmark_command
+from difffccf_jax.data import generator
 from difffccf_jax.data.generator import TASKS
 from difffccf_jax.errors import UserError
 
@@ -310,8 +311,9 @@ def test_generator_and_metrics_cases_time_one_pair_per_call(tiny_config_path):
                   max_repeats=2, budget_s=0.3)
     for case, name, note in [
             (cases.Case("generator", task="ct", variant="misaligned", **common),
-             "generator, ct pair, B misaligned", "per CPU second; PNG files and the "
-                                                 "displacement field"),
+             f"generator, ct pair ({generator.default_anatomy()}), B misaligned",
+             "per CPU second; PNG files and the "
+             "displacement field"),
             (cases.Case("metrics", task="pet", **common),
              "fusion metrics (all_metrics), pet pair", "s per 100 pairs")]:
         result = cases.run_here(case)

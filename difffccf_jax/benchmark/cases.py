@@ -410,7 +410,9 @@ def graph_jax(case):
 
 
 def generator_name(case):
-    return f"generator, {case.task} pair, B {case.variant}"
+    from difffccf_jax.data import generator
+
+    return f"generator, {case.task} pair ({generator.default_anatomy()}), B {case.variant}"
 
 
 def generator_numpy(case):
@@ -429,7 +431,8 @@ def generator_numpy(case):
         def call():
             seed = next(seeds)
             generator.write_task(os.path.join(root, str(seed)), layout, 1, size, seed,
-                                 misalign_b=case.variant == "misaligned")
+                                 misalign_b=case.variant == "misaligned",
+                                 anatomy=generator.default_anatomy())
 
         timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
     note = (f"{1 / timing.steady_s:.3g} pairs/s, {1 / max(timing.cpu_s, 1e-9):.3g} per CPU "
