@@ -117,7 +117,8 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
     """write_report with chosen numbers: each appears in the report as printed by hand here."""
     figure = tmp_path / "figures" / "pair_1.png"
     info = dict(
-        command="difffccf demo --out X", task="pet", train_pairs=8, test_pairs=2,
+        command="difffccf demo --out X", task="pet", anatomy="template", train_pairs=8,
+        test_pairs=2,
         image_size=32, crop_size=16, train_steps=123, train_minutes=1.5, final_loss=0.03125,
         sampling_steps=6, diffusion_steps=50,
         stage_seconds={"data": 1.2, "train": 90.0, "fuse": 30.6},
@@ -135,7 +136,7 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
         assert file.read() == text
     flat = " ".join(text.split())
     assert "Command: `difffccf demo --out X`" in text
-    assert "8 generated training pairs and 2 held-out pairs of 32 x 32" in flat
+    assert "8 generated training pairs and 2 held-out pairs of 32 x 32 (template anatomy" in flat
     assert "on random 16 x 16 crops of the training pairs" in flat
     assert "123 steps (1.5 min, final total loss 0.03125)" in flat
     assert "with 6 respaced steps (of 50)" in flat

@@ -53,8 +53,9 @@ def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_step
     return config
 
 
-def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_strength):
-    """Writes a training and a held-out set of misaligned pairs; returns their data roots."""
+def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_strength, anatomy):
+    """Writes a training and a held-out set of misaligned pairs on `anatomy` (generator
+    .ANATOMIES); returns their data roots and the task's layout."""
     from difffccf_jax.config_cli import load_config_file
     from difffccf_jax.data import generator, layouts
 
@@ -63,7 +64,8 @@ def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_streng
     for split, count, split_seed in (("train", train_pairs, seed), ("test", test_pairs, seed + 1)):
         roots[split] = os.path.join(out, "data", split)
         generator.write_task(roots[split], layout, count, image_size, split_seed,
-                             misalign_b=True, motion_strength=motion_strength)
+                             misalign_b=True, motion_strength=motion_strength,
+                             anatomy=anatomy)
     return roots["train"], roots["test"], layout
 
 
@@ -300,7 +302,8 @@ def write_report(path, info):
 Command: `{info['command']}`
 
 Task `{info['task']}`: {info['train_pairs']} generated training pairs and {info['test_pairs']}
-held-out pairs of {info['image_size']} x {info['image_size']}, B misaligned by a random affine and
+held-out pairs of {info['image_size']} x {info['image_size']} ({info['anatomy']} anatomy,
+docs/data.md), B misaligned by a random affine and
 elastic motion with a known displacement field. The tiny configuration trained{crop} for
 {info['train_steps']} steps ({info['train_minutes']:.1f} min, final total loss
 {info['final_loss']:.4g}); fusion used the hierarchical sampler with {info['sampling_steps']}
@@ -390,9 +393,13 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     timings = {}
     started = time.perf_counter()
 
-    announce(0, f"{train_pairs} training and {test_pairs} held-out misaligned {task} pairs")
+    from difffccf_jax.data import generator
+
+    anatomy = generator.default_anatomy()
+    announce(0, f"{train_pairs} training and {test_pairs} held-out misaligned {task} pairs "
+                f"({anatomy} anatomy)")
     train_root, test_root, layout = generate(out, task, train_pairs, test_pairs, image_size,
-                                             seed, motion_strength)
+                                             seed, motion_strength, anatomy)
     timings["data"] = time.perf_counter() - started
 
     workdir = os.path.join(out, "training")
@@ -439,8 +446,8 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     comparisons = {"best_baseline": compare(means, METHOD, baseline_names),
                    "ycrcb-maximum": compare(means, METHOD, ["ycrcb-maximum"])}
     info = dict(
-        command=command, task=task, train_pairs=train_pairs, test_pairs=test_pairs,
-        image_size=image_size, crop_size=crop_size, train_steps=int(state.step),
+        command=command, task=task, anatomy=anatomy, train_pairs=train_pairs,
+        test_pairs=test_pairs, image_size=image_size, crop_size=crop_size, train_steps=int(state.step),
         train_minutes=timings["train"] / 60, final_loss=records[-1]["loss"],
         sampling_steps=sampling_steps, diffusion_steps=config.diffusion.steps,
         stage_seconds=timings, metrics_table=metrics_table,
