@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "difffccf_jax.commands.model_summary",
     "difffccf_jax.commands.make_data",
     "difffccf_jax.commands.evaluate",
+    "difffccf_jax.commands.evaluate_denoising",
     "difffccf_jax.commands.convert_torch",
     "difffccf_jax.commands.train",
     "difffccf_jax.commands.fuse",

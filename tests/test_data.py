@@ -6,6 +6,8 @@ import shutil
 import sys
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
@@ -177,11 +179,43 @@ def test_unreadable_image_is_named(tmp_path, damage):
         layouts.load_pairs(str(tmp_path), layout, 8)
 
 
-def test_size_mismatch_names_both_files(tmp_path):
-    layout = make_layout(tmp_path, ["1.png"], ["1.png"], b_value=np.zeros((12, 10, 3)))
+def test_b_of_another_size_is_resized_to_a(tmp_path):
+    rng = np.random.default_rng(2)
+    a_image = rng.integers(0, 256, (8, 12)).astype(np.uint8)
+    b_image = rng.integers(0, 256, (15, 10, 3)).astype(np.uint8)
+    layout = make_layout(tmp_path, ["1.png"], ["1.png"], a_value=a_image, b_value=b_image)
     pair = layouts.list_pairs(str(tmp_path), layout)[0]
-    with pytest.raises(UserError, match=r"A .*1.png is 8x8 but B .*1.png is 10x12"):
-        layouts.read_pair(pair, layout, 8)
+    a, b = layouts.read_pair_uint8(pair, layout)  # A's own size, 8 rows x 12 columns
+    np.testing.assert_array_equal(a[..., 0], a_image)
+    np.testing.assert_array_equal(
+        b, np.asarray(Image.fromarray(b_image).resize((12, 8), Image.BILINEAR)))
+    # a requested (height, width) resizes both
+    a, b = layouts.read_pair_uint8(pair, layout, (6, 10))
+    np.testing.assert_array_equal(
+        a[..., 0], np.asarray(Image.fromarray(a_image).resize((10, 6), Image.BILINEAR)))
+    np.testing.assert_array_equal(
+        b, np.asarray(Image.fromarray(b_image).resize((10, 6), Image.BILINEAR)))
+
+
+def test_padding_fill_is_the_border_median():
+    image = np.full((4, 5, 2), 200.0, np.float32)  # the inside (rows 1-2, columns 1-3) is ignored
+    border = np.ones((4, 5), bool)
+    border[1:-1, 1:-1] = False
+    # channel 0: 9 border pixels of 3 and 5 of 90 (an object touching the edge), median 3;
+    # channel 1: the 14 border values 0..13, median (6 + 7) / 2
+    image[border, 0] = [3] * 9 + [90] * 5
+    image[border, 1] = np.arange(14)
+    np.testing.assert_array_equal(images.border_median(image), [3.0, 6.5])
+    padded = images.pad_with_background(image, 6, 8)
+    np.testing.assert_array_equal(padded[:4, :5], image)
+    np.testing.assert_array_equal(padded[4:], np.broadcast_to([3.0, 6.5], (2, 8, 2)))
+    np.testing.assert_array_equal(padded[:, 5:], np.broadcast_to([3.0, 6.5], (6, 3, 2)))
+    # batches, and jax.numpy under jit (for code that pads inside a compiled function)
+    batch = np.stack([image, image[::-1] + 1])
+    expected = [[3.0, 6.5], [4.0, 7.5]]
+    np.testing.assert_array_equal(images.border_median(batch), expected)
+    np.testing.assert_array_equal(
+        jax.jit(lambda x: images.border_median(x, xp=jnp))(batch), expected)
 
 
 def test_colour_where_grey_is_expected_and_vice_versa(tmp_path):

@@ -124,6 +124,7 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
         stage_seconds={"data": 1.2, "train": 90.0, "fuse": 30.6},
         metrics_table="| method | EN |\n|---|---|\n| diff-fccf | 9.87 ± 0.01 |\n",
         sentence="A chosen sentence.",
+        denoising_table="| method | PSNR (dB) |\n|---|---|\n| diff-fccf | 41.25 ± 0.50 |\n",
         selection=dict(bright_fraction=0.25, m1_inside_bright=0.125, m1_outside_bright=0.875,
                        y_deviation_from_max={"diff-fccf": 3.14159, "a-luminance": 12.5,
                                              "ycrcb-maximum": 0.0}),
@@ -142,6 +143,7 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
     assert "with 6 respaced steps (of 50)" in flat
     assert "Stage times (s): data 1, train 90, fuse 31." in flat
     assert info["metrics_table"] in text and "A chosen sentence." in text
+    assert "## Denoising" in text and info["denoising_table"] in text
     assert "here 25.0% of the pixels" in flat
     assert "| 0.125 | 0.875 |" in text
     for row in ("| diff-fccf | 3.14 |", "| a-luminance | 12.50 |", "| ycrcb-maximum | 0.00 |"):

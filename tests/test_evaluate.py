@@ -14,7 +14,7 @@ from PIL import Image
 from difffccf_jax import cli, color, files
 from difffccf_jax.evaluation import baselines, metrics, scoring
 from difffccf_jax.config_cli import load_config
-from difffccf_jax.data import generator, images, layouts
+from difffccf_jax.data import generator, layouts
 
 SIZE = 48  # at least metrics.VIF_MIN_SIZE, so every metric is defined on real images
 NUM_PAIRS = 3
@@ -144,6 +144,8 @@ def test_evaluate_writes_three_consistent_tables(generated, evaluated):
     report = json.loads(texts["json"])
     methods = ["max", "flat", *baselines.BASELINES]
     assert list(report["methods"]) == methods and report["pairs"] == NUM_PAIRS
+    assert report["sizes"] == {pair.name: [SIZE, SIZE] for pair in pairs}
+    assert f"{NUM_PAIRS} pairs of {SIZE} x {SIZE}, SSIM" in texts["md"]
     assert report["metrics"][:8] == ["EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM"]
     rows = list(csv.DictReader(texts["csv"].splitlines()))
     assert [row["method"] for row in rows] == methods
@@ -217,5 +219,36 @@ def test_bad_arguments_exit_2(generated, tmp_path, capsys):
     shutil.copytree(folders["max"], small)
     Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).resize((SIZE // 2, SIZE // 2)).save(
         small / pairs[-1].name)
-    assert _evaluate(root, {"small": small}, tmp_path / "out") == 2
-    assert f"expected {SIZE}x{SIZE}" in capsys.readouterr().err
+    assert _evaluate(root, {"max": folders["max"], "small": small}, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert f"{pairs[-1].name}: fused image is {SIZE // 2}x{SIZE // 2}, expected {SIZE}x{SIZE} " \
+           f"like {folders['max'] / pairs[-1].name}" in error
+
+
+def test_fused_images_of_any_size_are_scored_at_their_size(generated, paper_config_path,
+                                                           tmp_path):
+    """Each pair is scored at its fused image's size, square or not, the sources resized
+    to it (here with PIL directly)."""
+    root, pairs, _ = generated
+    layout = layouts.layout_from_config(load_config(paper_config_path).data, "pet")
+    sizes = dict(zip([pair.name for pair in pairs], [(SIZE, SIZE + 16), (SIZE + 8, SIZE),
+                                                     (SIZE, SIZE)]))
+    expected = {}
+    for pair in pairs:
+        height, width = sizes[pair.name]
+        a = np.asarray(Image.open(pair.a).convert("L").resize((width, height), Image.BILINEAR))
+        b = np.asarray(Image.open(pair.b).convert("RGB").resize((width, height), Image.BILINEAR))
+        fused = baselines.maximum_fusion(a[..., None], b)
+        files.write_files([(str(tmp_path / pair.name), fused)])
+        expected[pair.name] = metrics.all_metrics(fused, a[..., None], b)
+    scores, scored_sizes = scoring.score_pairs(pairs, layout, {"sized": str(tmp_path)},
+                                               with_baselines=True)
+    assert scored_sizes == sizes
+    for pair in pairs:
+        assert scores["sized"][pair.name] == pytest.approx(expected[pair.name], rel=1e-12)
+        assert scores["maximum"][pair.name] == scores["sized"][pair.name]
+    assert scoring.sizes_text(scored_sizes) == (
+        f"{SIZE} x {SIZE}, {SIZE} x {SIZE + 16}, {SIZE + 8} x {SIZE}")
+    # with the baselines alone, each pair is scored at its A image's size
+    _, own_sizes = scoring.score_pairs(pairs, layout, {}, with_baselines=True)
+    assert own_sizes == {pair.name: (SIZE, SIZE) for pair in pairs}

@@ -7,13 +7,14 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from difffccf_jax import cli, color
-from difffccf_jax.model import checkpoints, unet
+from difffccf_jax.model import checkpoints, regions, unet
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts
 from difffccf_jax.errors import UserError
-from difffccf_jax.inference import fusion
+from difffccf_jax.inference import fusion, tiling
 
 NUM_PAIRS = 5  # batches of 4 on 4 devices: the second batch is padded
 # As in test_sampling: a two-level, one-block U-Net, so both share one compiled sampler.
@@ -145,7 +146,7 @@ def test_missing_checkpoint(tmp_path, data_root, capsys):
     out = tmp_path / "out"
     status, err = fuse_status(capsys, "--checkpoint", str(tmp_path / "nothing"), "--data",
                               data_root, "--out", str(out))
-    assert status == 2 and "nothing does not exist" in err
+    assert status == 2 and os.path.join("nothing", "config.json") + " does not exist" in err
     assert not out.exists()
 
 
@@ -191,6 +192,8 @@ def test_unreadable_image(tmp_path, checkpoint, data_root, capsys):
     (("--a-dir", "x"), "either --data DIR, or both --a-dir DIR and --b-dir DIR"),
     (("--steps", "51"), "--steps 51: expected 1..50"),
     (("--batch-size", "0"), "--batch-size 0: expected a positive number"),
+    (("--resize", "0"), "--resize 0: expected a positive number of pixels"),
+    (("--tile", "15"), "--tile 15: expected a positive multiple of 2"),
 ])
 def test_bad_arguments(tmp_path, checkpoint, data_root, capsys, arguments, message):
     out = tmp_path / "out"
@@ -226,3 +229,200 @@ def test_data_may_name_the_task_folder_itself(config, data_root):
         pairs = layouts.list_pairs(root, layout)
         assert [pair.name for pair in pairs] == [f"{i}.png" for i in range(1, NUM_PAIRS + 1)]
         assert os.path.samefile(pairs[0].a, os.path.join(a_folder, "1.png"))
+
+
+# ---- sizes: own size, padding, resizing, tiles ---------------------------------------------
+
+def synthetic_pair(height, width, seed):
+    """uint8 A [H, W] (a textured bright blob) and B [H, W, 3] (its uptake, hot-mapped on black)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    blob = np.exp(-((rows - 0.5 * height) ** 2 + (cols - 0.4 * width) ** 2)
+                  / (2 * (0.2 * min(height, width)) ** 2))
+    a = 255 * (0.2 + 0.6 * blob) * rng.uniform(0.8, 1.0, (height, width))
+    b = color.apply_colormap(np.where(blob > 0.3, 255 * blob, 0.0)[..., None], "hot")
+    return a.astype(np.uint8), b.astype(np.uint8)
+
+
+def write_folders(root, pairs):
+    """Folders root/A and root/B of the pairs {name: (a, b)}; returns their paths."""
+    folders = os.path.join(root, "A"), os.path.join(root, "B")
+    for folder in folders:
+        os.makedirs(folder)
+    for name, images_of_pair in pairs.items():
+        for folder, image in zip(folders, images_of_pair):
+            Image.fromarray(image).save(os.path.join(folder, name))
+    return folders
+
+
+def read_outputs(out, stem):
+    """{kind: array} of everything written for pair `stem`."""
+    extras = os.path.join(out, fusion.EXTRAS_FOLDER, stem)
+    arrays = {name[:-4]: (np.load if name.endswith(".npy") else images.read_image)(
+        os.path.join(extras, name)) for name in os.listdir(extras)}
+    return dict(arrays, fused=images.read_image(os.path.join(out, stem + ".png")))
+
+
+@pytest.fixture(scope="module")
+def odd_sizes(data_root, tmp_path_factory):
+    """Folders of three pairs: 1 and 3 those of the generated set (32 x 32), between them a
+    27 x 41 A (rows x columns; padded to 28 x 42) whose B is 20 x 30."""
+    a_folder, b_folder = pet_folders(data_root)
+    generated = {name: (images.read_image(os.path.join(a_folder, name)),
+                        images.read_image(os.path.join(b_folder, name)))
+                 for name in ("1.png", "3.png")}
+    a, _ = synthetic_pair(27, 41, seed=5)
+    _, b = synthetic_pair(20, 30, seed=5)
+    root = str(tmp_path_factory.mktemp("odd"))
+    return write_folders(root, {"1.png": generated["1.png"], "2.png": (a, b),
+                                "3.png": generated["3.png"]})
+
+
+def test_each_pair_keeps_its_size_order_and_noise(odd_sizes, checkpoint, fused, tmp_path,
+                                                  capsys):
+    a_folder, b_folder = odd_sizes
+    out = str(tmp_path / "out")
+    status, _ = fuse_status(capsys, "--checkpoint", checkpoint, "--a-dir", a_folder,
+                            "--b-dir", b_folder, "--out", out, "--batch-size", "4",
+                            "--save-extras")
+    assert status == 0
+    for stem, size in (("1", (32, 32)), ("2", (27, 41)), ("3", (32, 32))):
+        outputs = read_outputs(out, stem)
+        assert len(outputs) == 12
+        for kind, array in outputs.items():
+            if kind != "deformation_grid":  # a picture of the field, drawn larger
+                assert array.shape[:2] == size, (stem, kind)
+    # pairs 1 and 3 are fused in one batch, 2 alone, yet each with the noise of its index in
+    # the folder: 1 and 3 come out as when the generated set was fused (pairs 1 to 5)
+    for stem in ("1", "3"):
+        np.testing.assert_array_equal(read_outputs(out, stem)["fused"],
+                                      images.read_image(os.path.join(fused, stem + ".png")))
+    # B (20 x 30) was resized to A's size; registration is off, so warped B is that B
+    b_resized = np.asarray(Image.open(os.path.join(b_folder, "2.png")).resize(
+        (41, 27), Image.BILINEAR)).astype(int)
+    assert np.abs(read_outputs(out, "2")["warped_b"].astype(int) - b_resized).max() <= 2
+
+
+
+def test_resize_fuses_every_pair_at_one_size(odd_sizes, checkpoint, fused, tmp_path, capsys):
+    a_folder, b_folder = odd_sizes
+    out = str(tmp_path / "out")
+    status, _ = fuse_status(capsys, "--checkpoint", checkpoint, "--a-dir", a_folder,
+                            "--b-dir", b_folder, "--out", out, "--batch-size", "4",
+                            "--save-extras", "--resize", "32")
+    assert status == 0
+    for stem in ("1", "3"):  # already 32 x 32: as fused without --resize
+        np.testing.assert_array_equal(read_outputs(out, stem)["fused"],
+                                      images.read_image(os.path.join(fused, stem + ".png")))
+    outputs = read_outputs(out, "2")
+    assert outputs["fused"].shape == (32, 32, 3) and outputs["deformation"].shape == (32, 32, 2)
+    b_resized = np.asarray(Image.open(os.path.join(b_folder, "2.png")).resize(
+        (32, 32), Image.BILINEAR)).astype(int)
+    assert np.abs(outputs["warped_b"].astype(int) - b_resized).max() <= 2
+
+
+def test_compat_checkpoint_refuses_other_sizes(tmp_path, checkpoint, data_root, config, capsys):
+    compat = tmp_path / "compat"
+    shutil.copytree(checkpoint, compat)
+    saved = json.loads((compat / "config.json").read_text())
+    saved["model"]["compat"] = True
+    (compat / "config.json").write_text(json.dumps(saved))
+    out = tmp_path / "out"
+    status, err = fuse_status(capsys, "--checkpoint", str(compat), "--data", data_root,
+                              "--out", str(out))
+    # two levels: a 32 x 32 bottleneck needs 64 x 64 images (256 x 256 with the paper's four)
+    assert status == 2 and "pair '1.png' is 32x32: the published model" in err
+    assert "fuses 64x64 images only" in err and "pass --resize 64" in err
+    assert not out.exists()
+    model = config.model.copy_and_resolve_references()
+    model.compat = True
+    fusion.check_compat_size(model, "fits.png", (63, 64), (64, 64), tile=128, multiple=2)
+    with pytest.raises(UserError, match=r"'odd.png' is 217x181, padded to 218x182: .* 64x64 "
+                                        r"images only .*--resize 64"):
+        fusion.check_compat_size(model, "odd.png", (181, 217), (182, 218), tile=128, multiple=2)
+
+
+class PointwiseNetwork:
+    """A stand-in for the U-Net whose outputs at a pixel depend on that pixel only: evaluating
+    it in tiles must give its whole-image outputs."""
+
+    def apply(self, variables, x, t, train=False):
+        return unet.UNetOutput(noise=x[..., :1] + t[:, None, None, None].astype(x.dtype),
+                               m1=jax.numpy.sin(x[..., 1:2]), m2=x[..., 2:3] ** 2,
+                               deformation=variables["scale"] * x[..., :2])
+
+
+@pytest.mark.parametrize("height, width, tile, count", [
+    (37, 50, 16, 3 * 4), (16, 40, 16, 1 * 3), (64, 64, 16, 5 * 5), (10, 12, 16, 1)])
+def test_tiles_cover_the_input_with_weights_summing_to_one(height, width, tile, count):
+    starts = tiling.windows(height, width, tile)
+    rows, cols = tiling.window_shape(height, width, tile)
+    weights = tiling.blend_weights(height, width, tile)
+    assert len(starts) == len(weights) == count and weights.shape[1:] == (rows, cols, 1)
+    total = np.zeros((height, width))
+    for (top, left), weight in zip(starts, weights):
+        assert 0 <= top <= height - rows and 0 <= left <= width - cols
+        total[top:top + rows, left:left + cols] += weight[..., 0]
+    np.testing.assert_allclose(total, 1.0, rtol=1e-6)
+    for axis_starts, size in ((sorted({t for t, _ in starts}), rows),
+                              (sorted({l for _, l in starts}), cols)):
+        gaps = np.diff(axis_starts)  # neighbours share tile // 4 pixels, less one for rounding
+        assert np.all(size - gaps >= tile // tiling.OVERLAP_DIVISOR - 1)
+
+
+def test_tiled_network_of_a_pointwise_network_is_that_network():
+    x = np.random.default_rng(0).normal(size=(2, 37, 50, 4)).astype(np.float32)
+    t = np.array([3, 7], np.int32)
+    variables = {"scale": np.float32(1.5)}
+    whole = PointwiseNetwork().apply(variables, x, t)
+    tiled = jax.jit(lambda x, t: tiling.TiledNetwork(PointwiseNetwork(), 16).apply(
+        variables, x, t))(x, t)
+    for name, expected, got in zip(unet.UNetOutput._fields, whole, tiled):
+        np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=name)
+
+
+def test_tiled_network_keeps_the_regions_whole_image(checkpoint, data_root, config, tmp_path):
+    out = str(tmp_path / "tiled")
+    result = fusion.fuse_folder(checkpoint, out, data=data_root, steps=2, tile=16,
+                                save_extras=True, show_progress=False)
+    assert result.tiled == result.names
+    assert result.summary().endswith(f"(2 steps, {NUM_PAIRS} in tiles)")
+    layout = layouts.layout_from_config(config.data, "pet")
+    rules = regions.rules_from_config(config.regions, "pet", "sample")
+    shares = []
+    for pair in layouts.list_pairs(data_root, layout):
+        _, b = layouts.read_pair(pair, layout)  # registration is off: B is fused as it is
+        outputs = read_outputs(out, os.path.splitext(pair.name)[0])
+        assert outputs["fused"].shape == (32, 32, 3)
+        # the PET rules compare each pixel with the whole image's pixel (row 0, column 5),
+        # not with that of the 16 x 16 window it was evaluated in
+        for channel, rule in ((1, rules.cr), (2, rules.cb)):
+            values = b[..., channel]
+            threshold = np.float32(rule.threshold) * values[0, 5]
+            expected = values >= threshold if rule.above else values <= threshold
+            name = f"region_{'cr' if channel == 1 else 'cb'}"
+            np.testing.assert_array_equal(outputs[name] == 255, expected)
+            shares.append(expected.mean())
+    assert 0.05 < max(shares) < 0.95  # the generated pairs have real regions
+
+
+@pytest.mark.slow
+def test_large_and_non_square_pairs_keep_their_size(checkpoint, tmp_path, capsys):
+    """256 x 256, 181 x 217 and 300 x 260 pairs in one folder (network in 64 px tiles: this
+    two-level U-Net's bottleneck is half the image); about a minute on two cores."""
+    sizes = {"1.png": (256, 256), "2.png": (181, 217), "3.png": (300, 260)}
+    a_folder, b_folder = write_folders(str(tmp_path / "data"), {
+        name: synthetic_pair(*size, seed=i) for i, (name, size) in enumerate(sizes.items())})
+    out = str(tmp_path / "out")
+    status, _ = fuse_status(capsys, "--checkpoint", checkpoint, "--a-dir", a_folder,
+                            "--b-dir", b_folder, "--out", out, "--steps", "2", "--tile", "64",
+                            "--save-extras")
+    assert status == 0
+    for name, size in sizes.items():
+        outputs = read_outputs(out, os.path.splitext(name)[0])
+        for kind, array in outputs.items():
+            if kind != "deformation_grid":
+                assert array.shape[:2] == size, (name, kind)
+        b = images.read_image(os.path.join(b_folder, name)).astype(int)
+        assert np.abs(outputs["warped_b"].astype(int) - b).max() <= 2
+        np.testing.assert_array_equal(outputs["deformation"], 0.0)

@@ -495,3 +495,154 @@ def test_gallery_shows_the_generated_pairs_side_by_side():
     ct = generator.make_pair("ct", size, 2, 0, anatomy="phantom")
     top, left = gallery.LABEL_HEIGHT + 2 * size, gallery.LABEL_WIDTH + 3 * size
     np.testing.assert_array_equal(figure[top:top + size, left:left + size, 1], ct.b)
+
+
+# ---- clean twins (noise=False): the same pair without scanner noise -------------------------
+
+def _renderings(brain):
+    """{name: render(anatomy, rng, noise)} of every modality of a brain module."""
+    return {
+        "T1": lambda anatomy, rng, noise: brain.render_mri(anatomy, rng, "T1", noise=noise),
+        "T2": lambda anatomy, rng, noise: brain.render_mri(anatomy, rng, "T2", noise=noise),
+        "CT": lambda anatomy, rng, noise: brain.render_ct(anatomy, rng, noise=noise),
+        "PET": lambda anatomy, rng, noise: brain.render_pet(anatomy, rng, noise=noise),
+        "SPECT": lambda anatomy, rng, noise: brain.render_spect(anatomy, rng, noise=noise),
+    }
+
+
+def _structure_ratio(difference, region, block=8):
+    """RMS of the difference's block x block local means over its pixel RMS, inside region:
+    about 1 / block for white noise, near 1 for a change of structure or scale."""
+    local = ndimage.uniform_filter(difference.astype(np.float64), block)
+    return np.sqrt(np.mean(local[region] ** 2) / np.mean(difference[region] ** 2))
+
+
+def _twin_renderings(render, anatomy, seed):
+    """(noisy, clean, clean again) images and whether the three left the stream in one
+    state."""
+    outputs, states = [], []
+    for noise in (True, False, False):
+        rng = np.random.default_rng(seed)
+        outputs.append(render(anatomy, rng, noise))
+        states.append(rng.bit_generator.state)
+    return (*outputs, states[0] == states[1] == states[2])
+
+
+@pytest.mark.parametrize("brain", [phantom, template], ids=["phantom", "template"])
+def test_clean_rendering_makes_the_same_draws_and_differs_only_by_noise(brain):
+    """Every modality with noise=False consumes the stream exactly as with noise (so every
+    later draw of the pair is the same), is reproducible, and differs from the noisy image by
+    noise alone: inside the brain the difference has no structure at the 8-pixel scale."""
+    anatomy = brain.random_slice(np.random.default_rng(2), 96)
+    brain_region = ndimage.binary_erosion(anatomy.parenchyma > 0.9, iterations=2)
+    assert brain_region.sum() > 500
+    for name, render in _renderings(brain).items():
+        noisy, clean, again, same_draws = _twin_renderings(render, anatomy, 11)
+        assert same_draws, name
+        np.testing.assert_array_equal(clean, again)
+        difference = noisy - clean
+        assert np.abs(difference[brain_region]).mean() > 0.003, name  # the noise is there
+        assert _structure_ratio(difference, brain_region) < 0.6, name
+
+
+def test_clean_cell_images_make_the_same_draws_and_differ_only_by_noise():
+    culture = cells.random_culture(np.random.default_rng(4), 96)
+    everywhere = np.ones((96, 96), bool)
+    for render in (cells.render_phase_contrast, cells.render_fluorescence):
+        noisy, clean, again, same_draws = _twin_renderings(
+            lambda _, rng, noise: render(culture, rng, noise=noise), None, 5)
+        assert same_draws
+        np.testing.assert_array_equal(clean, again)
+        assert np.abs(noisy - clean).mean() > 0.005
+        assert _structure_ratio(noisy - clean, everywhere) < 0.3
+    # the autofluorescent background is signal, not noise: the clean twin keeps it
+    clean = cells.render_fluorescence(culture, np.random.default_rng(5), noise=False)
+    assert np.median(clean[culture.radius > 2.0]) == pytest.approx(0.02, abs=1e-6)
+
+
+@pytest.mark.parametrize("brain", [phantom, template], ids=["phantom", "template"])
+def test_clean_pet_is_the_expectation_of_the_noisy_pet_and_smooth(brain):
+    """Poisson counts are unbiased and the twins share one intensity scale: over the brain
+    the noisy PET's mean equals the clean one's to 0.6 % (scaling the clean twin by its own
+    quantile would be off by 1-4 %); the clean twin's energy above 0.35 cycles per pixel is
+    below 5 % of the noisy one's (the point spread removes it)."""
+    def high_frequency_energy(image):
+        spectrum = np.abs(np.fft.fft2(image - image.mean())) ** 2
+        fy, fx = np.fft.fftfreq(image.shape[0]), np.fft.fftfreq(image.shape[1])
+        return spectrum[np.hypot(fy[:, None], fx[None, :]) > 0.35].sum()
+
+    for seed in range(4):
+        anatomy = brain.random_slice(np.random.default_rng(seed), 128)
+        noisy, clean, _, _ = _twin_renderings(_renderings(brain)["PET"], anatomy, 50 + seed)
+        region = anatomy.parenchyma > 0.5
+        assert abs(noisy[region].mean() / clean[region].mean() - 1) < 0.006, seed
+        assert high_frequency_energy(clean) < 0.05 * high_frequency_energy(noisy), seed
+
+
+@pytest.mark.parametrize("anatomy", generator.ANATOMIES)
+@pytest.mark.parametrize("task", generator.TASKS)
+def test_clean_twin_pair_has_the_same_content_field_and_colours(task, anatomy):
+    """make_pair(noise=False): the same misalignment field exactly, the same shapes, and A, B
+    and the aligned B differing from the noisy pair by structureless noise only."""
+    pair = generator.make_pair(task, 96, seed=1, index=0, misalign_b=True, anatomy=anatomy)
+    twin = generator.make_pair(task, 96, seed=1, index=0, misalign_b=True, anatomy=anatomy,
+                               noise=False)
+    np.testing.assert_array_equal(twin.displacement, pair.displacement)
+    for noisy, clean in ((pair.a, twin.a), (pair.b, twin.b), (pair.b_aligned, twin.b_aligned)):
+        assert clean.shape == noisy.shape and clean.dtype == np.uint8
+        noisy_grey, clean_grey = (image.astype(np.float64) if image.ndim == 2
+                                  else image.mean(axis=-1) for image in (noisy, clean))
+        region = ndimage.uniform_filter(clean_grey, 5) > 30  # where there is signal
+        difference = noisy_grey - clean_grey
+        assert np.abs(difference[region]).mean() > 0.5  # noise of at least half a level
+        assert _structure_ratio(difference, region) < 0.6
+
+
+def test_clean_twins_keep_the_spect_colour_map_drawn_per_pair():
+    maps = []
+    for index in range(8):
+        for noise in (True, False):
+            b = generator.make_pair("spect", 32, 0, index, anatomy="template",
+                                    noise=noise).b.astype(int)
+            maps.append("rainbow" if np.any(b[..., 2] > b[..., 0] + 30) else "hot")
+    assert maps[0::2] == maps[1::2] and set(maps) == {"rainbow", "hot"}
+
+
+def test_written_clean_twins_mirror_the_noisy_set(tmp_path, paper_layouts):
+    layout = paper_layouts["pet"]
+    noisy_root, clean_root = str(tmp_path / "noisy"), str(tmp_path / "clean")
+    generator.write_task(noisy_root, layout, 2, SIZE, seed=6, misalign_b=True,
+                         clean_twins_out=clean_root)
+    noisy_pairs = layouts.list_pairs(noisy_root, layout)
+    clean_pairs = layouts.list_pairs(clean_root, layout)
+    assert [p.name for p in clean_pairs] == [p.name for p in noisy_pairs] == ["1.png", "2.png"]
+    assert sorted(os.listdir(os.path.join(clean_root, layout.folder))) == sorted(
+        os.listdir(os.path.join(noisy_root, layout.folder)))
+    for index, (noisy, clean) in enumerate(zip(noisy_pairs, clean_pairs)):
+        twin = generator.make_pair("pet", SIZE, 6, index, misalign_b=True, noise=False)
+        np.testing.assert_array_equal(images.read_image(clean.a), twin.a)
+        np.testing.assert_array_equal(images.read_image(clean.b), twin.b)
+        np.testing.assert_array_equal(np.load(clean.displacement), np.load(noisy.displacement))
+        assert not np.array_equal(images.read_image(clean.a), images.read_image(noisy.a))
+
+
+def test_clean_twins_need_their_own_empty_folder(tmp_path, paper_layouts):
+    layout = paper_layouts["ct"]
+    root = str(tmp_path / "data")
+    with pytest.raises(UserError, match="--clean-twins .*: expected another folder than --out"):
+        generator.write_task(root, layout, 1, SIZE, 0, clean_twins_out=root + "/.")
+    generator.write_task(str(tmp_path / "other"), layout, 1, SIZE, 0)
+    with pytest.raises(UserError, match="already holds images; write to an empty --clean-twins"):
+        generator.write_task(root, layout, 1, SIZE, 0, clean_twins_out=str(tmp_path / "other"))
+    assert not os.path.exists(root)  # both folders are checked before anything is created
+
+
+def test_make_data_writes_clean_twins(tmp_path, capsys):
+    out, clean = str(tmp_path / "data"), str(tmp_path / "clean")
+    assert cli.main(["make-data", "--task", "adni", "--num", "2", "--size", "32", "--seed", "3",
+                     "--anatomy", "phantom", "--out", out, "--clean-twins", clean]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote their clean twins to {os.path.join(clean, 'ADNI')}" in printed
+    twin = generator.make_pair("adni", 32, seed=3, index=1, noise=False)
+    np.testing.assert_array_equal(images.read_image(os.path.join(clean, "ADNI", "PET", "2.png")),
+                                  twin.b)

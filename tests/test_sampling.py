@@ -381,6 +381,17 @@ def test_fuse_pairs_pads_the_last_batch_and_keeps_each_pairs_result(setup):
     np.testing.assert_array_equal(batches[1][1].warped_b[0], setup["first"].warped_b[1])
 
 
+def test_fuse_pairs_draws_each_pairs_noise_from_its_id(setup):
+    # pairs 2 and 0 given with their ids fuse as in the setup's batch of all four; two pairs
+    # make one batch, filled up to the 4 devices
+    batches = list(sampling.fuse_pairs(setup["sample"], setup["params"], setup["schedule"],
+                                       setup["a"][[2, 0]], setup["b"][[2, 0]],
+                                       jax.random.PRNGKey(7), batch_size=8, num_devices=4,
+                                       pair_ids=[2, 0]))
+    assert [(start, len(out.fused)) for start, out in batches] == [(0, 2)]
+    np.testing.assert_allclose(batches[0][1].fused, setup["first"].fused[[2, 0]], atol=1e-6)
+
+
 def test_a_pairs_result_does_not_depend_on_its_batch(setup):
     order = np.array([2, 0, 3, 1])
     out = setup["sample"](setup["params"], setup["schedule"], setup["a"][order],

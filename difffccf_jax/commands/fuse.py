@@ -4,7 +4,8 @@
 import argparse
 
 FUSE_ARGUMENTS = ("checkpoint", "out", "data", "a_dir", "b_dir", "task", "steps", "batch_size",
-                  "seed", "stochastic", "output", "register", "save_extras", "overwrite")
+                  "seed", "stochastic", "output", "register", "resize_to", "tile", "save_extras",
+                  "overwrite")
 
 
 def register(subparsers):
@@ -12,8 +13,9 @@ def register(subparsers):
         "fuse", help="fuse image pairs with a trained model",
         description="Fuse every A/B pair of a folder in the published layout (or of two "
                     "folders of equally named images) into one RGB PNG per pair, named as "
-                    "the input. The model, its diffusion and sampling settings come from the "
-                    "checkpoint's config.json.")
+                    "the input. Each output has the size of its pair's A image (any H x W); a "
+                    "B image of another size is resized to A's size first. The model, its "
+                    "diffusion and sampling settings come from the checkpoint's config.json.")
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="checkpoint directory written by `difffccf train` or "
                              "`difffccf convert-torch`")
@@ -46,6 +48,17 @@ def register(subparsers):
     parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
                         help="warp B by the network's predicted deformation before fusing, or "
                              "fuse B as given (default: the checkpoint's sampling.register)")
+    parser.add_argument("--resize", dest="resize_to", type=int, default=None, metavar="N",
+                        help="resize every pair to N x N before fusing, as training does, and "
+                             "write N x N outputs (default: keep each pair's own size; the "
+                             "published model, model.compat, needs --resize 256 for images "
+                             "of other sizes)")
+    parser.add_argument("--tile", type=int, default=None, metavar="N",
+                        help="on pairs larger than N x N (after padding to the U-Net's size "
+                             "multiple) evaluate the network in overlapping N x N tiles, "
+                             "blended, so its bottleneck attention fits in memory; noise, "
+                             "chroma regions and registration stay whole-image (default: 64 "
+                             "bottleneck pixels a side, 512 for a 4-level U-Net)")
     parser.add_argument("--save-extras", action="store_true",
                         help="also write the fused channels, masks, regions, deformation "
                              "field and warped B under OUT/extras/NAME/")

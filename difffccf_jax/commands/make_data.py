@@ -1,5 +1,6 @@
 """`difffccf make-data`: writes realistic generated pairs of one task in the published layout."""
 
+import os
 
 from difffccf_jax.commands.common import add_config_argument, config_from_args
 from difffccf_jax.data.generator import ANATOMIES, TASKS
@@ -17,7 +18,10 @@ def register(subparsers):
                     "moved by a small random affine plus elastic motion and the field that "
                     "realigns it goes to <task folder>/displacement/<n>.npy ([H, W, 2] pixels, "
                     "x then y; sampling B at (x + dx, y + dy) realigns it). Brain anatomy comes "
-                    "from the MNI152 template (the `realistic` extra) or a synthetic phantom.")
+                    "from the MNI152 template (the `realistic` extra) or a synthetic phantom. "
+                    "With --clean-twins DIR, the clean twin of every pair (the same pair "
+                    "without scanner noise, the same names and displacement fields) goes to DIR "
+                    "in the same layout: the reference of `difffccf evaluate-denoising`.")
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--num", type=int, required=True, help="number of pairs")
     parser.add_argument("--size", type=int, default=256, help="image size in pixels")
@@ -31,6 +35,10 @@ def register(subparsers):
     parser.add_argument("--anatomy", choices=ANATOMIES, default=None,
                         help="brain tasks: slices of the MNI152 template (needs the realistic "
                              "extra) or the synthetic phantom (default: template when installed)")
+    parser.add_argument("--clean-twins", default=None, metavar="DIR",
+                        help="also write the clean twin of every pair (no scanner noise, the "
+                             "same anatomy, uptake, colours and misalignment) under this data "
+                             "root, in the same layout")
     add_config_argument(parser, default=PAPER_CONFIG)
     parser.set_defaults(run=run)
 
@@ -46,7 +54,10 @@ def run(args):
               f"{template.INSTALL_HINT} for the template)")
     folder = generator.write_task(args.out, layout, args.num, args.size, args.seed,
                                   misalign_b=args.misalign,
-                                  motion_strength=args.motion_strength, anatomy=anatomy)
+                                  motion_strength=args.motion_strength, anatomy=anatomy,
+                                  clean_twins_out=args.clean_twins)
     brain = "" if args.task == "gfp" else f" on the {anatomy} anatomy"
     print(f"wrote {args.num} {args.task} pairs of {args.size} x {args.size}{brain}"
           f"{' with misaligned B' if args.misalign else ''} to {folder}")
+    if args.clean_twins is not None:
+        print(f"wrote their clean twins to {os.path.join(args.clean_twins, layout.folder)}")

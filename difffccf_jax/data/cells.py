@@ -4,6 +4,8 @@ Cells are irregular ellipses with a nucleus. In phase contrast they are darker t
 granular inside and ringed by a bright halo; in the GFP channel a random subset of cells
 expresses the fluorescent protein with its own brightness, blurred slightly and on a dark,
 weakly autofluorescent background. Lengths are given for 256 x 256 and scale with the size.
+With `noise=False` the renderers leave out the camera noise (its samples are still drawn, so
+every other draw is unchanged): the clean twin of the same image.
 """
 
 import dataclasses
@@ -71,8 +73,9 @@ def _inside(radius, edge_width):
     return np.clip((1.0 - radius) / edge_width + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def render_phase_contrast(culture, rng):
-    """Phase-contrast image [H, W] on 0..1: grey medium, dark granular cells, bright halos."""
+def render_phase_contrast(culture, rng, noise=True):
+    """Phase-contrast image [H, W] on 0..1: grey medium, dark granular cells, bright halos;
+    camera noise unless noise=False."""
     shape = culture.radius.shape
     scale = shape[0] / 256
     cell = _inside(culture.radius, 0.12)
@@ -83,13 +86,16 @@ def render_phase_contrast(culture, rng):
     inside = rng.uniform(0.3, 0.4) + granules - 0.08 * nucleus
     image = medium * (1.0 - cell) + inside * cell + rng.uniform(0.3, 0.45) * halo
     image = gaussian_blur(image, 0.6 * scale)
-    image += 0.015 * rng.standard_normal(shape, dtype=np.float32)
+    camera_noise = 0.015 * rng.standard_normal(shape, dtype=np.float32)
+    if noise:
+        image += camera_noise
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def render_fluorescence(culture, rng):
+def render_fluorescence(culture, rng, noise=True):
     """GFP intensity [H, W] on 0..1: a random 30-70 % of the cells glow with their own
-    brightness (nuclei a little brighter), blurred, on a weak noisy background."""
+    brightness (nuclei a little brighter), blurred, on a weak autofluorescent background with
+    camera noise (none with noise=False)."""
     shape = culture.radius.shape
     expressing = rng.uniform(size=culture.num_cells) < rng.uniform(0.3, 0.7)
     expressing[rng.integers(culture.num_cells)] = True  # at least one cell glows
@@ -99,7 +105,8 @@ def render_fluorescence(culture, rng):
     nucleus = _inside(culture.nucleus_radius, 0.15)
     intensity = per_pixel * cell * (0.85 + 0.2 * nucleus)
     intensity = gaussian_blur(intensity.astype(np.float32), 1.5 * shape[0] / 256)
-    intensity += 0.02 + 0.015 * rng.standard_normal(shape, dtype=np.float32)
+    camera_noise = 0.015 * rng.standard_normal(shape, dtype=np.float32)
+    intensity += 0.02 + (camera_noise if noise else 0.0)
     return np.clip(intensity, 0.0, 1.0)
 
 

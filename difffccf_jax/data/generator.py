@@ -21,6 +21,11 @@ equals that of the aligned set) and the field that realigns it is saved as
 `<folder>/displacement/<stem>.npy`: [H, W, 2] float32, pixels, channel 0 along x and 1 along y;
 sampling the moved B at (x + dx, y + dy) gives back the aligned B (up to interpolation), the
 convention of `registration.warp`.
+
+Each pair has a clean twin (`noise=False`; `write_task`'s `clean_twins_out`): the same anatomy,
+uptake, contrast, colour map and misalignment field, made by the same random draws, without the
+scanner's (or the camera's) noise, on the noisy image's intensity scale. The fusion of the
+clean twin is the reference against which denoising is measured (evaluation/denoising.py).
 """
 
 import dataclasses
@@ -63,7 +68,8 @@ def default_anatomy():
 
 # Each task renders (A, B's signal, how the signal is shown): A and the signal [S, S] on 0..1.
 # Misalignment moves the signal (the subject moved between the scans) before it is shown.
-# `brain` is the anatomy's module (template or phantom: the same random_slice and render_*).
+# `brain` is the anatomy's module (template or phantom: the same random_slice and render_*);
+# `noise` False renders the clean twins (the same draws, no scanner noise).
 def _emission_display(brain, task, rng):
     """The colour map of a pet or spect B: the phantom's original ones, or the clinical ones
     for the template (SPECT's drawn from SPECT_MAPS after everything else)."""
@@ -74,35 +80,37 @@ def _emission_display(brain, task, rng):
     return functools.partial(colormaps.colorize, name=name)
 
 
-def _pet(brain, rng, size):
+def _pet(brain, rng, size, noise):
     anatomy = brain.random_slice(rng, size)
-    mri = brain.render_mri(anatomy, rng, rng.choice(["T1", "T2"]))
-    return mri, brain.render_pet(anatomy, rng), _emission_display(brain, "pet", rng)
+    mri = brain.render_mri(anatomy, rng, rng.choice(["T1", "T2"]), noise=noise)
+    return (mri, brain.render_pet(anatomy, rng, noise=noise),
+            _emission_display(brain, "pet", rng))
 
 
-def _spect(brain, rng, size):
+def _spect(brain, rng, size, noise):
     anatomy = brain.random_slice(rng, size)
-    mri = brain.render_mri(anatomy, rng, "T2")
-    return mri, brain.render_spect(anatomy, rng), _emission_display(brain, "spect", rng)
+    mri = brain.render_mri(anatomy, rng, "T2", noise=noise)
+    return (mri, brain.render_spect(anatomy, rng, noise=noise),
+            _emission_display(brain, "spect", rng))
 
 
-def _ct(brain, rng, size):
+def _ct(brain, rng, size, noise):
     anatomy = brain.random_slice(rng, size)
-    ct = brain.render_ct(anatomy, rng)
-    return ct, brain.render_mri(anatomy, rng, rng.choice(["T1", "T2"])), _grey
+    ct = brain.render_ct(anatomy, rng, noise=noise)
+    return ct, brain.render_mri(anatomy, rng, rng.choice(["T1", "T2"]), noise=noise), _grey
 
 
-def _adni(brain, rng, size):
+def _adni(brain, rng, size, noise):
     anatomy = brain.random_slice(rng, size)
-    mri = brain.render_mri(anatomy, rng, "T1")
-    return mri, brain.render_pet(anatomy, rng), _grey
+    mri = brain.render_mri(anatomy, rng, "T1", noise=noise)
+    return mri, brain.render_pet(anatomy, rng, noise=noise), _grey
 
 
-def _gfp(brain, rng, size):
+def _gfp(brain, rng, size, noise):
     del brain  # a cell culture, the same for either anatomy
     culture = cells.random_culture(rng, size)
-    phase = cells.render_phase_contrast(culture, rng)
-    return phase, cells.render_fluorescence(culture, rng), cells.gfp_to_rgb
+    phase = cells.render_phase_contrast(culture, rng, noise=noise)
+    return phase, cells.render_fluorescence(culture, rng, noise=noise), cells.gfp_to_rgb
 
 
 RENDERERS = dict(pet=_pet, spect=_spect, ct=_ct, gfp=_gfp, adni=_adni)
@@ -123,14 +131,15 @@ def _check(task, size, seed, anatomy):
 
 
 def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0,
-              anatomy="phantom"):
+              anatomy="phantom", noise=True):
     """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair) on an
     `anatomy` of ANATOMIES; with `misalign_b`, B moved by a random motion of `motion_strength`
-    (misalign.random_motion)."""
+    (misalign.random_motion); with noise=False, the pair's clean twin (the same pair without
+    scanner noise, the same displacement field)."""
     _check(task, size, seed, anatomy)
     streams = [seed, TASKS.index(task), index]
     a, signal, show = RENDERERS[task](BRAINS[anatomy], np.random.default_rng(streams + [0]),
-                                      size)
+                                      size, noise)
     a = color.to_uint8(a * 255.0)
     b_aligned = color.to_uint8(show(signal) * 255.0)
     if not misalign_b:
@@ -142,33 +151,66 @@ def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0,
                          displacement=displacement)
 
 
+def _task_folders(out, layout, option):
+    """(A folder, B folder, field folder) of `layout` under `out`; UserError when the A or B
+    folder already holds images (`option` names the argument in the message)."""
+    folder = os.path.join(out, layout.folder)
+    a_folder, b_folder = os.path.join(folder, layout.a), os.path.join(folder, layout.b)
+    for path in (a_folder, b_folder):
+        if os.path.isdir(path) and any(images.is_image_name(name) for name in os.listdir(path)):
+            raise UserError(f"{path} already holds images; write to an empty {option} (a set "
+                            "must not mix pairs of different runs)")
+    return a_folder, b_folder, os.path.join(folder, DISPLACEMENT_FOLDER)
+
+
+def _make_folders(out, folders, misalign_b):
+    """Creates the A and B folders (and the field folder with misalign_b) under `out`."""
+    try:
+        for path in folders[:2] + (folders[2:] if misalign_b else ()):
+            os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create output folder under {out!r}: {error}") from error
+
+
+def _pair_files(folders, index, pair):
+    """[(path, array)] of pair `index` (0-based) in folders (A, B, field): B and the field
+    first, A last."""
+    a_folder, b_folder, field_folder = folders
+    name = f"{index + 1}.png"
+    outputs = [(os.path.join(b_folder, name), pair.b)]
+    if pair.displacement is not None:
+        outputs.append((os.path.join(field_folder, f"{index + 1}.npy"), pair.displacement))
+    outputs.append((os.path.join(a_folder, name), pair.a))
+    return outputs
+
+
 def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1.0,
-               anatomy="phantom"):
+               anatomy="phantom", clean_twins_out=None):
     """Writes pairs 1..num of `layout.task` under `out` in the published layout; returns the
-    task folder, which must not hold images yet. Each pair is written all-or-nothing (B and the
-    field first, A last)."""
+    task folder, which must not hold images yet. With `clean_twins_out`, another data root,
+    the clean twin of every pair (make_pair's noise=False: same names, same displacement
+    fields) goes there in the same layout. Each pair is written all-or-nothing, twin included
+    (the clean twin first, then the noisy pair; B and the field before A)."""
     _check(layout.task, size, seed, anatomy)
     misalign.check_strength(motion_strength)
     if num < 1:
         raise UserError(f"--num {num}: expected at least one pair")
-    folder = os.path.join(out, layout.folder)
-    a_folder, b_folder = os.path.join(folder, layout.a), os.path.join(folder, layout.b)
-    field_folder = os.path.join(folder, DISPLACEMENT_FOLDER)
-    for path in (a_folder, b_folder):
-        if os.path.isdir(path) and any(images.is_image_name(name) for name in os.listdir(path)):
-            raise UserError(f"{path} already holds images; write to an empty --out (a set "
-                            "must not mix pairs of different runs)")
-    try:
-        for path in (a_folder, b_folder) + ((field_folder,) if misalign_b else ()):
-            os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create output folder under {out!r}: {error}") from error
+    if clean_twins_out is not None and (os.path.realpath(clean_twins_out)
+                                        == os.path.realpath(out)):
+        raise UserError(f"--clean-twins {clean_twins_out}: expected another folder than --out "
+                        "(the clean twins have the same names as the noisy pairs)")
+    # (data root, its folders, noise): the clean twins first, as they are written first
+    targets = [(out, _task_folders(out, layout, "--out"), True)]
+    if clean_twins_out is not None:
+        targets.insert(0, (clean_twins_out, _task_folders(clean_twins_out, layout,
+                                                          "--clean-twins folder"), False))
+    for root, folders, _ in targets:
+        _make_folders(root, folders, misalign_b)
     for index in range(num):
-        pair = make_pair(layout.task, size, seed, index, misalign_b, motion_strength, anatomy)
-        name = f"{index + 1}.png"
-        outputs = [(os.path.join(b_folder, name), pair.b)]
-        if pair.displacement is not None:
-            outputs.append((os.path.join(field_folder, f"{index + 1}.npy"), pair.displacement))
-        outputs.append((os.path.join(a_folder, name), pair.a))
+        outputs = []
+        for _, folders, noise in targets:
+            pair = make_pair(layout.task, size, seed, index, misalign_b, motion_strength,
+                             anatomy, noise=noise)
+            outputs += _pair_files(folders, index, pair)
         files.write_files(outputs)
-    return folder
+    return os.path.join(out, layout.folder)

@@ -2,6 +2,8 @@
 
 `read_image` returns uint8 [H, W] (grey) or [H, W, 3] (RGB) whatever the file's pixel format,
 or raises UserError naming the file. Writing goes through `difffccf_jax.files.write_files`.
+`resize` and `pad_with_background` (with `border_median`, the background) change an array's
+size.
 """
 
 import os
@@ -57,8 +59,30 @@ def channels_equal(rgb):
 
 
 def resize(image, size):
-    """uint8 [H, W] / [H, W, 3] or float32 [H, W] resized to size x size (bilinear,
-    antialiased when shrinking)."""
-    if image.shape[:2] == (size, size):
+    """uint8 [H, W] / [H, W, 3] or float32 [H, W] resized to size x size (an int) or to
+    height x width (a pair), bilinear, antialiased when shrinking."""
+    height, width = (size, size) if np.ndim(size) == 0 else size
+    if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def border_median(image, xp=np):
+    """Per-channel median of the border pixels (first and last row and column) of image
+    [..., H, W, C] -> [..., C]: an image's background, the value it is padded with (an object
+    touching part of the border does not move it). xp: the array module (jax.numpy under jit)."""
+    height, width = image.shape[-3:-1]
+    border = np.ones((height, width), bool)
+    border[1:-1, 1:-1] = False
+    return xp.median(image[..., border, :], axis=-2)
+
+
+def pad_with_background(image, height, width):
+    """image [h, w, C] padded at the bottom and right to [height, width, C] with its
+    `border_median` (cast to the image's dtype)."""
+    if height < image.shape[0] or width < image.shape[1]:
+        raise ValueError(f"cannot pad an image of shape {image.shape} to {height} x {width}")
+    padded = np.empty((height, width, image.shape[2]), image.dtype)
+    padded[...] = border_median(image).astype(image.dtype)
+    padded[:image.shape[0], :image.shape[1]] = image
+    return padded

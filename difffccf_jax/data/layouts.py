@@ -12,8 +12,10 @@ used, and a folder holding both spellings is refused as ambiguous (set `a`, `b` 
 
 Reading a pair: A becomes grey (a colour A is converted to its luma); B becomes RGB: a grey B is
 JET-mapped where the layout says `jet` (CT's MRI, ADNI's PET) or else kept grey (R = G = B); a
-colour B where `jet` asks for a grey one is refused with an explanation. Both are resized to the
-configured size, then scaled to [-1, 1]: a [H, W, 1] and b [H, W, 3] in YCrCb, float32.
+colour B where `jet` asks for a grey one is refused with an explanation. A B of another size than
+its A is resized to A's size; both are resized to a requested size (training's image_size,
+`difffccf fuse --resize`) or else kept at A's, then scaled to [-1, 1]: a [H, W, 1] and
+b [H, W, 3] in YCrCb, float32.
 
 With a misaligned generated set, `<folder>/displacement/<stem>.npy` holds the true field of
 each pair (see data/misalign.py for the convention).
@@ -180,15 +182,14 @@ def _colour_source(image, path, layout):
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
-def read_pair_uint8(pair, layout, image_size):
-    """(a uint8 [S, S, 1] grey, b uint8 [S, S, 3] RGB) of one pair at S = image_size."""
+def read_pair_uint8(pair, layout, image_size=None):
+    """(a uint8 [H, W, 1] grey, b uint8 [H, W, 3] RGB) of one pair: at A's own size (image_size
+    None; a B of another size is resized to it), or both resized to image_size (S for S x S, or
+    (H, W))."""
     a_image, b_image = images.read_image(pair.a), images.read_image(pair.b)
-    if a_image.shape[:2] != b_image.shape[:2]:
-        raise UserError(f"pair {pair.name!r}: A {pair.a} is {a_image.shape[1]}x"
-                        f"{a_image.shape[0]} but B {pair.b} is {b_image.shape[1]}x"
-                        f"{b_image.shape[0]}; A and B must have the same size")
-    a = images.resize(_grey_source(a_image), image_size)
-    b = _colour_source(images.resize(b_image, image_size), pair.b, layout)
+    size = a_image.shape[:2] if image_size is None else image_size
+    a = images.resize(_grey_source(a_image), size)
+    b = _colour_source(images.resize(b_image, size), pair.b, layout)
     return a[..., None], b
 
 
@@ -199,8 +200,9 @@ def to_model_inputs(a, b_rgb, xp=np):
     return a, b
 
 
-def read_pair(pair, layout, image_size):
-    """(a [S, S, 1], b [S, S, 3] YCrCb) float32 in [-1, 1] of one pair."""
+def read_pair(pair, layout, image_size=None):
+    """(a [H, W, 1], b [H, W, 3] YCrCb) float32 in [-1, 1] of one pair (sizes as in
+    `read_pair_uint8`)."""
     return to_model_inputs(*read_pair_uint8(pair, layout, image_size))
 
 

@@ -11,6 +11,12 @@ contrast, bias field, Rician noise), CT (Hounsfield units through a brain window
 images (grey matter uptake 3-4 times white matter, hot and cold lesions, focal hot spots, blurred
 by a point-spread function and corrupted by Poisson-like counting noise; SPECT coarser and noisier
 than PET). Lengths are given for 256 x 256 and scale with the image size.
+
+With `noise=False` a renderer returns the clean twin of the image it renders with noise: it makes
+the same random draws (the noise samples are drawn and left out), so contrast, bias field,
+uptake and every later draw of the same stream are unchanged, and it is scaled to 0..1 by the
+noisy image's quantile (`normalise`'s `reference`), so the two share one intensity scale and
+differ only by the noise.
 """
 
 import dataclasses
@@ -186,14 +192,18 @@ def mix(anatomy, tissue_values, lesion_value):
     return image.astype(np.float32)
 
 
-def normalise(image, quantile, rng):
-    """Scales so the given quantile maps to about 1 (with a random gain), clipped to 0..1."""
-    scale = np.quantile(image[::2, ::2], quantile) * rng.uniform(0.95, 1.05)
+def normalise(image, quantile, rng, reference=None):
+    """Scales so the given quantile of `reference` (default: the image itself) maps to about 1
+    (with a random gain), clipped to 0..1. A clean twin is scaled by its noisy image's
+    quantile: the two then share one intensity scale."""
+    reference = image if reference is None else reference
+    scale = np.quantile(reference[::2, ::2], quantile) * rng.uniform(0.95, 1.05)
     return np.clip(image / max(scale, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
-def render_mri(anatomy, rng, weighting):
-    """MRI-like image [H, W] on 0..1 with 'T1' or 'T2' contrast."""
+def render_mri(anatomy, rng, weighting, noise=True):
+    """MRI-like image [H, W] on 0..1 with 'T1' or 'T2' contrast; Rician noise unless
+    noise=False."""
     table = TISSUE_T1 if weighting == "T1" else TISSUE_T2
     values = {name: value * rng.uniform(0.92, 1.08) for name, value in table.items()}
     image = mix(anatomy, values, lambda lesion: lesion.t1 if weighting == "T1" else lesion.t2)
@@ -201,19 +211,23 @@ def render_mri(anatomy, rng, weighting):
     image *= 1.0 + 0.05 * anatomy.texture * anatomy.parenchyma
     image *= 1.0 + 0.1 * smooth_noise(rng, image.shape, 60 * scale)  # coil bias field
     image = gaussian_blur(image, 0.5 * scale)
-    noise = rng.uniform(0.01, 0.03)
-    real = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
-    imaginary = noise * rng.standard_normal(image.shape, dtype=np.float32)
-    return normalise(np.sqrt(real * real + imaginary * imaginary), 0.995, rng)
+    sigma = rng.uniform(0.01, 0.03)
+    real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    magnitude = np.sqrt(real * real + imaginary * imaginary)
+    return normalise(magnitude if noise else image, 0.995, rng, reference=magnitude)
 
 
-def render_ct(anatomy, rng):
-    """CT-like image [H, W] on 0..1: Hounsfield units through a brain window."""
+def render_ct(anatomy, rng, noise=True):
+    """CT-like image [H, W] on 0..1: Hounsfield units through a brain window; Gaussian noise
+    of 3-6 HU unless noise=False."""
     hu = mix(anatomy, TISSUE_HU, lambda lesion: lesion.hu)
     hu += -1000.0 * (1.0 - sum(anatomy.fractions.values())
                      - sum((lesion.fraction for lesion in anatomy.lesions), 0.0))
     hu = gaussian_blur(hu, 0.6 * anatomy.size / 256)
-    hu += rng.uniform(3.0, 6.0) * rng.standard_normal(hu.shape, dtype=np.float32)
+    scanner_noise = rng.uniform(3.0, 6.0) * rng.standard_normal(hu.shape, dtype=np.float32)
+    if noise:
+        hu += scanner_noise
     level, width = CT_WINDOW
     return np.clip((hu - (level - width / 2)) / width, 0.0, 1.0).astype(np.float32)
 
@@ -236,10 +250,11 @@ def uptake(anatomy, rng):
     return np.maximum(activity, 0.0).astype(np.float32)
 
 
-def render_emission(activity, rng, fwhm, peak_counts, block=1):
+def render_emission(activity, rng, fwhm, peak_counts, block=1, noise=True):
     """Emission image [H, W] on 0..1 of `activity`: point-spread blur of `fwhm` pixels, counts
     on a grid `block` times coarser (block averaging), Poisson-like noise (the normal
-    approximation) with `peak_counts` at the brightest pixel, and the light smoothing of a
+    approximation) with `peak_counts` at the brightest pixel unless noise=False (the expected
+    counts, of which the noisy image is an unbiased draw), and the light smoothing of a
     reconstruction."""
     size = activity.shape[0]
     blurred = gaussian_blur(activity, fwhm / 2.355)
@@ -250,20 +265,23 @@ def render_emission(activity, rng, fwhm, peak_counts, block=1):
     # Poisson counting noise in its normal approximation (mean = variance = counts).
     noisy = np.maximum(counts + np.sqrt(counts) * rng.standard_normal(counts.shape, np.float32),
                        0.0) / peak_counts
-    return normalise(gaussian_blur(noisy, 0.4 * fwhm / 2.355), 0.998, rng)
+    reconstructed = gaussian_blur(noisy, 0.4 * fwhm / 2.355)
+    image = reconstructed if noise else gaussian_blur(counts / peak_counts, 0.4 * fwhm / 2.355)
+    return normalise(image, 0.998, rng, reference=reconstructed)
 
 
-def render_pet(anatomy, rng):
-    """PET-like image [H, W] on 0..1 (point spread 6-9 pixels FWHM at 256, moderate noise)."""
+def render_pet(anatomy, rng, noise=True):
+    """PET-like image [H, W] on 0..1 (point spread 6-9 pixels FWHM at 256, moderate noise
+    unless noise=False)."""
     scale = anatomy.size / 256
     return render_emission(uptake(anatomy, rng), rng, rng.uniform(6.0, 9.0) * scale,
-                           rng.uniform(80.0, 160.0))
+                           rng.uniform(80.0, 160.0), noise=noise)
 
 
-def render_spect(anatomy, rng):
+def render_spect(anatomy, rng, noise=True):
     """SPECT-like image [H, W] on 0..1: coarser (12-15 pixels FWHM at 256, counts binned on a
-    grid twice as coarse) and noisier than PET."""
+    grid twice as coarse) and noisier than PET (no noise with noise=False)."""
     scale = anatomy.size / 256
     block = 2 if anatomy.size % 2 == 0 else 1
     return render_emission(uptake(anatomy, rng), rng, rng.uniform(12.0, 15.0) * scale,
-                           rng.uniform(20.0, 45.0), block=block)
+                           rng.uniform(20.0, 45.0), block=block, noise=noise)

@@ -19,7 +19,8 @@ random contrast, bias field, faint Rician noise), CT (Hounsfield units through a
 skull white, brain grey), PET (grey to white matter uptake about 4:1, focal hot spots, a
 point-spread function of 4-6 mm FWHM, Poisson noise) and SPECT (8-12 mm FWHM, counts binned on
 a grid twice as coarse, fewer counts). Lengths are in millimetres; `BrainSlice.pixel_mm`
-converts them to pixels.
+converts them to pixels. With `noise=False` they return the clean twin: the same draws, the
+same intensity scale, no scanner noise (as in data/phantom.py).
 """
 
 import dataclasses
@@ -271,8 +272,9 @@ def random_slice(rng, size):
     return BrainSlice(fractions=fractions, lesions=lesions, pixel_mm=float(pixel_mm))
 
 
-def render_mri(anatomy, rng, weighting):
-    """MRI-like image [H, W] on 0..1 with 'T1' or 'T2' contrast."""
+def render_mri(anatomy, rng, weighting, noise=True):
+    """MRI-like image [H, W] on 0..1 with 'T1' or 'T2' contrast; faint Rician noise unless
+    noise=False."""
     table = TISSUE_T1 if weighting == "T1" else TISSUE_T2
     values = {name: value * rng.uniform(0.93, 1.07) for name, value in table.items()}
     image = phantom.mix(anatomy, values,
@@ -280,23 +282,25 @@ def render_mri(anatomy, rng, weighting):
     pixel = anatomy.pixel_mm
     image *= 1.0 + 0.06 * smooth_noise(rng, image.shape, 60.0 / pixel)  # coil bias field
     image = gaussian_blur(image, 0.4 / pixel)
-    noise = rng.uniform(0.004, 0.012)
-    real = image + noise * rng.standard_normal(image.shape, dtype=np.float32)
-    imaginary = noise * rng.standard_normal(image.shape, dtype=np.float32)
-    image = np.sqrt(real * real + imaginary * imaginary)
-    image = phantom.normalise(image, 0.998, rng)
+    sigma = rng.uniform(0.004, 0.012)
+    real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
+    magnitude = np.sqrt(real * real + imaginary * imaginary)
+    image = phantom.normalise(magnitude if noise else image, 0.998, rng, reference=magnitude)
     return (image ** rng.uniform(0.85, 1.15)).astype(np.float32)  # display contrast
 
 
-def render_ct(anatomy, rng):
+def render_ct(anatomy, rng, noise=True):
     """CT-like image [H, W] on 0..1: Hounsfield units through a brain window (40 / 80 HU,
-    varied a little)."""
+    varied a little); Gaussian noise of 2-4 HU unless noise=False."""
     hu = phantom.mix(anatomy, TISSUE_HU, lambda lesion: lesion.hu)
     tissue = anatomy.parenchyma + sum(anatomy.fractions[name] for name in
                                       ("scalp", "skull", "marrow", "csf"))
     hu += -1000.0 * (1.0 - tissue)  # air
     hu = gaussian_blur(hu, 0.6 / anatomy.pixel_mm)
-    hu += rng.uniform(2.0, 4.0) * rng.standard_normal(hu.shape, dtype=np.float32)
+    scanner_noise = rng.uniform(2.0, 4.0) * rng.standard_normal(hu.shape, dtype=np.float32)
+    if noise:
+        hu += scanner_noise
     level, width = phantom.CT_WINDOW
     level, width = level + rng.uniform(-4.0, 4.0), width * rng.uniform(0.9, 1.15)
     return np.clip((hu - (level - width / 2)) / width, 0.0, 1.0).astype(np.float32)
@@ -328,18 +332,20 @@ def _counts(anatomy, peak):
     return peak * (anatomy.pixel_mm / COUNTS_PIXEL_MM) ** 2
 
 
-def render_pet(anatomy, rng):
+def render_pet(anatomy, rng, noise=True):
     """PET-like image [H, W] on 0..1: grey to white matter 3.7-4.3, 4-6 mm FWHM, Poisson
-    noise of 100-250 counts at the peak (_counts)."""
+    noise of 100-250 counts at the peak (_counts; none with noise=False)."""
     activity = uptake(anatomy, rng, rng.uniform(*PET_GREY_TO_WHITE))
     return phantom.render_emission(activity, rng, rng.uniform(4.0, 6.0) / anatomy.pixel_mm,
-                                   _counts(anatomy, rng.uniform(100.0, 250.0)))
+                                   _counts(anatomy, rng.uniform(100.0, 250.0)), noise=noise)
 
 
-def render_spect(anatomy, rng):
+def render_spect(anatomy, rng, noise=True):
     """SPECT-like image [H, W] on 0..1: grey to white matter 2.5-3.2 (perfusion), 8-12 mm FWHM,
-    counts binned on a grid twice as coarse, 20-45 counts at the peak (_counts)."""
+    counts binned on a grid twice as coarse, 20-45 counts at the peak (_counts; no noise with
+    noise=False)."""
     activity = uptake(anatomy, rng, rng.uniform(*SPECT_GREY_TO_WHITE))
     block = 2 if anatomy.size % 2 == 0 else 1
     return phantom.render_emission(activity, rng, rng.uniform(8.0, 12.0) / anatomy.pixel_mm,
-                                   _counts(anatomy, rng.uniform(20.0, 45.0)), block=block)
+                                   _counts(anatomy, rng.uniform(20.0, 45.0)), block=block,
+                                   noise=noise)

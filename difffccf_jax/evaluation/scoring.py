@@ -3,10 +3,12 @@
 A method is a folder of fused RGB (or grey) images, one per pair, named like the pair's source
 files with a .png extension, or one of the classical rules of baselines.py applied on the fly.
 The sources are read as the model sees them (data.layouts.read_pair_uint8: A grey, B RGB,
-JET-mapped where the task's layout says so), resized to the fused images' size; the metrics
-compare the grey versions of F, A and B. Every pair is scored with metrics.all_metrics; each method's row holds, per metric, the mean
-and population standard deviation over the pairs where the metric is defined, and how many
-pairs it was undefined for (a constant image), so no NaN ever reaches a mean.
+JET-mapped where the task's layout says so), each pair resized to the size of its fused image
+(any H x W; the fused images of one pair must agree, pairs may differ), or kept at A's size when
+only baselines are scored; the metrics compare the grey versions of F, A and B. Every pair is
+scored with metrics.all_metrics; each method's row holds, per metric, the mean and population
+standard deviation over the pairs where the metric is defined, and how many pairs it was
+undefined for (a constant image), so no NaN ever reaches a mean.
 """
 
 import csv
@@ -61,49 +63,53 @@ def check_fused_folders(methods, pair_names):
         raise UserError("; ".join(problems))
 
 
-def evaluation_size(methods, pairs):
-    """Side S of the square images scored: that of the first method's first fused image, or,
-    with no fused folder, the height of the first source A image."""
-    if methods:
-        path = fused_path(next(iter(methods.values())), pairs[0].name)
-        shape = images.read_image(path).shape
-        if shape[0] != shape[1]:
-            raise UserError(f"{path}: fused image is {shape[1]}x{shape[0]}; expected a square "
-                            "image like the fuse command writes")
-        return shape[0]
-    return images.read_image(pairs[0].a).shape[0]
-
-
-def _read_fused(path, size):
-    fused = images.read_image(path)
-    if fused.shape[:2] != (size, size):
-        raise UserError(f"{path}: fused image is {fused.shape[1]}x{fused.shape[0]}, expected "
-                        f"{size}x{size} like the other fused images")
+def read_fused_images(methods, pair_name):
+    """{method: uint8 fused image} of one pair; UserError when two methods' images of the pair
+    differ in size."""
+    paths = {name: fused_path(folder, pair_name) for name, folder in methods.items()}
+    fused = {name: images.read_image(path) for name, path in paths.items()}
+    first = next(iter(fused), None)
+    for name, image in fused.items():
+        if image.shape[:2] != fused[first].shape[:2]:
+            height, width = fused[first].shape[:2]
+            raise UserError(f"{paths[name]}: fused image is {image.shape[1]}x{image.shape[0]}, "
+                            f"expected {width}x{height} like {paths[first]}")
     return fused
 
 
 def score_pairs(pairs, layout, methods, with_baselines, ssim_data_range=255.0,
                 progress=lambda items: items):
-    """(scores, S): the metric values {method: {pair name: {metric: float or None}}} and the
-    side S of the images scored (see evaluation_size; sources are resized to it).
+    """(scores, sizes): the metric values {method: {pair name: {metric: float or None}}} and
+    {pair name: (H, W)}, the size each pair was scored at: that of its fused images (the sources
+    are resized to it), or with no fused folder, that of its A image.
 
     `pairs` are layouts.PairFiles, `methods` maps a method name to its fused folder;
     with_baselines adds the rules of baselines.BASELINES, computed from the sources;
     `progress` wraps the pair loop (a progress bar)."""
     check_fused_folders(methods, [pair.name for pair in pairs])
-    size = evaluation_size(methods, pairs)
     scores = {name: {} for name in methods}
     if with_baselines:
         scores.update({name: {} for name in baselines.BASELINES})
+    sizes = {}
     for pair in progress(pairs):
+        fused = read_fused_images(methods, pair.name)
+        size = next(iter(fused.values())).shape[:2] if fused else None
         a, b = layouts.read_pair_uint8(pair, layout, size)
-        for name, folder in methods.items():
-            fused = _read_fused(fused_path(folder, pair.name), size)
-            scores[name][pair.name] = metrics.all_metrics(fused, a, b, ssim_data_range)
+        sizes[pair.name] = a.shape[:2]
+        for name, image in fused.items():
+            scores[name][pair.name] = metrics.all_metrics(image, a, b, ssim_data_range)
         if with_baselines:
             for name, rule in baselines.BASELINES.items():
                 scores[name][pair.name] = metrics.all_metrics(rule(a, b), a, b, ssim_data_range)
-    return scores, size
+    return scores, sizes
+
+
+def sizes_text(sizes):
+    """'H x W' of the sizes scored ({pair: (H, W)}), the distinct ones listed."""
+    distinct = sorted({tuple(size) for size in sizes.values()})
+    shown = ", ".join(f"{height} x {width}" for height, width in distinct[:MAX_LISTED_NAMES])
+    more = len(distinct) - MAX_LISTED_NAMES
+    return shown + (f" and {more} more sizes" if more > 0 else "")
 
 
 def summarise(per_pair):
@@ -155,7 +161,7 @@ def csv_table(summaries):
 
 
 def json_report(summaries, per_pair, info):
-    """JSON text: `info` (task, pairs, size, ...), the summaries and every per-pair value;
+    """JSON text: `info` (task, pairs, sizes, ...), the summaries and every per-pair value;
     undefined values are null."""
     report = dict(info, metrics=list(metrics.METRIC_NAMES),
                   methods={method: {m: dataclasses.asdict(s) for m, s in summary.items()}
@@ -169,8 +175,7 @@ def write_tables(out, scores, info):
     and .json into `out`; returns (markdown text, [paths])."""
     summaries = {method: summarise(per_pair) for method, per_pair in scores.items()}
     caption = (f"Fusion metrics, task {info['task']}, {info['pairs']} pairs of "
-               f"{info['image_size']} x {info['image_size']}, SSIM data range "
-               f"{info['ssim_data_range']:g}")
+               f"{sizes_text(info['sizes'])}, SSIM data range {info['ssim_data_range']:g}")
     markdown = markdown_table(summaries, caption)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"{TABLE_NAME}.{ext}") for ext in ("md", "csv", "json")]
@@ -191,10 +196,11 @@ def evaluate_folders(data, layout, methods, out, with_baselines=False, ssim_data
     if not ssim_data_range > 0:
         raise UserError(f"--ssim-data-range {ssim_data_range}: expected a positive number")
     pairs = layouts.list_pairs(data, layout)
-    scores, size = score_pairs(
+    scores, sizes = score_pairs(
         pairs, layout, methods, with_baselines, ssim_data_range,
         progress=lambda items: tqdm.tqdm(items, desc="evaluate", unit="pair", leave=False,
                                          disable=not show_progress))
-    info = dict(task=layout.task, data=data, pairs=len(pairs), image_size=size,
+    info = dict(task=layout.task, data=data, pairs=len(pairs),
+                sizes={name: list(size) for name, size in sizes.items()},
                 ssim_data_range=ssim_data_range, fused=methods)
     return write_tables(out, scores, info)

@@ -13,8 +13,22 @@ Output layout under --out, for a pair whose files are named NAME.EXT:
         deformation_grid.png       a regular grid moved by the deformation
         warped_b.png               B after registration (RGB)
 
-Everything is checked before the first file is written (checkpoint, folders, every image,
-existing outputs); each pair's files are written under temporary names and then renamed.
+Sizes: each pair is fused at its own size, A's H x W (a B of another size is resized to A's), or
+at S x S with resize_to=S (`--resize S`, as training sees pairs). For the U-Net, whose bottleneck
+is the image shrunk 2^(levels - 1) times, a pair is padded at the bottom and right to a multiple
+of that factor, each source with its own background (`images.pad_with_background`: the median
+of its border pixels), and every output is cropped back. Padding at the bottom and right keeps
+the pixels near the top-left corner, where the region rules read their reference values, the
+image's own. The bottleneck's graph attention costs memory and time quadratic in its pixel
+count, so on pairs larger than tile x tile after padding (default TILE_BOTTLENECK bottleneck
+pixels a side) the network is evaluated in overlapping tiles (inference/tiling.py).
+
+Pairs of equal padded size are batched together, so each size compiles once; pair i's noise
+comes from fold_in(key, i) whatever its batch.
+
+Everything is checked before the first file is written (checkpoint config, folders, every image,
+sizes, existing outputs) and before the parameters are loaded; each pair's files are written
+under temporary names and then renamed.
 """
 
 import dataclasses
@@ -25,14 +39,18 @@ import numpy as np
 import tqdm
 
 from difffccf_jax import color, files, parallel
-from difffccf_jax.data import layouts
+from difffccf_jax.data import images, layouts
 from difffccf_jax.errors import UserError
-from difffccf_jax.inference import sampling
-from difffccf_jax.model import checkpoints
+from difffccf_jax.inference import sampling, tiling
+from difffccf_jax.model import checkpoints, unet
 
 EXTRAS_FOLDER = "extras"
 GRID_SPACING = 4  # pixels between the lines of the deformation picture
 GRID_PICTURE_SIZE = 512  # the deformation picture's size, at least
+# The default tile, in bottleneck pixels a side: above it the network runs in tiles. With the
+# tiny config on CPU a 512 px pair (64 x 64 bottleneck pixels) peaks at 1.3 GiB, a 1024 px pair
+# (128 x 128) at 13.4 GiB, or 1.6 GiB in 512 px tiles.
+TILE_BOTTLENECK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +64,13 @@ class FusedFolder:
     steps: int
     registered: bool
     stochastic: bool
+    tiled: tuple = ()  # names of the pairs whose network ran in tiles
 
     def summary(self):
         """One line for the command line."""
         notes = "".join([", registered" if self.registered else "",
-                         ", stochastic" if self.stochastic else ""])
+                         ", stochastic" if self.stochastic else "",
+                         f", {len(self.tiled)} in tiles" if self.tiled else ""])
         return (f"fused {len(self.names)} {self.task} pairs into {self.out} ({self.steps} "
                 f"steps{notes})")
 
@@ -146,65 +166,142 @@ def deformation_grid_image(deformation, spacing=GRID_SPACING, size=GRID_PICTURE_
     return np.asarray(picture)
 
 
-def pair_files(paths, out, index):
-    """[(path, array)] of pair `index` of a batch's SampleOutput `out` (NumPy)."""
+def pair_files(paths, out):
+    """[(path, array)] of one pair's SampleOutput `out` (NumPy, no batch axis)."""
     def levels(values):
         return color.from_unit(values).astype(np.uint8)
 
-    items = [(paths["fused"], out.rgb[index])]
+    items = [(paths["fused"], out.rgb)]
     if "deformation" in paths:
-        fused, m1, m2, region = (out.fused[index], out.m1[index], out.m2[index],
-                                 out.region[index])
         items += [
-            (paths["fused_y"], levels(fused[..., 0])),
-            (paths["fused_cr"], levels(fused[..., 1])),
-            (paths["fused_cb"], levels(fused[..., 2])),
-            (paths["mask_m1_y"], color.to_uint8(255 * m1[..., 0])),
-            (paths["mask_m2_cr"], color.to_uint8(255 * m2[..., 1])),
-            (paths["mask_m2_cb"], color.to_uint8(255 * m2[..., 2])),
-            (paths["region_cr"], np.where(region[..., 1], 255, 0).astype(np.uint8)),
-            (paths["region_cb"], np.where(region[..., 2], 255, 0).astype(np.uint8)),
-            (paths["deformation"], out.deformation[index].astype(np.float32)),
-            (paths["deformation_grid"], deformation_grid_image(out.deformation[index])),
-            (paths["warped_b"], color.ycrcb_to_rgb_uint8(color.from_unit(out.warped_b[index]))),
+            (paths["fused_y"], levels(out.fused[..., 0])),
+            (paths["fused_cr"], levels(out.fused[..., 1])),
+            (paths["fused_cb"], levels(out.fused[..., 2])),
+            (paths["mask_m1_y"], color.to_uint8(255 * out.m1[..., 0])),
+            (paths["mask_m2_cr"], color.to_uint8(255 * out.m2[..., 1])),
+            (paths["mask_m2_cb"], color.to_uint8(255 * out.m2[..., 2])),
+            (paths["region_cr"], np.where(out.region[..., 1], 255, 0).astype(np.uint8)),
+            (paths["region_cb"], np.where(out.region[..., 2], 255, 0).astype(np.uint8)),
+            (paths["deformation"], out.deformation.astype(np.float32)),
+            (paths["deformation_grid"], deformation_grid_image(out.deformation)),
+            (paths["warped_b"], color.ycrcb_to_rgb_uint8(color.from_unit(out.warped_b))),
         ]
     return items
 
 
+# ---- sizes -------------------------------------------------------------------------------------
+
+def size_multiple(model_config):
+    """2^(levels - 1): how many times the U-Net shrinks an image to its bottleneck."""
+    return 2 ** (len(model_config.channel_mult) - 1)
+
+
+def padded_size(height, width, multiple):
+    """(height, width) rounded up to multiples of `multiple`."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def check_sizes(resize_to, tile, multiple):
+    """UserError for a --resize or --tile the model cannot use."""
+    if resize_to is not None and resize_to < 1:
+        raise UserError(f"--resize {resize_to}: expected a positive number of pixels")
+    if tile < 1 or tile % multiple:
+        raise UserError(f"--tile {tile}: expected a positive multiple of {multiple}, the factor "
+                        "by which the checkpoint's U-Net shrinks an image to its bottleneck")
+
+
+def check_compat_size(model_config, name, size, padded, tile, multiple):
+    """UserError when the published model (model.compat), whose fixed position embedding needs
+    a 32 x 32 bottleneck, would see an input window of another size for pair `name` (size and
+    padded size (H, W))."""
+    side = unet.COMPAT_BOTTLENECK[0] * multiple
+    if not model_config.compat or tiling.window_shape(*padded, tile) == (side, side):
+        return
+    padding = "" if padded == size else f", padded to {padded[1]}x{padded[0]}"
+    raise UserError(f"pair {name!r} is {size[1]}x{size[0]}{padding}: the published model "
+                    f"(model.compat) fuses {side}x{side} images only (its fixed "
+                    f"{unet.COMPAT_BOTTLENECK[0]}x{unet.COMPAT_BOTTLENECK[1]} bottleneck); pass "
+                    f"--resize {side}")
+
+
+def pad_pair(a, b, height, width):
+    """(a, b) padded at the bottom and right to height x width, each with its own background."""
+    return (images.pad_with_background(a, height, width),
+            images.pad_with_background(b, height, width))
+
+
+def groups_by_size(sizes):
+    """{padded size: [pair indices]} in the order the sizes first occur."""
+    groups = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(size, []).append(index)
+    return groups
+
+
+def crop(out, index, height, width):
+    """Pair `index` of a batch's SampleOutput (NumPy) cropped to its top-left height x width."""
+    return sampling.SampleOutput(*(field[index, :height, :width] for field in out))
+
+
+def fuse_by_size(sample, params, schedule, inputs, padded, key, batch_size, num_devices):
+    """Yields (pair index, the pair's SampleOutput at its own size, NumPy) for the pairs
+    `inputs` [(a [H, W, 1], b [H, W, 3])], each padded to its size in `padded` [(H', W')] and
+    fused with the pairs of that size (`sampling.fuse_pairs`), with noise fold_in(key, index)."""
+    for (height, width), indices in groups_by_size(padded).items():
+        a, b = (np.stack(arrays) for arrays in zip(
+            *(pad_pair(*inputs[i], height, width) for i in indices)))
+        for start, batch in sampling.fuse_pairs(sample, params, schedule, a, b, key, batch_size,
+                                                num_devices, indices):
+            for offset in range(len(batch.rgb)):
+                index = indices[start + offset]
+                yield index, crop(batch, offset, *inputs[index][0].shape[:2])
+
+
 def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, steps=None,
                 batch_size=None, seed=None, stochastic=False, output=None, register=None,
-                save_extras=False, overwrite=False, show_progress=True):
+                resize_to=None, tile=None, save_extras=False, overwrite=False,
+                show_progress=True):
     """Fuses every pair under `data` (the task's published layout) or of the folders a_dir and
-    b_dir with the checkpoint's model into `out`; returns a FusedFolder. Sampling settings left
-    None come from the checkpoint's config (see `sampling_settings`). Everything is checked
-    before the first file is written."""
-    config, params = checkpoints.load_for_inference(checkpoint)
+    b_dir with the checkpoint's model into `out`; returns a FusedFolder. Pairs keep their own
+    size, or are resized to resize_to x resize_to; on pairs larger than tile x tile (after
+    padding) the network runs in tiles (default: TILE_BOTTLENECK bottleneck pixels a side).
+    Sampling settings left None come from the checkpoint's config (see `sampling_settings`).
+    Everything is checked before the first file is written."""
+    config = checkpoints.read_config(checkpoint)
     settings = sampling_settings(config, steps, batch_size, seed, stochastic, output, register)
+    multiple = size_multiple(config.model)
+    tile = TILE_BOTTLENECK * multiple if tile is None else tile
+    check_sizes(resize_to, tile, multiple)
     task = task or config.data.task
     root, layout = input_layout(config, task, data, a_dir, b_dir)
-    pairs = layouts.load_pairs(root, layout, config.data.image_size)
-    planned = [output_paths(out, name, save_extras) for name in pairs.names]
-    check_distinct(pairs.names, planned)
+    pairs = layouts.list_pairs(root, layout)
+    names = [pair.name for pair in pairs]
+    inputs = [layouts.read_pair(pair, layout, resize_to) for pair in pairs]
+    sizes = [a.shape[:2] for a, _ in inputs]
+    padded = [padded_size(*size, multiple) for size in sizes]
+    for name, size, padded_to in zip(names, sizes, padded):
+        check_compat_size(config.model, name, size, padded_to, tile, multiple)
+    planned = [output_paths(out, name, save_extras) for name in names]
+    check_distinct(names, planned)
     if not overwrite:
         check_not_overwriting(planned)
 
+    _, params = checkpoints.load_for_inference(checkpoint)  # the config is read (and set) above
     mesh = parallel.make_mesh()
     params = jax.device_put(params, parallel.replicated(mesh))
-    sample, schedule = sampling.sampler_from_config(config, task, mesh=mesh)
-    key = jax.random.PRNGKey(settings.seed)
+    network = tiling.TiledNetwork(unet.model_from_config(config.model), tile)
+    sample, schedule = sampling.sampler_from_config(config, task, mesh=mesh, model=network)
+    fused_pairs = fuse_by_size(sample, params, schedule, inputs, padded,
+                               jax.random.PRNGKey(settings.seed), settings.batch_size, mesh.size)
     os.makedirs(out, exist_ok=True)
-    batches = sampling.fuse_pairs(sample, params, schedule, pairs.a, pairs.b, key,
-                                  settings.batch_size, mesh.size)
-    with tqdm.tqdm(total=len(pairs.names), desc="fuse", unit="pair",
-                   disable=not show_progress) as progress:
-        for start, batch in batches:
-            for offset in range(len(batch.rgb)):
-                paths = planned[start + offset]
-                for path in paths.values():
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                files.write_files(pair_files(paths, batch, offset))
-            progress.update(len(batch.rgb))
-    return FusedFolder(out=out, task=task, names=tuple(pairs.names), outputs=tuple(planned),
+    for index, fused in tqdm.tqdm(fused_pairs, total=len(names), desc="fuse", unit="pair",
+                                  disable=not show_progress):
+        for path in planned[index].values():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.write_files(pair_files(planned[index], fused))
+    return FusedFolder(out=out, task=task, names=tuple(names), outputs=tuple(planned),
                        steps=int(schedule.betas.shape[0]),
                        registered=bool(sampling.registers(config)),
-                       stochastic=bool(settings.add_noise))
+                       stochastic=bool(settings.add_noise),
+                       tiled=tuple(name for name, size in zip(names, padded)
+                                   if len(tiling.windows(*size, tile)) > 1))

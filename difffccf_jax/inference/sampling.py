@@ -308,12 +308,13 @@ def output_from_config(sampling):
     return output
 
 
-def sampler_from_config(config, task, mesh=None):
+def sampler_from_config(config, task, mesh=None, model=None):
     """(sample, schedule) fusing `task` pairs with the model, region, diffusion and sampling
     settings of `config` (the SAMPLING region rules, signs and gains of config.regions, and
-    config.regions_statistics); see `make_sampler`."""
+    config.regions_statistics); see `make_sampler`. model: the network, by default config.model's
+    U-Net (fusion passes it wrapped in a `tiling.TiledNetwork`)."""
     sample = make_sampler(
-        unet.model_from_config(config.model),
+        unet.model_from_config(config.model) if model is None else model,
         regions.rules_from_config(config.regions, task, "sample"),
         reflect=reflect_flags(config.sampling.reflect_channels, task),
         add_noise=bool(config.sampling.add_noise),
@@ -332,20 +333,26 @@ def padded_batch_size(batch_size, num_devices):
     return -(-int(batch_size) // num_devices) * num_devices
 
 
-def fuse_pairs(sample, params, schedule, a, b, key, batch_size, num_devices=None):
-    """Fuses N pairs batch by batch; yields (first pair index, SampleOutput of NumPy arrays for the
-    batch's pairs). a [N, H, W, 1], b [N, H, W, 3] YCrCb in [-1, 1] (NumPy).
+def fuse_pairs(sample, params, schedule, a, b, key, batch_size, num_devices=None,
+               pair_ids=None):
+    """Fuses N pairs of one size batch by batch; yields (first pair index, SampleOutput of NumPy
+    arrays for the batch's pairs). a [N, H, W, 1], b [N, H, W, 3] YCrCb in [-1, 1] (NumPy);
+    pair_ids [N] (default 0..N-1): pair i's noise comes from fold_in(key, pair_ids[i]).
 
-    Every batch holds `batch_size` pairs rounded up to a multiple of the device count, so the
-    sampler compiles once; the last batch is filled up with copies of its last pair, whose
-    results are dropped. Pair i's noise comes from fold_in(key, i).
+    Every batch holds min(batch_size, N) pairs rounded up to a multiple of the device count, so
+    the sampler compiles once per call; the last batch is filled up with copies of its last pair,
+    whose results are dropped.
     """
     if len(a) != len(b) or len(a) == 0:
         raise UserError(f"expected the same, non-zero number of A and B images, got {len(a)} "
                         f"and {len(b)}")
-    size = padded_batch_size(batch_size, num_devices or jax.device_count())
+    pair_ids = np.arange(len(a)) if pair_ids is None else np.asarray(pair_ids)
+    if pair_ids.shape != (len(a),):
+        raise ValueError(f"expected one pair id per pair ({len(a)}), got shape {pair_ids.shape}")
+    size = padded_batch_size(min(batch_size, len(a)), num_devices or jax.device_count())
     for start in range(0, len(a), size):
-        ids = np.arange(start, min(start + size, len(a)))
-        padded = np.concatenate([ids, np.full(size - len(ids), ids[-1])]).astype(np.int32)
-        out = sample(params, schedule, a[padded], b[padded], key, padded)
-        yield start, SampleOutput(*(np.asarray(field)[:len(ids)] for field in out))
+        rows = np.arange(start, min(start + size, len(a)))
+        padded = np.concatenate([rows, np.full(size - len(rows), rows[-1])])
+        out = sample(params, schedule, a[padded], b[padded], key,
+                     pair_ids[padded].astype(np.int32))
+        yield start, SampleOutput(*(np.asarray(field)[:len(rows)] for field in out))

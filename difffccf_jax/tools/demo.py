@@ -55,18 +55,19 @@ def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_step
 
 def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_strength, anatomy):
     """Writes a training and a held-out set of misaligned pairs on `anatomy` (generator
-    .ANATOMIES); returns their data roots and the task's layout."""
+    .ANATOMIES), and the held-out pairs' clean twins (no scanner noise); returns the training,
+    held-out and clean-twin data roots and the task's layout."""
     from difffccf_jax.config_cli import load_config_file
     from difffccf_jax.data import generator, layouts
 
     layout = layouts.layout_from_config(load_config_file(TINY_CONFIG).data, task)
-    roots = {}
+    roots = {split: os.path.join(out, "data", split) for split in ("train", "test", "clean")}
     for split, count, split_seed in (("train", train_pairs, seed), ("test", test_pairs, seed + 1)):
-        roots[split] = os.path.join(out, "data", split)
         generator.write_task(roots[split], layout, count, image_size, split_seed,
                              misalign_b=True, motion_strength=motion_strength,
-                             anatomy=anatomy)
-    return roots["train"], roots["test"], layout
+                             anatomy=anatomy,
+                             clean_twins_out=roots["clean"] if split == "test" else None)
+    return roots["train"], roots["test"], roots["clean"], layout
 
 
 def registration_rows(pairs, fused_dir, image_size):
@@ -319,6 +320,14 @@ Stage times (s): {', '.join(f"{k} {v:.0f}" for k, v in info['stage_seconds'].ite
 better fusion; the a-luminance baseline (Y = A, Cr and Cb from B) is the degenerate copy of A,
 and a metric it wins does not show that anything was fused.
 
+## Denoising
+
+The held-out pairs were also generated without scanner noise (clean twins: the same anatomy,
+uptake, colours and misalignment) and fused with the same seed. Each row compares a method's
+fusion of a noisy pair with its fusion of the clean twin (higher: less of the noise reaches the
+output; docs/metrics.md, Denoising):
+
+{info['denoising_table']}
 ## Does the Y fusion select?
 
 In the Y channel the network's mask m1 is the weight of A: every reverse step fuses the two
@@ -381,7 +390,7 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     import json
 
     from difffccf_jax.data import layouts
-    from difffccf_jax.evaluation import scoring
+    from difffccf_jax.evaluation import denoising, scoring
     from difffccf_jax.inference import fusion
     from difffccf_jax.training import train
 
@@ -398,8 +407,8 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     anatomy = generator.default_anatomy()
     announce(0, f"{train_pairs} training and {test_pairs} held-out misaligned {task} pairs "
                 f"({anatomy} anatomy)")
-    train_root, test_root, layout = generate(out, task, train_pairs, test_pairs, image_size,
-                                             seed, motion_strength, anatomy)
+    train_root, test_root, clean_root, layout = generate(
+        out, task, train_pairs, test_pairs, image_size, seed, motion_strength, anatomy)
     timings["data"] = time.perf_counter() - started
 
     workdir = os.path.join(out, "training")
@@ -415,9 +424,12 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     stage = time.perf_counter()
     fused_dir = os.path.join(out, "fused")
     registered_dir = os.path.join(out, "fused_registered")
-    for folder, register in ((fused_dir, False), (registered_dir, True)):
-        fused = fusion.fuse_folder(checkpoint, folder, data=test_root, task=task,
-                                   register=register, save_extras=True)
+    clean_fused_dir = os.path.join(out, "fused_clean_twins")
+    for folder, root, register in ((fused_dir, test_root, False),
+                                   (registered_dir, test_root, True),
+                                   (clean_fused_dir, clean_root, False)):
+        fused = fusion.fuse_folder(checkpoint, folder, data=root, task=task, register=register,
+                                   save_extras=True)
         print(fused.summary())
     timings["fuse"] = time.perf_counter() - stage
 
@@ -427,6 +439,9 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     metrics_table, _ = scoring.evaluate_folders(
         test_root, layout, {METHOD: fused_dir, REGISTERED: registered_dir}, evaluation_dir,
         with_baselines=True)
+    denoising_table, _ = denoising.evaluate_denoising(
+        test_root, clean_root, layout, {METHOD: (fused_dir, clean_fused_dir)},
+        os.path.join(out, "denoising"), with_baselines=True)
     pairs = layouts.list_pairs(test_root, layout)
     selection = selection_stats(pairs, layout, fused_dir, image_size)
     registration = registration_rows(pairs, registered_dir, image_size)
@@ -451,7 +466,8 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
         train_minutes=timings["train"] / 60, final_loss=records[-1]["loss"],
         sampling_steps=sampling_steps, diffusion_steps=config.diffusion.steps,
         stage_seconds=timings, metrics_table=metrics_table,
-        sentence=comparison_sentence(comparisons), selection=selection,
+        sentence=comparison_sentence(comparisons), denoising_table=denoising_table,
+        selection=selection,
         registration=registration, figures=figures, checkpoint=checkpoint)
     summary = summary_record(info, means, comparisons, selection, registration)
     files.write_text(os.path.join(out, SUMMARY_NAME),
