@@ -32,6 +32,7 @@ def small_model(tiny_config_path):
     return config, model, unet.init_params(model, jax.random.PRNGKey(0), SIZE)
 
 
+@pytest.mark.slow
 def test_mask_prior_offsets_the_m1_logit_by_the_trajectories_difference(small_model):
     config, model, params = small_model
     params = zero_mask_head(params)
@@ -78,6 +79,7 @@ def generated_batch(tiny_config_path, count=2):
     return config, layout, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), rules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage_conditions", [False, True])
 def test_training_shows_each_row_the_conditions_of_its_sampling_stage(tiny_config_path,
                                                                      stage_conditions):
