@@ -106,8 +106,8 @@ def test_report_numbers_come_from_the_run(demo_run):
         assert f"figures/{figure}" in text
     # the field's metric table is the report's first table; the SSIM-vs-A table is gone
     sections = re.findall(r"^## (.+)$", text, re.MULTILINE)
-    assert sections[:3] == ["Fusion metrics (held-out pairs)", "Does the Y fusion select?",
-                            "Registration"]
+    assert sections[:4] == ["Fusion metrics (held-out pairs)", "Denoising",
+                            "Does the Y fusion select?", "Registration"]
     assert text.index("| method | EN | SD | SF | MI | SCD | VIF | Qabf | SSIM |") == text.index(
         "| ")
     assert "Anatomy and colour kept" not in text and "SSIM vs A" not in text
