@@ -396,6 +396,23 @@ def test_template_mri_and_ct_contrasts(template_slices):
     assert 0.2 < mean(ct, "grey") < 0.8  # soft tissue grey in the brain window
 
 
+@pytest.mark.parametrize("row, column", [(0, 0), (39, 39), (0, 39), (20, 39)])
+def test_lesions_at_the_image_edge_stay_inside_the_tissue(row, column):
+    """A lesion centred on an edge pixel is clipped by the image, not refused: its fraction is
+    taken from the grey and white matter under it, so the three still sum to what they were."""
+    size = 40
+    grey = np.zeros((size, size), np.float32)
+    grey[row, column] = 1.0  # the only candidate centre
+    fractions = {"grey": grey, "white": np.zeros_like(grey)}
+    before = fractions["grey"].copy()
+    rng = next(np.random.default_rng(seed) for seed in range(100)
+               if np.random.default_rng(seed).poisson(1.0) > 0)
+    lesions = template._lesions(rng, size, 1.0, fractions)
+    assert lesions and lesions[0].fraction[row, column] > 0
+    total = fractions["grey"] + fractions["white"] + sum(lesion.fraction for lesion in lesions)
+    np.testing.assert_allclose(total, before, atol=1e-6)
+
+
 def test_template_pet_b_is_black_outside_the_head_and_hot_inside():
     """A PET B through the hot map: R >= G >= B everywhere, near black beyond the head, red to
     yellow over the grey matter."""

@@ -212,11 +212,12 @@ def _lesions(rng, size, pixel_mm, fractions):
     lesions = []
     for _ in range(min(rng.poisson(1.0), 3) if candidates.size else 0):
         kind = phantom.LESION_KINDS[sorted(phantom.LESION_KINDS)[rng.integers(3)]]
-        row, column = divmod(int(candidates[rng.integers(candidates.size)]), size)
+        row, column = divmod(int(candidates[rng.integers(candidates.size)]), brain.shape[1])
         radius = rng.uniform(3.0, 15.0) / pixel_mm
         reach = int(np.ceil(1.4 * radius)) + 3
-        window = (slice(max(row - reach, 0), row + reach + 1),
-                  slice(max(column - reach, 0), column + reach + 1))
+        height, width = brain.shape
+        window = (slice(max(row - reach, 0), min(row + reach + 1, height)),
+                  slice(max(column - reach, 0), min(column + reach + 1, width)))
         dy, dx = np.ogrid[window[0], window[1]]
         dy, dx = (dy - row).astype(np.float32), (dx - column).astype(np.float32)
         angle = np.arctan2(dy, dx)
