@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "difffccf_jax.commands.evaluate",
     "difffccf_jax.commands.evaluate_denoising",
     "difffccf_jax.commands.convert_torch",
+    "difffccf_jax.commands.export",
     "difffccf_jax.commands.train",
     "difffccf_jax.commands.fuse",
     "difffccf_jax.commands.benchmark",

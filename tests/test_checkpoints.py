@@ -93,6 +93,37 @@ def test_load_for_inference_prefers_ema_params(tmp_path, tiny_config, random_par
     assert_trees_equal(raw, random_params)
 
 
+def test_export_keeps_the_latest_ema_params_and_drops_the_trainers_paths(
+        tmp_path, tiny_config, random_params, capsys):
+    """`difffccf export`: step 9's EMA parameters exactly, no optimiser state, the config with
+    its data paths cleared and nothing else changed; a second export into it is refused."""
+    from difffccf_jax import cli
+
+    run = str(tmp_path / "run")
+    config = tiny_config.copy_and_resolve_references()
+    config.data.root, config.data.eval_root = "/trainer/data", "/trainer/held_out"
+    checkpoints.write_config(run, config)
+    manager = checkpoints.open_manager(run)
+    ema = jax.tree.map(lambda x: x - 2.0, random_params)
+    for step in (3, 9):
+        state = jax.tree.map(lambda x: x + step, random_params)
+        checkpoints.save(manager, step, {"params": state, "ema_params": ema if step == 9 else
+                                         state, "train": {"opt_state": state}}, {"epoch": step})
+    manager.close()
+    out = str(tmp_path / "model")
+    assert cli.main(["export", "--checkpoint", run, "--out", out]) == 0
+    exported, params = checkpoints.load_for_inference(out)
+    assert_trees_equal(params, ema)
+    manager = checkpoints.open_manager(out, read_only=True)
+    assert manager.all_steps() == [0]
+    assert checkpoints.saved_items(manager, 0) == ("params",)
+    expected = config.to_dict()
+    expected["data"].update(root="", eval_root="")
+    assert exported.to_dict() == expected
+    assert cli.main(["export", "--checkpoint", run, "--out", out]) == 2
+    assert "is not empty" in capsys.readouterr().err
+
+
 # The child saves step 1, then starts step 2 and stops itself at the commit: orbax writes a step
 # into a temporary directory and renames it to its final name (the step number) last. The child
 # wraps os.rename / os.replace so that the rename to "2" prints a line and waits to be killed,

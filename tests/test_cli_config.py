@@ -14,7 +14,8 @@ from difffccf_jax.errors import UserError
 # The commands README.md's command table documents, and sweep-run, which each SLURM array task
 # written by `difffccf sweep --launcher slurm` calls.
 COMMANDS = {"demo", "make-data", "train", "fuse", "evaluate", "model-summary", "convert-torch",
-            "benchmark", "sweep", "sweep-report", "sweep-run", "show-config", "evaluate-denoising"}
+            "benchmark", "sweep", "sweep-report", "sweep-run", "show-config", "evaluate-denoising",
+            "export"}
 
 
 def test_help_lists_every_documented_subcommand(capsys):
