@@ -222,10 +222,10 @@ def test_dense_graph_of_the_benchmark_equals_the_stencil_operators():
 
 
 def _args(**overrides):
-    values = dict(quick=False, configs=None, batch_sizes=None, cases="forward,sampling",
+    values = dict(preset=None, configs=None, batch_sizes=None, cases="forward,sampling",
                   graph_sizes=None, matmul_size=None, max_repeats=None, budget_s=None,
-                  sampling_steps=100, whole_sampling_max_size=64, case_timeout_s=100.0,
-                  out="B.md", update=False)
+                  sampling_steps=100, whole_sampling_max_size=None, case_timeout_s=None,
+                  dtypes="float32,bfloat16", fast_compile=False, out="B.md", update=False)
     values.update(overrides)
     return argparse.Namespace(**values)
 
@@ -247,7 +247,7 @@ def test_plan_compares_paper_in_compat_mode_and_estimates_its_sampler():
 
 
 def test_quick_options_and_bad_options():
-    options, _ = benchmark_command.options_from_args(_args(quick=True, cases="graph"))
+    options, _ = benchmark_command.options_from_args(_args(preset="quick", cases="graph"))
     assert options.batch_sizes == (1,) and options.graph_sizes == (32,)
     assert [os.path.basename(p) for p in options.configs] == ["tiny.py"]
     with pytest.raises(UserError, match="--cases"):
@@ -353,3 +353,126 @@ def test_sampling_case_measures_the_respaced_sampler(tiny_config_path):
     assert (row.case, row.config, row.framework) == ("sampler, 2 steps (respaced)", "tiny",
                                                      "JAX")
     assert row.timing.repeats >= 2 and row.buffers_mib > 0 and "pairs/s" in row.note
+
+
+def test_peak_rates_are_looked_up_by_device_kind_and_dtype():
+    assert measure.peak_flops("NVIDIA H200 (gpu)", "bfloat16") == pytest.approx(989.4e12)
+    assert measure.peak_flops("NVIDIA H100 80GB HBM3 (gpu)", "float32") == pytest.approx(
+        494.7e12)
+    assert measure.peak_flops("NVIDIA H100 PCIe (gpu)", "bfloat16") == pytest.approx(756e12)
+    assert measure.peak_flops("NVIDIA H200 (gpu)", "float16") is None
+    assert measure.peak_flops("Some Future GPU (gpu)", "bfloat16") is None
+    assert measure.peak_flops("", "float32") is None
+
+
+def test_throughput_table_derives_pairs_per_second_utilisation_and_memory():
+    step = "train step (train.py, all losses)"
+    rows = [_row(step, "paper, bfloat16", 4, "JAX", 0.5, flops=2e14, device="NVIDIA H200 (gpu)",
+                 dtype="bfloat16", device_mib=1234.4, rss_mib=50.0, run=2),
+            _row(step, "tiny, float32", 4, "JAX", 0.25, flops=1e9, dtype="float32",
+                 rss_mib=300.2),
+            _row("sampler, 100 steps (respaced)", "paper", 2, "JAX", 4.0, rss_mib=10.0),
+            _row("U-Net forward", "paper", 1, "JAX", 1.0, flops=1e9),
+            _row(step, "paper, float32", 4, "JAX", 1.0)._replace(timing=None)]
+    lines = measure.throughput_table(rows).splitlines()
+    assert lines[0] == "| " + " | ".join(measure.THROUGHPUT_COLUMNS) + " |"
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    named = [dict(zip(measure.THROUGHPUT_COLUMNS, row)) for row in cells]
+    assert [n["case"] for n in named] == [step, step, "sampler, 100 steps (respaced)"]
+    gpu, cpu, sampler = named
+    # 4 pairs in 0.5 s; 2e14 FLOP in 0.5 s = 400 TFLOP/s = 40.4 % of the H200's 989.4
+    assert (gpu["pairs/s"], gpu["TFLOP/s"], gpu["peak TFLOP/s"], gpu["% of peak"]) == (
+        "8", "400.000", "989.4", "40.4")
+    assert gpu["peak memory MiB"] == "1234 (device)" and gpu["run"] == "2"
+    assert (cpu["device"], cpu["pairs/s"], cpu["TFLOP/s"], cpu["% of peak"]) == (
+        "CPU", "16", "0.004", "—")
+    assert cpu["peak memory MiB"] == "300 (RSS)"
+    assert (sampler["pairs/s"], sampler["TFLOP/s"], sampler["dtype"]) == ("0.5", "—", "—")
+
+
+def test_step_split_target_is_the_real_step_over_the_network_step():
+    whole, network = cases.STEP_SPLIT[:2]
+    rows = [_row(whole, "paper", 1, "JAX", 3.0)._replace(timing=Timing(9.0, 4.0, 3.0, 6.0, 2)),
+            _row(network, "paper", 1, "JAX", 2.0),
+            _row(whole, "tiny", 1, "JAX", 0.3), _row(network, "tiny", 1, "JAX", 0.3),
+            _row(whole, "tiny", 4, "JAX", 1.0)]
+    found = {t.name: t for t in suite.all_targets(rows)}
+    paper = found["real step / network forward + backward, paper, batch 1"]
+    assert paper.measured == pytest.approx(1.5) and paper.required == 1.15 and paper.at_most
+    cpu = found["real step / network forward + backward, paper, batch 1, CPU time"]
+    assert cpu.measured == pytest.approx(3.0) and cpu.required is None
+    assert found["real step / network forward + backward, tiny, batch 1"].required is None
+    missing = found["real step / network forward + backward, tiny, batch 4"]
+    assert missing.measured is None and missing.required == 1.15 and len(found) == 6
+
+
+def test_accelerator_preset_plans_both_dtypes_and_the_respaced_sampler_alone():
+    options, command = benchmark_command.options_from_args(_args(preset="accelerator",
+                                                                 cases=None))
+    assert command.startswith("difffccf benchmark --configs paper --batch-sizes 4 "
+                              "--cases throughput ")
+    assert "--dtypes float32,bfloat16 " in command and options.case_timeout_s == 150
+    planned = [(c.kind, c.label, c.batch, c.dtype, c.steps, c.estimate, c.diffusion_steps)
+               for c in suite.plan(options)]
+    assert planned == [("train_full", "paper, float32", 4, "float32", 0, False, 0),
+                       ("train_full", "paper, bfloat16", 4, "bfloat16", 0, False, 0),
+                       ("sampling", "paper", 4, "", 100, False, 2000)]
+    tiny, _ = benchmark_command.options_from_args(_args(preset="accelerator", cases=None,
+                                                        configs="tiny", dtypes="bfloat16"))
+    assert [c.label for c in suite.plan(tiny)] == ["tiny, bfloat16", "tiny"]
+    with pytest.raises(UserError, match="--dtypes"):
+        benchmark_command.options_from_args(_args(dtypes="float32,int8"))
+    # a respaced sampler without its full twin gives no throughput-ratio target
+    rows = [_row("sampler, 100 steps (respaced)", "paper", 4, "JAX", 2.0, device="G")]
+    assert suite.all_targets(rows) == []
+
+
+def test_rows_of_different_devices_never_replace_each_other_and_runs_name_machines():
+    cpu = _row("sampler, 100 steps (respaced)", "paper", 1, "JAX", 400.0)
+    gpu = cpu._replace(device="NVIDIA H200 (gpu)", run=2)
+    assert measure.merge_rows([cpu], [gpu]) == [cpu, gpu]
+    run = measure.Run("difffccf benchmark --preset accelerator", "2026-01-02 03:04", 0.1, 0.2,
+                      "x86, 16 cores, GPU NVIDIA H200 (gpu)")
+    assert measure.runs_list([run]).startswith(
+        "1. 2026-01-02 03:04 UTC on x86, 16 cores, GPU NVIDIA H200 (gpu), load average")
+    assert measure.machine_summary(None).endswith(", no GPU")
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_accelerator_preset_cpu_form_writes_the_throughput_table(tmp_path, tiny_config_path):
+    # The CPU form on the tiny config shrunk to 16 px with two levels of one residual block
+    # (given as a config file, as --configs accepts), compiled at XLA optimisation level 0
+    # (--fast-compile), so that its three cases compile quickly.
+    from difffccf_jax.config_cli import load_config, save_json_config
+
+    config = str(tmp_path / "tiny.json")
+    save_json_config(load_config(tiny_config_path, (
+        ("model.channel_mult", "(1, 2)"), ("model.num_res_blocks", "1"),
+        ("model.deformation_features", "(8, 16)"), ("data.image_size", "16"),
+        ("loss.registration_size", "16"))), config)
+    out = str(tmp_path / "BENCHMARKS.md")
+    options, command = benchmark_command.options_from_args(_args(
+        preset="accelerator", cases=None, configs=config, batch_sizes="2", sampling_steps=3,
+        max_repeats=2, budget_s=1.0, case_timeout_s=3600.0, fast_compile=True, out=out))
+    assert "--fast-compile" in command
+    text = suite.run(options, command, out, progress=open(os.devnull, "w"))
+    _, rows, accelerator = measure.read_results(measure.data_path(out))
+    assert accelerator is None and all(r.timing for r in rows)
+    table = text.split("## Throughput and utilisation\n\n")[1].split("\n\n")[0].splitlines()
+    named = [dict(zip(measure.THROUGHPUT_COLUMNS,
+                      [c.strip() for c in line.strip("|").split("|")])) for line in table[2:]]
+    assert [(n["case"], n["config"], n["dtype"]) for n in named] == [
+        ("train step (train.py, all losses)", "tiny, float32", "float32"),
+        ("train step (train.py, all losses)", "tiny, bfloat16", "bfloat16"),
+        ("sampler, 3 steps (respaced)", "tiny", "float32")]
+    for row, cells in zip(rows, named):
+        assert row.batch == 2 and row.device == "" and cells["device"] == "CPU"
+        assert cells["pairs/s"] == f"{2 / row.timing.steady_s:.3g}"
+        assert cells["% of peak"] == "—" and cells["peak memory MiB"].endswith("(RSS)")
+        assert row.rss_mib > 0
+    for row, cells in zip(rows[:2], named[:2]):
+        assert row.flops > 0
+        assert cells["TFLOP/s"] == f"{row.flops / row.timing.steady_s / 1e12:.3f}"
+    # bfloat16 compute is the same program plus conversions (7 % more counted FLOPs at 32 px)
+    assert rows[0].flops < rows[1].flops < 1.15 * rows[0].flops

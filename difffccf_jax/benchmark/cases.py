@@ -9,7 +9,11 @@ prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": .
 - train: one optimisation step of a stand-in objective, the same on both sides (the L1 of every
   output head against a target: the noise for the noise head, 0 for the masks and the
   deformation; AdamW with config.optim's learning rate and weight decay), JAX or the port;
-- train_full: the real JAX training step of train.py (all losses, adaptive weighting);
+- train_full: the real JAX training step of train.py (all losses, adaptive weighting), in the
+  config's or the case's compute dtype;
+- step_split: in one process, the real step beside what it is made of: the network's own
+  forward and backward (its two calls, AdamW) on the step's network batch, and the forward and
+  backward of the registration terms and of the quality loss on the step's shapes;
 - sampling: the whole jitted sampler of sampling.py, run whole, or estimated from its per-step
   time (runs of 2 and 4 steps) when a whole run takes too long;
 - graph: the bottleneck graph on a pixel grid, stencil operators (graph.py) against dense
@@ -39,7 +43,8 @@ METRICS_PAIRS = 4  # distinct triples the metrics case cycles through
 
 class Case(NamedTuple):
     """What one worker process measures (JSON-serialisable)."""
-    kind: str  # matmul, forward, train, train_full, sampling, graph, generator or metrics
+    kind: str  # matmul, forward, train, train_full, step_split, sampling, graph, generator
+    # or metrics
     framework: str = "jax"  # 'jax', 'torch' or 'numpy' (generator, metrics)
     config: str = ""  # config file path
     label: str = ""  # the configuration's name in the table
@@ -52,20 +57,25 @@ class Case(NamedTuple):
     variant: str = ""  # graph: 'stencil' or 'dense'; generator: 'aligned' or 'misaligned'
     part: str = ""  # graph: 'operators' or 'layer'
     task: str = ""  # generator, metrics: the task whose pairs are generated
+    dtype: str = ""  # train_full: the model's compute dtype ("" keeps the config's)
     max_repeats: int = 5
     budget_s: float = 60.0  # wall-clock budget of the steady repeats
+    fast_compile: bool = False  # train_full, sampling: compiled at XLA optimisation level 0
 
 
 # ---- helpers -------------------------------------------------------------------------------------
 
 def load_case_config(case):
-    """The case's config with model.compat set (and the diffusion steps overridden)."""
+    """The case's config with model.compat set (and the diffusion steps and the compute dtype
+    overridden)."""
     from difffccf_jax.config_cli import load_config
 
     config = load_config(case.config)
     config.model.compat = bool(case.compat)
     if case.diffusion_steps:
         config.diffusion.steps = int(case.diffusion_steps)
+    if case.dtype:
+        config.model.dtype = case.dtype
     return config
 
 
@@ -247,7 +257,9 @@ def train_torch(case):
     return [make_row(case, "train step (stand-in L1, AdamW)", timing)]
 
 
-def train_full_jax(case):
+def time_real_step(case, config):
+    """(Timing, compiled step, train.Run, the batch, the last state) of the real training step
+    of `config` at the case's batch size, on one device, fed generated pairs."""
     import tempfile
 
     import jax
@@ -257,7 +269,6 @@ def train_full_jax(case):
     from difffccf_jax.training import train
     from difffccf_jax.data import generator, layouts
 
-    config = load_case_config(case)
     mesh = parallel.make_mesh(jax.devices()[:1])
     with tempfile.TemporaryDirectory() as root:
         # One task's generated pairs feed the data pipeline that training builds.
@@ -271,14 +282,122 @@ def train_full_jax(case):
     step = train.make_train_step(mesh, parallel.replicated(mesh), **run.step_options)
     args = (run.rules[config.data.task],
             jax.device_put(jnp.float32(config.optim.learning_rate), parallel.replicated(mesh)))
-    compiled, compile_s = measure.compile_jax(step, state[0], batch, *args)
+    compiled, compile_s = measure.compile_jax(step, state[0], batch, *args,
+                                              fast=case.fast_compile)
 
     def call():
         state[0] = jax.block_until_ready(compiled(state[0], batch, *args))[0]
 
     timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
-    return [jax_row(case, "train step (train.py, all losses)", timing, compiled,
-                    note=f"network batch 3 x {case.batch} (Y, Cr, Cb)")]
+    return timing, compiled, run, batch, state[0]
+
+
+def train_full_jax(case):
+    config = load_case_config(case)
+    timing, compiled, *_ = time_real_step(case, config)
+    row = jax_row(case, "train step (train.py, all losses)", timing, compiled,
+                  note=f"network batch 3 x {case.batch} (Y, Cr, Cb)")
+    return [row._replace(dtype=config.model.dtype)]
+
+
+STEP_SPLIT = ("step split: whole step (train.py)",
+              "step split: network forward + backward, AdamW",
+              "step split: registration terms forward + backward",
+              "step split: quality loss forward + backward")
+
+
+def network_step(model, tx, loss_config):
+    """The network's own share of the real step: both its calls (the registration pass, when
+    loss_config has one, and the main call with dropout) under a stand-in loss (every output's
+    mean absolute value), their gradient and the AdamW update."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from difffccf_jax.model import registration
+
+    mean_abs = lambda v: jnp.mean(jnp.abs(v))  # noqa: E731
+
+    def step(params, opt_state, a, b, x, t, key):
+        def loss_fn(p):
+            out = model.apply({"params": p}, x, t, train=True, rngs={"dropout": key})
+            loss = standin_loss(out, 0.0, mean_abs)
+            if loss_config.registration_pass:
+                field = registration.predict_field(
+                    lambda x, t: model.apply({"params": p}, x, t, train=False), a, b,
+                    loss_config.registration_size)
+                loss = loss + mean_abs(field)
+            return loss
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def loss_pieces(loss_config, pairs):
+    """{row name: (jitted function, its arguments)}: the forward and backward of the
+    registration terms (MI and correlation of the three channels, smoothness and folding, with
+    respect to the field [B, H, W, 2]) and of the quality loss (with respect to the fused image
+    of the 3B channel rows), on a batch of pairs (a [B, H, W, 1], b [B, H, W, 3])."""
+    import jax
+    import jax.numpy as jnp
+
+    from difffccf_jax.model import registration
+    from difffccf_jax.training import losses
+
+    a, b = pairs
+
+    def registration_loss(field):
+        mi, correlation = registration.registration_terms(a, b, field, loss_config)
+        return jnp.sum(mi + correlation + registration.smoothness(field)
+                       + registration.folding_penalty(field))
+
+    rows_a = jnp.concatenate([a] * 3)
+    rows_b = jnp.concatenate(jnp.split(b, 3, axis=-1))
+
+    def quality(fused):
+        return jnp.sum(losses.quality_loss(fused, rows_a, rows_b, loss_config.quality_weights))
+
+    field = jnp.full(a.shape[:3] + (2,), 0.25, jnp.float32)
+    return {STEP_SPLIT[2]: (jax.jit(jax.value_and_grad(registration_loss)), (field,)),
+            STEP_SPLIT[3]: (jax.jit(jax.value_and_grad(quality)), (0.5 * (rows_a + rows_b),))}
+
+
+def step_split_jax(case):
+    """Rows of the whole real step and of its parts (STEP_SPLIT), each noting its share of the
+    whole step's steady wall and CPU time (CPU time is the steadier on a shared machine): the
+    rest is the other losses, the conditions and bookkeeping."""
+    import jax
+
+    config = load_case_config(case)
+    whole, compiled, run, batch, state = time_real_step(case, config)
+    rows = [jax_row(case, STEP_SPLIT[0], whole, compiled)]
+    loss_config = run.step_options["loss_config"]
+    size = config.data.image_size
+    x, t, _ = example_inputs(3 * case.batch, size, run.model.in_channels,
+                             config.diffusion.steps)
+    net_state = [state.params, state.opt_state]
+    net_args = (batch["a"], batch["b"], x, t, jax.random.key(1))
+    net, net_compile_s = measure.compile_jax(
+        network_step(run.model, run.tx, loss_config), *net_state, *net_args)
+
+    def net_call():
+        net_state[:] = jax.block_until_ready(net(*net_state, *net_args))
+
+    timing = measure.time_calls(net_call, case.max_repeats, net_compile_s, case.budget_s)
+    rows.append(jax_row(case, STEP_SPLIT[1], timing, net))
+    for name, (function, function_args) in loss_pieces(loss_config,
+                                                       (batch["a"], batch["b"])).items():
+        timing, piece = measure.time_jax(function, function_args, case.max_repeats,
+                                         case.budget_s)
+        rows.append(jax_row(case, name, timing, piece))
+    return [row._replace(dtype=config.model.dtype,
+                         note=f"{100 * row.timing.steady_s / whole.steady_s:.0f} % of the "
+                              f"whole step's wall time, {100 * row.timing.cpu_s / whole.cpu_s:.0f}"
+                              f" % of its CPU time; network batch 3 x {case.batch}")
+            for row in rows]
 
 
 def sampling_jax(case):
@@ -302,7 +421,8 @@ def sampling_jax(case):
         config.sampling.steps = steps
         sample, schedule = sampling.sampler_from_config(config, config.data.task, mesh)
         args = (params, schedule, a, b, jax.random.key(0), pair_ids)
-        return measure.time_jax(sample, args, case.max_repeats, case.budget_s)
+        return measure.time_jax(sample, args, case.max_repeats, case.budget_s,
+                                fast=case.fast_compile)
 
     def name(steps):
         full = steps == config.diffusion.steps
@@ -313,7 +433,7 @@ def sampling_jax(case):
         note = f"{case.batch / timing.steady_s:.3g} pairs/s; network batch 3 x {case.batch}"
         return [make_row(case, name(case.steps), timing,
                          buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
-                         note=note)]
+                         note=note, dtype=config.model.dtype)]
     (short, _), (long, compiled) = (timed(n) for n in ESTIMATE_STEPS)
     spread = ESTIMATE_STEPS[1] - ESTIMATE_STEPS[0]
     per_step = (long.steady_s - short.steady_s) / spread
@@ -328,8 +448,8 @@ def sampling_jax(case):
                 f"{ESTIMATE_STEPS[0]}- and {ESTIMATE_STEPS[1]}-step runs); "
                 f"{case.batch / estimated.steady_s:.3g} pairs/s")
         rows.append(make_row(case, name(steps), estimated, note=note,
-                             buffers_mib=measure.xla_buffer_bytes(compiled)
-                             / measure.MIB))
+                             buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
+                             dtype=config.model.dtype))
     return rows
 
 
@@ -468,7 +588,8 @@ def metrics_numpy(case):
 CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
          ("forward", "jax"): forward_jax, ("forward", "torch"): forward_torch,
          ("train", "jax"): train_jax, ("train", "torch"): train_torch,
-         ("train_full", "jax"): train_full_jax, ("sampling", "jax"): sampling_jax,
+         ("train_full", "jax"): train_full_jax, ("step_split", "jax"): step_split_jax,
+         ("sampling", "jax"): sampling_jax,
          ("graph", "jax"): graph_jax, ("generator", "numpy"): generator_numpy,
          ("metrics", "numpy"): metrics_numpy}
 
@@ -520,20 +641,16 @@ def device_peak_mib(framework):
     return stats["peak_bytes_in_use"] / measure.MIB if stats else None
 
 
-def with_device_peak(note, framework):
-    peak = device_peak_mib(framework)
-    return note if peak is None else "; ".join(filter(None, [note, f"GPU peak {peak:.0f} MiB"]))
-
-
 def run_here(case):
     """Measures `case` in this process; returns the worker's result dict."""
     import_framework(case.framework)
     baseline = measure.peak_rss_mib()
     rows = CASES[(case.kind, case.framework)](case)
     rss = measure.peak_rss_mib() - baseline
-    rows = [r._replace(rss_mib=rss, note=with_device_peak(r.note, case.framework)) for r in rows]
-    return {"rows": [measure.row_to_dict(r) for r in rows],
-            "accelerator": accelerator_name(case.framework)}
+    accelerator = accelerator_name(case.framework)
+    rows = [r._replace(rss_mib=rss, device=accelerator or "",
+                       device_mib=device_peak_mib(case.framework)) for r in rows]
+    return {"rows": [measure.row_to_dict(r) for r in rows], "accelerator": accelerator}
 
 
 def run_in_subprocess(case, timeout_s=None):
@@ -561,7 +678,7 @@ def run_in_subprocess(case, timeout_s=None):
 def failed_row(case, note):
     names = {"matmul": "float32 matmul", "forward": "U-Net forward",
              "train": "train step (stand-in L1, AdamW)",
-             "train_full": "train step (train.py, all losses)",
+             "train_full": "train step (train.py, all losses)", "step_split": STEP_SPLIT[0],
              "sampling": f"sampler, {case.steps} steps", "graph": f"graph {case.part}, "
              f"{case.variant} {case.size}x{case.size}", "generator": generator_name(case),
              "metrics": metrics_name(case)}

@@ -1,5 +1,5 @@
 """Measuring tools of `difffccf benchmark`: timing with compilation apart, FLOP counts, memory,
-the machine's matrix-multiply rate, and the Markdown report.
+the machine's matrix-multiply rate, accelerator peak rates, and the Markdown report.
 
 Timing protocol: a JAX program is compiled ahead of time (`jitted.lower(...).compile()`, timed
 as the compile time), then called once (the first call) and `repeats` more times; the steady
@@ -71,19 +71,21 @@ def repeats_within(first_s, budget_s, max_repeats, min_repeats=2):
     return max(min_repeats, min(wanted, int(budget_s / first_s)))
 
 
-def compile_jax(jitted, *args):
-    """(compiled program, seconds to trace, lower and compile it) of a jax.jit function."""
+def compile_jax(jitted, *args, fast=False):
+    """(compiled program, seconds to trace, lower and compile it) of a jax.jit function; fast:
+    at XLA backend optimisation level 0 (much shorter compiles on CPU, slower calls)."""
     start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    compiled = jitted.lower(*args).compile(
+        compiler_options={"xla_backend_optimization_level": 0} if fast else None)
     return compiled, time.perf_counter() - start
 
 
-def time_jax(jitted, args, repeats, budget_s=None):
-    """(Timing, compiled) of `jitted(*args)`, compiled ahead of time and then called (see
-    `time_calls`). Not for programs that donate their arguments."""
+def time_jax(jitted, args, repeats, budget_s=None, fast=False):
+    """(Timing, compiled) of `jitted(*args)`, compiled ahead of time (fast: as in `compile_jax`)
+    and then called (see `time_calls`). Not for programs that donate their arguments."""
     import jax
 
-    compiled, compile_s = compile_jax(jitted, *args)
+    compiled, compile_s = compile_jax(jitted, *args, fast=fast)
     timing = time_calls(lambda: jax.block_until_ready(compiled(*args)), repeats, compile_s,
                         budget_s)
     return timing, compiled
@@ -155,17 +157,49 @@ def package_versions(names=VERSIONED_PACKAGES):
     return versions
 
 
+def cpu_summary():
+    """The CPU model, core count and memory of this machine, one line."""
+    memory = memory_gib()
+    return (f"{cpu_model()}, {os.cpu_count()} cores"
+            + (f", {memory:.1f} GiB memory" if memory else ""))
+
+
+def machine_summary(accelerator):
+    """This machine in one line (a run's `machine`); `accelerator` as in machine_description."""
+    return cpu_summary() + (f", GPU {accelerator}" if accelerator else ", no GPU")
+
+
 def machine_description(accelerator):
     """One Markdown bullet list describing the machine; `accelerator` is the JAX device kind
     (or None on a CPU-only machine)."""
-    memory = memory_gib()
-    lines = [f"- CPU: {cpu_model()}, {os.cpu_count()} cores"
-             + (f", {memory:.1f} GiB memory" if memory else ""),
+    lines = [f"- CPU: {cpu_summary()}",
              f"- GPU: {accelerator}" if accelerator else
              "- GPU: none on this machine (CPU run only; no GPU run is recorded yet)",
              f"- Python {platform.python_version()}, "
              + ", ".join(f"{k} {v}" for k, v in package_versions().items())]
     return "\n".join(lines)
+
+
+# Dense peak rates (TFLOP/s, vendor data sheets) of accelerators, keyed by a part of their JAX
+# device kind (the longest matching key wins): bfloat16 on the tensor cores, and float32 as XLA
+# runs float32 convolutions and matrix products at JAX's default precision on these GPUs, on
+# the TF32 tensor cores (their plain FP32 rates are about 1/7 of that: 67 TFLOP/s on H100/H200).
+PEAK_TFLOPS = {
+    "H200": {"bfloat16": 989.4, "float32": 494.7},
+    "H100": {"bfloat16": 989.4, "float32": 494.7},  # SXM
+    "H100 PCIe": {"bfloat16": 756.0, "float32": 378.0},
+    "A100": {"bfloat16": 312.0, "float32": 156.0},
+}
+
+
+def peak_flops(device, dtype):
+    """The peak FLOP/s of accelerator `device` (a JAX device kind) computing in `dtype`, or
+    None for the CPU or an accelerator or dtype not in PEAK_TFLOPS."""
+    for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if device and key in device:
+            tflops = PEAK_TFLOPS[key].get(dtype)
+            return tflops * 1e12 if tflops else None
+    return None
 
 
 class Row(NamedTuple):
@@ -181,6 +215,9 @@ class Row(NamedTuple):
     load: Optional[float] = None  # 1-minute load average when the case started
     note: str = ""
     run: int = 1  # which run of the report measured it (see Run)
+    device: str = ""  # the accelerator it ran on (`accelerator` of cases.py), "" for the CPU
+    dtype: str = ""  # the model's compute dtype, where a model ran
+    device_mib: Optional[float] = None  # peak accelerator memory of the case's process
 
 
 class Run(NamedTuple):
@@ -189,6 +226,7 @@ class Run(NamedTuple):
     started: str  # UTC, 'YYYY-MM-DD HH:MM'
     load_start: float  # 1-minute load average at its start and end
     load_end: float
+    machine: str = ""  # one line naming the machine (`machine_summary`)
 
 
 def row_to_dict(row):
@@ -203,7 +241,7 @@ def row_from_dict(data):
 
 def row_key(row):
     """What a row measures: rows with the same key replace each other when runs merge."""
-    return row.case, row.config, row.batch, row.framework
+    return row.case, row.config, row.batch, row.framework, row.device
 
 
 def merge_rows(old, new):
@@ -279,11 +317,41 @@ def target_row(target):
 
 
 def runs_list(runs):
-    """A numbered Markdown list of the runs: date, load average and the exact command."""
+    """A numbered Markdown list of the runs: date, machine, load average and the exact
+    command."""
     return "\n".join(
-        f"{i}. {run.started} UTC, load average (1 min) {run.load_start:.1f} at the start, "
+        f"{i}. {run.started} UTC" + (f" on {run.machine}" if run.machine else "")
+        + f", load average (1 min) {run.load_start:.1f} at the start, "
         f"{run.load_end:.1f} at the end:\n\n       {run.command}\n"
         for i, run in enumerate(runs, start=1))
+
+
+THROUGHPUT_CASES = ("train step (train.py", "sampler, ")  # the rows of throughput_table
+THROUGHPUT_COLUMNS = ("case", "config", "batch", "device", "dtype", "steady s", "pairs/s",
+                      "TFLOP/s", "peak TFLOP/s", "% of peak", "peak memory MiB", "run")
+
+
+def throughput_row(row):
+    """The cells of a measured training-step or sampler `row` in THROUGHPUT_COLUMNS order:
+    pairs per second (batch / steady time), the achieved rate of XLA's FLOP count, the
+    device's peak for the row's dtype (`peak_flops`) and the share of it (the model FLOP
+    utilisation), and the peak memory: the accelerator's, else the process's resident set."""
+    t = row.timing
+    rate = row.flops / t.steady_s if row.flops else None
+    peak = peak_flops(row.device, row.dtype)
+    share = 100.0 * rate / peak if rate and peak else None
+    memory = (f"{row.device_mib:.0f} (device)" if row.device_mib is not None else
+              f"{row.rss_mib:.0f} (RSS)" if row.rss_mib is not None else "—")
+    return (row.case, row.config, str(row.batch), row.device or "CPU", row.dtype or "—",
+            _seconds(t.steady_s), f"{row.batch / t.steady_s:.3g}",
+            _number(rate / 1e12 if rate else None, 3),
+            _number(peak / 1e12 if peak else None, 1), _number(share, 1), memory, str(row.run))
+
+
+def throughput_table(rows):
+    """A Markdown table of the measured training-step and sampler rows (THROUGHPUT_CASES)."""
+    return markdown_table(THROUGHPUT_COLUMNS, [
+        throughput_row(r) for r in rows if r.timing and r.case.startswith(THROUGHPUT_CASES)])
 
 
 def report(title, runs, rows, targets, machine, matmul_gflops, notes):
@@ -296,6 +364,7 @@ def report(title, runs, rows, targets, machine, matmul_gflops, notes):
         "## Machine\n\n" + machine
         + f"\n- Measured float32 matrix-multiply rate: {_number(matmul_gflops, 1)} GFLOP/s",
         "## Targets\n\n" + markdown_table(TARGET_COLUMNS, [target_row(t) for t in targets]),
+        "## Throughput and utilisation\n\n" + throughput_table(rows),
         "## Measurements\n\n" + table,
         "## Notes\n\n" + "\n".join(f"- {note}" for note in notes),
     ]) + "\n"

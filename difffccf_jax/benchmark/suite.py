@@ -7,7 +7,7 @@ import sys
 from typing import NamedTuple
 
 from difffccf_jax.benchmark import measure
-from difffccf_jax.benchmark.cases import Case, run_in_subprocess
+from difffccf_jax.benchmark.cases import STEP_SPLIT, Case, run_in_subprocess
 from difffccf_jax.errors import UserError
 from difffccf_jax.config_cli import shipped_config
 
@@ -19,6 +19,8 @@ GRAPH_SPEED_TARGET = 10.0  # dense time / stencil time
 SAMPLING_TARGET = 15.0  # respaced throughput / full throughput
 GENERATOR_TARGET = 20.0  # pairs per CPU second, the slowest task
 METRICS_TARGET_S = 60.0  # seconds to score 100 pairs with every metric, one method
+STEP_SPLIT_TARGET = 1.15  # real step / the network's own forward and backward
+STEP_SPLIT_TARGETED = (("paper", 1), ("tiny", 4))  # (config, batch) with that target
 TARGET_CONFIG, TARGET_BATCH = "paper", 1
 METRICS_TASK = "pet"  # a colour-B task, like the fused images scored
 ALIGNMENTS = ("aligned", "misaligned")
@@ -36,6 +38,8 @@ class Options(NamedTuple):
     sampling_steps: int  # steps of the respaced sampler
     whole_sampling_max_size: int  # larger images get the per-step sampling estimate
     case_timeout_s: float
+    dtypes: tuple = ("float32", "bfloat16")  # compute dtypes of the throughput part
+    fast_compile: bool = False  # the throughput part's programs at XLA optimisation level 0
 
 
 def config_path(name):
@@ -92,6 +96,20 @@ def sampling_cases(options, path, config):
             for batch in options.batch_sizes for steps in (respaced, full)]
 
 
+def throughput_cases(options, path):
+    """The accelerator check: the real training step in every compute dtype of
+    options.dtypes, and the respaced sampler run whole (the config's dtype), at each batch
+    size."""
+    label = config_label(path)
+    common = dict(config=path, max_repeats=options.max_repeats, budget_s=options.budget_s,
+                  fast_compile=options.fast_compile)
+    return ([Case("train_full", label=f"{label}, {dtype}", batch=batch, dtype=dtype, **common)
+             for batch in options.batch_sizes for dtype in options.dtypes]
+            + [Case("sampling", label=label, batch=batch, steps=options.sampling_steps,
+                    diffusion_steps=FULL_SAMPLING_STEPS, **common)
+               for batch in options.batch_sizes])
+
+
 def numpy_cases(options, path, config, part):
     """The generator cases (every task, B aligned and misaligned) or the metrics case, at the
     config's image size."""
@@ -119,9 +137,12 @@ def plan(options):
         for kind in ("forward", "train"):
             if kind in options.parts:
                 cases += comparison_cases(options, path, config, kind)
-        if "train_full" in options.parts:
-            cases += [Case("train_full", config=path, label=config_label(path), batch=batch,
-                           **repeats) for batch in options.batch_sizes]
+        for kind in ("train_full", "step_split"):
+            if kind in options.parts:
+                cases += [Case(kind, config=path, label=config_label(path), batch=batch,
+                               **repeats) for batch in options.batch_sizes]
+        if "throughput" in options.parts:
+            cases += throughput_cases(options, path)
         if "sampling" in options.parts:
             cases += sampling_cases(options, path, config)
         for part in ("generator", "metrics"):
@@ -138,9 +159,11 @@ def plan(options):
 
 # ---- targets -------------------------------------------------------------------------------------
 
-def find(rows, case, config, batch, framework="JAX"):
+def find(rows, case, config, batch, framework="JAX", device=""):
+    """The measured row of (case, config, batch, framework) on `device` ("" the CPU), or
+    None."""
     for row in rows:
-        if ((row.case, row.config, row.batch, row.framework) == (case, config, batch, framework)
+        if (measure.row_key(row) == (case, config, batch, framework, device)
                 and row.timing is not None):
             return row
     return None
@@ -166,7 +189,7 @@ def framework_targets(rows, case, bound):
     for row in rows:
         if row.case != case or row.framework != "JAX":
             continue
-        port = find(rows, case, row.config, row.batch, "PyTorch port")
+        port = find(rows, case, row.config, row.batch, "PyTorch port", row.device)
         required = bound if _is_target_config(row.config) and row.batch == TARGET_BATCH \
             else None
         targets.append(measure.Target(
@@ -181,7 +204,8 @@ def graph_targets(rows):
     for row in rows:
         if not row.case.endswith(", stencil"):
             continue
-        dense = find(rows, row.case[:-len("stencil")] + "dense", row.config, row.batch)
+        dense = find(rows, row.case[:-len("stencil")] + "dense", row.config, row.batch,
+                     device=row.device)
         operators = row.case.startswith("graph operators")
         name = "graph operators" if operators else "Graformer layer"
         targets.append(measure.Target(
@@ -196,13 +220,17 @@ def graph_targets(rows):
 
 
 def sampling_targets(rows):
-    """Throughput of the respaced sampler / throughput of the full one, per config and batch."""
+    """Throughput of the respaced sampler / throughput of the full one, per config, batch and
+    device where both were run (the throughput part runs the respaced one alone)."""
     targets = []
     for row in rows:
         if not row.case.endswith("(respaced)") or row.timing is None:
             continue
-        whole = next((r for r in rows if r.case.endswith("(full)") and r.timing
-                      and (r.config, r.batch) == (row.config, row.batch)), None)
+        planned = [r for r in rows if r.case.endswith("(full)")
+                   and (r.config, r.batch, r.device) == (row.config, row.batch, row.device)]
+        if not planned:
+            continue
+        whole = next((r for r in planned if r.timing), None)
         steps = (row.case, whole.case if whole else "the full sampler")
         estimated = "estimated" in row.note
         targets.append(measure.Target(
@@ -236,11 +264,32 @@ def metrics_targets(rows):
         for row in rows if row.case.startswith("fusion metrics") and row.timing]
 
 
+def step_split_targets(rows):
+    """Real step / the network's own forward and backward (both measured in one process), per
+    config, batch and device: by steady wall time (the target) and, for information, by CPU
+    time, which other processes' load disturbs less."""
+    targets = []
+    for row in rows:
+        if row.case != STEP_SPLIT[0] or row.timing is None:
+            continue
+        network = find(rows, STEP_SPLIT[1], row.config, row.batch, device=row.device)
+        required = (STEP_SPLIT_TARGET if (row.config, row.batch) in STEP_SPLIT_TARGETED
+                    else None)
+        name = f"real step / network forward + backward, {row.config}, batch {row.batch}"
+        targets += [
+            measure.Target(name, _ratio(_steady(row), _steady(network)), required, True,
+                           "steady time ratio, one process"),
+            measure.Target(name + ", CPU time",
+                           _ratio(row.timing.cpu_s, network.timing.cpu_s if network else None),
+                           None, True, "CPU time ratio, one process")]
+    return targets
+
+
 def all_targets(rows):
     return (framework_targets(rows, "U-Net forward", FORWARD_TARGET)
             + framework_targets(rows, "train step (stand-in L1, AdamW)", TRAIN_TARGET)
-            + sampling_targets(rows) + graph_targets(rows) + generator_targets(rows)
-            + metrics_targets(rows))
+            + step_split_targets(rows) + sampling_targets(rows) + graph_targets(rows)
+            + generator_targets(rows) + metrics_targets(rows))
 
 
 def matmul_rate(rows):
@@ -256,7 +305,7 @@ def with_counterpart_flops(rows):
     out = []
     for row in rows:
         if row.framework == "PyTorch port" and row.flops is None:
-            twin = find(rows, row.case, row.config, row.batch)
+            twin = find(rows, row.case, row.config, row.batch, device=row.device)
             if twin and twin.flops:
                 row = row._replace(flops=twin.flops)
         out.append(row)
@@ -318,7 +367,27 @@ NOTES = (
     "load near or above the core count mostly measure that, not the frameworks on an idle "
     "machine.",
     "Column 'run': the numbered run (see Runs) that measured the row; a run with --update "
-    "re-measures some cases and replaces their rows, the targets use the rows shown.",
+    "re-measures some cases and replaces their rows, the targets use the rows shown. Each run "
+    "names its machine; rows of different devices never replace each other.",
+    "Throughput and utilisation: the real training step (the train_full part, and the "
+    "throughput part, `--preset accelerator`, in each compute dtype) and the samplers. "
+    "'pairs/s': batch / steady time (a training pair is one (A, B) image pair, a network batch "
+    "of 3 rows: Y, Cr, Cb). 'TFLOP/s': XLA's FLOP count of the compiled step (its cost "
+    "analysis) / steady time; '% of peak' (the model FLOP utilisation) divides it by the "
+    "device's dense peak for the row's compute dtype (measure.PEAK_TFLOPS: bfloat16 on the "
+    "tensor cores; float32 as XLA runs it at JAX's default precision, TF32), for the devices in "
+    "that table only. Samplers have no FLOP count (XLA counts a loop body once). 'peak memory': "
+    "the accelerator's peak_bytes_in_use on a GPU, else the growth of the process's peak "
+    "resident memory.",
+    "Step split (`--cases step_split`), one process per config and batch: the whole real step; "
+    "the network's own forward and backward (its two calls, the registration pass and the "
+    "main call with dropout, under a stand-in loss, and AdamW); the registration terms (MI and "
+    "the second similarity term of the three channels, smoothness, folding) forward and "
+    "backward with respect to the field; the quality loss (SSIM, Sobel, intensity) forward "
+    "and backward with respect to the fused image. Each row's note gives its share of the "
+    "whole step's steady wall and CPU time (on a loaded machine the CPU share is the steadier). "
+    "The rest is the other terms, the channel conditions and the "
+    "bookkeeping (weighting policy, optimiser), less what XLA fuses across the parts.",
 )
 
 
@@ -357,7 +426,8 @@ def run(options, command, out, update=False, progress=sys.stderr):
     started, load_start = measure.utc_now(), os.getloadavg()[0]
     new_rows, new_accelerator = measure_all(plan(options), options.case_timeout_s,
                                             len(runs) + 1, progress)
-    runs = runs + [measure.Run(command, started, load_start, os.getloadavg()[0])]
+    runs = runs + [measure.Run(command, started, load_start, os.getloadavg()[0],
+                               measure.machine_summary(new_accelerator))]
     rows = with_counterpart_flops(measure.merge_rows(rows, new_rows))
     accelerator = new_accelerator or accelerator
     text = measure.report(

@@ -1,35 +1,62 @@
-"""`difffccf benchmark`: JAX against the PyTorch port (U-Net forward, training step), sampler
-throughput, the graph bottleneck, the data generator and the fusion metrics, on this machine;
-writes BENCHMARKS.md and prints it."""
+"""`difffccf benchmark`: JAX against the PyTorch port (U-Net forward, training step), the real
+training step and its split, sampler throughput, the graph bottleneck, the data generator and
+the fusion metrics, on this machine; writes BENCHMARKS.md and prints it.
+
+The accelerator check, whenever a GPU is lent (sized for under 8 minutes on one GPU, not yet run
+on one; its rows join the report with the machine named):
+
+    difffccf benchmark --preset accelerator --update
+"""
 
 from difffccf_jax.errors import UserError
 
-PARTS = ("matmul", "forward", "train", "train_full", "sampling", "graph", "generator", "metrics")
-QUICK = dict(configs="tiny", batch_sizes="1", graph_sizes="32", matmul_size=1024, max_repeats=3,
-             budget_s=20.0, cases="matmul,forward,train,sampling,graph,generator,metrics")
+PARTS = ("matmul", "forward", "train", "train_full", "step_split", "throughput", "sampling",
+         "graph", "generator", "metrics")
+DEFAULTS = dict(configs="paper,tiny", batch_sizes="1,4", graph_sizes="32,64", matmul_size=2048,
+                max_repeats=5, budget_s=60.0, whole_sampling_max_size=64, case_timeout_s=3600.0,
+                cases=",".join(p for p in PARTS if p not in ("step_split", "throughput")))
+PRESETS = {
+    "quick": dict(DEFAULTS, configs="tiny", batch_sizes="1", graph_sizes="32", matmul_size=1024,
+                  max_repeats=3, budget_s=20.0,
+                  cases="matmul,forward,train,sampling,graph,generator,metrics"),
+    # One GPU in under 8 minutes: the real step at the paper's batch in float32 and bfloat16
+    # and the 100-step respaced sampler at 256 px; a hung case stops after 150 s.
+    "accelerator": dict(DEFAULTS, configs="paper", batch_sizes="4", cases="throughput",
+                        max_repeats=5, budget_s=20.0, case_timeout_s=150.0),
+}
 
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "benchmark", help="time JAX against the PyTorch port and write BENCHMARKS.md",
         description="Measure, each case in a fresh process: the U-Net forward and a training "
-                    "step in JAX and in the PyTorch port, the real JAX training step, the "
+                    "step in JAX and in the PyTorch port, the real JAX training step (with "
+                    "step_split: beside the network's own forward and backward and the "
+                    "registration and quality losses; with throughput: in each --dtypes, with "
+                    "pairs/s, FLOP utilisation and peak memory), the "
                     "respaced and the full sampler, the graph bottleneck as stencils and as "
                     "dense matrices, the paired-data generator (every task) and the fusion "
                     "metrics per pair at each config's image size, and a float32 matrix "
                     "product as the machine's reference rate. Compile time, first call, "
                     "steady median, CPU time, peak memory and GFLOP/s per case; the targets; "
                     "written to --out (needs the torch extra for the PyTorch cases).")
-    parser.add_argument("--quick", action="store_true",
-                        help="a fast subset: tiny config, batch 1, no train_full (its "
-                             "compilation takes minutes), 32 x 32 graph, 1024^2 matmul, at most "
-                             "3 repeats (explicit options still apply)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="'quick': a fast subset (tiny config, batch 1, no train_full: its "
+                             "compilation takes minutes; 32 x 32 graph, 1024^2 matmul, at most "
+                             "3 repeats); 'accelerator': the GPU check (the throughput part: "
+                             "paper config, batch 4, the real step in float32 and bfloat16, the "
+                             "respaced sampler; sized for under 8 minutes on one GPU; --configs "
+                             "tiny --sampling-steps 4 --case-timeout-s 3600 is its CPU form). "
+                             "Explicit options still apply")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
+                        help="the same as --preset quick")
     parser.add_argument("--configs", default=None,
                         help="comma-separated configs: 'paper', 'tiny' or config file paths "
                              "(default paper,tiny)")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,4)")
     parser.add_argument("--cases", default=None,
-                        help=f"comma-separated parts among {', '.join(PARTS)} (default all)")
+                        help=f"comma-separated parts among {', '.join(PARTS)} (default all "
+                             "but step_split and throughput)")
     parser.add_argument("--graph-sizes", default=None,
                         help="comma-separated bottleneck grid sides (default 32,64)")
     parser.add_argument("--matmul-size", type=int, default=None,
@@ -42,11 +69,19 @@ def register(subparsers):
     parser.add_argument("--sampling-steps", type=int, default=100,
                         help="steps of the respaced sampler compared with the full 2000-step "
                              "one (default 100)")
-    parser.add_argument("--whole-sampling-max-size", type=int, default=64,
+    parser.add_argument("--whole-sampling-max-size", type=int, default=None,
                         help="largest image size whose samplers run whole; larger ones are "
                              "estimated from the per-step time (default 64)")
-    parser.add_argument("--case-timeout-s", type=float, default=3600.0,
-                        help="a case running longer is stopped and reported as timed out")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="comma-separated compute dtypes of the throughput part's training "
+                             "steps (default float32,bfloat16)")
+    parser.add_argument("--fast-compile", action="store_true",
+                        help="compile the throughput part's programs at XLA optimisation level "
+                             "0: much shorter compiles on CPU but slower steps, so its timings "
+                             "are not the real ones (for checking the CPU form quickly)")
+    parser.add_argument("--case-timeout-s", type=float, default=None,
+                        help="a case running longer is stopped and reported as timed out "
+                             "(default 3600)")
     parser.add_argument("--out", default="BENCHMARKS.md",
                         help="report file (Markdown); its rows are kept in a .json file next "
                              "to it")
@@ -77,31 +112,28 @@ def parse_parts(text):
     return parts
 
 
-def _choose(value, quick_value, default, quick):
-    if value is not None:
-        return value
-    return quick_value if quick else default
-
-
 def options_from_args(args):
     """(suite.Options, the equivalent command line with every option explicit)."""
     from difffccf_jax.benchmark import suite
+    from difffccf_jax.model.unet import DTYPES
 
-    quick = args.quick
-    configs = _choose(args.configs, QUICK["configs"], "paper,tiny", quick)
-    batch_sizes = _choose(args.batch_sizes, QUICK["batch_sizes"], "1,4", quick)
-    graph_sizes = _choose(args.graph_sizes, QUICK["graph_sizes"], "32,64", quick)
-    parts = parse_parts(_choose(args.cases, QUICK["cases"], ",".join(PARTS), quick))
+    chosen = PRESETS.get(args.preset, DEFAULTS)
+    value = {name: getattr(args, name) if getattr(args, name) is not None else default
+             for name, default in chosen.items()}
+    dtypes = tuple(d for d in args.dtypes.split(",") if d)
+    if not dtypes or not set(dtypes) <= set(DTYPES):
+        raise UserError(f"--dtypes: expected comma-separated dtypes among "
+                        f"{', '.join(sorted(DTYPES))}, got {args.dtypes!r}")
+    parts = parse_parts(value["cases"])
     options = suite.Options(
-        configs=tuple(suite.config_path(c) for c in configs.split(",") if c),
-        batch_sizes=_integers(batch_sizes, "--batch-sizes"), parts=parts,
-        graph_sizes=_integers(graph_sizes, "--graph-sizes"),
-        matmul_size=_choose(args.matmul_size, QUICK["matmul_size"], 2048, quick),
-        max_repeats=_choose(args.max_repeats, QUICK["max_repeats"], 5, quick),
-        budget_s=_choose(args.budget_s, QUICK["budget_s"], 60.0, quick),
-        sampling_steps=args.sampling_steps,
-        whole_sampling_max_size=args.whole_sampling_max_size,
-        case_timeout_s=args.case_timeout_s)
+        configs=tuple(suite.config_path(c) for c in value["configs"].split(",") if c),
+        batch_sizes=_integers(value["batch_sizes"], "--batch-sizes"), parts=parts,
+        graph_sizes=_integers(value["graph_sizes"], "--graph-sizes"),
+        matmul_size=value["matmul_size"], max_repeats=value["max_repeats"],
+        budget_s=value["budget_s"], sampling_steps=args.sampling_steps,
+        whole_sampling_max_size=value["whole_sampling_max_size"],
+        case_timeout_s=value["case_timeout_s"], dtypes=dtypes,
+        fast_compile=bool(getattr(args, "fast_compile", False)))
     if options.max_repeats < 2 or options.budget_s <= 0 or options.matmul_size < 1:
         raise UserError("--max-repeats must be at least 2, --budget-s and --matmul-size "
                         "positive")
@@ -109,12 +141,16 @@ def options_from_args(args):
     if not 1 <= options.sampling_steps < full:
         raise UserError(f"--sampling-steps: expected 1..{full - 1} (fewer than the full "
                         f"{full}), got {options.sampling_steps}")
-    command = (f"difffccf benchmark --configs {configs} --batch-sizes {batch_sizes} "
-               f"--cases {','.join(parts)} --graph-sizes {graph_sizes} "
+    command = (f"difffccf benchmark --configs {value['configs']} "
+               f"--batch-sizes {value['batch_sizes']} --cases {','.join(parts)} "
+               f"--graph-sizes {value['graph_sizes']} "
                f"--matmul-size {options.matmul_size} --max-repeats {options.max_repeats} "
                f"--budget-s {options.budget_s:g} "
                f"--sampling-steps {options.sampling_steps} "
                f"--whole-sampling-max-size {options.whole_sampling_max_size} "
+               + (f"--dtypes {','.join(dtypes)} " if "throughput" in parts else "")
+               + ("--fast-compile " if options.fast_compile and "throughput" in parts else "")
+               + f"--case-timeout-s {options.case_timeout_s:g} "
                f"--out {args.out}" + (" --update" if args.update else ""))
     return options, command
 
