@@ -97,7 +97,18 @@ def get_config(arg=None):
         # 'scaled' (2 L / lambda_max - I, lambda_max the grid's exact largest eigenvalue) or
         # 'unnormalized' (L = D - A, the reference)
         laplacian="scaled",
-        max_displacement=4.0,  # pixels, the deformation head's tanh bound
+        # pixels of the registration pass's input (loss.registration_size), the tanh bound of the
+        # deformation head's control points
+        max_displacement=4.0,
+        # The deformation head's field: G x G control points (the least-squares projection of
+        # its per-pixel output, bilinear between them; affine fields exactly), or 0 for a field
+        # per pixel (docs/method.md section 7).
+        deformation_grid=5,
+        # The deformation head's own encoder (unet.RegistrationBranch: stride-2 convolutions of
+        # these widths on the registration pass's input); () for a head on the fusion decoder,
+        # which learnt no per-pair field beside the noise and quality terms (docs/method.md
+        # section 7).
+        deformation_features=(16, 32, 32, 32),
         # Slope of m1's logit offset mask_prior * (x_t^A - x_t^B) (unet.luma_mask_prior): an
         # untrained network starts as a soft maximum rule instead of learning the selection from
         # scratch. 0 is the published m1 (docs/method.md, deviations).
@@ -127,17 +138,28 @@ def get_config(arg=None):
         stage_conditions=True,
         mi_bins=32,
         mi_sigma=0.5,  # Parzen kernel width in bins
-        correlation="ratio",  # 'ratio' (correlation ratio) or 'ncc' (local NCC)
+        # The second similarity term: 'ratio' (correlation ratio), 'ncc' (local NCC) or 'mind'
+        # (MIND descriptors): MI and the correlation ratio prefer B enlarged by 1-2 % on
+        # generated pairs, MIND does not (docs/method.md section 7).
+        correlation="mind",
         ncc_window=9,
         # Gaussian blur (pixels) of A and B before MI and correlation: without it the smoothing
         # of bilinear interpolation rewards sub-pixel shifts of a noisy B whatever the alignment.
         similarity_blur=1.0,
+        # The registration terms score the field of a pass of the network on the clean pair at
+        # t = 0 ([A, B_Y, A, B_Y]), the field the sampler warps B with, shrunk to
+        # registration_size pixels a side (0: the pair's size); the sampler reads both.
+        registration_pass=True,
+        registration_size=64,
+        # > 0: the diffusion rows train on random windows of this side, while the registration
+        # pass sees the whole pair (on a CPU; data.crop_size crops both).
+        diffusion_crop=0,
         # Reference weights; the adaptive policy (config.weighting) adjusts them. Smoothness
-        # and folding are this project's terms: with smoothness 1, a field optimised directly
-        # for MI + correlation ratio on generated pairs moves B further from A (it deforms B
-        # towards A's look); with 30 it reduces the misalignment (tests/test_losses.py).
+        # and folding are this project's terms. A per-pixel field optimised for MI + correlation
+        # ratio needs smoothness 30 not to deform B towards A's look (tests/test_losses.py); on
+        # the control grid with MIND, 3 realigns best (docs/method.md section 7).
         weights=dict(noise=10.0, mi=1.0, correlation=1.0, fusion=1.0, quality=10.0,
-                     smoothness=30.0, folding=1.0),
+                     smoothness=3.0, folding=1.0),
     ))
 
     config.regions = regions()
@@ -177,6 +199,8 @@ def get_config(arg=None):
         decay_every_epochs=1000,
         grad_clip=0.0,  # 0 disables global-norm clipping
         ema_decay=0.0,  # 0 disables the parameter EMA used for sampling
+        # The deformation head's learning rate, as a multiple of learning_rate (train_step).
+        registration_lr_factor=1.0,
     ))
 
     config.train = ml_collections.ConfigDict(dict(
@@ -194,11 +218,16 @@ def get_config(arg=None):
     config.sampling = ml_collections.ConfigDict(dict(
         steps=2000,  # reverse steps; fewer than diffusion.steps gives a respaced schedule
         add_noise=False,  # the paper preset is deterministic
-        # Warp B by the predicted deformation field before fusing. Off by default: the network
-        # does not yet learn to register (it predicts about one sub-pixel shift for every pair),
-        # and warping by that shift blurs B (demo: MI 4.92 without, 4.62 with). The published
-        # sampler never applies its field either. `difffccf fuse --register` turns it on.
+        # Warp B by the registration pass's field before fusing (docs/method.md section 7).
+        # Off by default, as in the published sampler, which never applies its field: on pairs
+        # that are already aligned, warping only resamples B. `difffccf fuse --register` turns it
+        # on; `difffccf registration` measures it on misaligned pairs (README, Registration).
         register=False,
+        # Registration: Adam steps of instance optimisation of the network's field on the
+        # training loss (registration.refine_field; 0: the network's field as it is), and their
+        # step in pixels.
+        refine_steps=50,
+        refine_learning_rate=0.05,
         batch_size=4,
         seed=0,  # the key of the initial (and, with add_noise, per-step) noise
         # Chroma channels ("task.channel") whose post-step is x <- offset - x inside the region

@@ -25,11 +25,13 @@ def get_config(arg=None):
     config.model.graph_ffn_width = 32
     config.model.time_embed_mult = 4
     config.model.max_displacement = 3.0
+    config.loss.registration_size = 32  # 32 px pairs: as they are
 
     config.diffusion.steps = 50
     config.loss.mi_bins = 16
 
     config.optim.learning_rate = 1e-3
+    config.optim.registration_lr_factor = 3.0  # the deformation head at 3e-3 (docs/method.md 7)
     config.optim.decay_every_epochs = 100
 
     config.train.epochs = 20

@@ -13,6 +13,7 @@ from difffccf_jax.errors import UserError
 
 COMMAND_MODULES = (
     "difffccf_jax.commands.demo",
+    "difffccf_jax.commands.registration",
     "difffccf_jax.commands.sweep",
     "difffccf_jax.commands.show_config",
     "difffccf_jax.commands.model_summary",

@@ -15,7 +15,7 @@ from difffccf_jax.errors import UserError
 # written by `difffccf sweep --launcher slurm` calls.
 COMMANDS = {"demo", "make-data", "train", "fuse", "evaluate", "model-summary", "convert-torch",
             "benchmark", "sweep", "sweep-report", "sweep-run", "show-config", "evaluate-denoising",
-            "export"}
+            "export", "registration"}
 
 
 def test_help_lists_every_documented_subcommand(capsys):

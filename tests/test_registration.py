@@ -1,4 +1,9 @@
-"""Warping and deformation regularisers against exact shifts, SciPy and analytic Jacobians."""
+"""Registration against exact shifts, SciPy, analytic Jacobians and known answers: the warp and
+B's own background as its fill, the regularisers, the field on control points, the registration
+pass shared by training and sampling, the head motion of the generator, MIND, and a loss that
+prefers the true field on generated pairs."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -106,3 +111,401 @@ def test_smoothness_of_linear_field():
     assert float(registration.smoothness(field)[0]) == pytest.approx(a * a + b * b + c * c + d * d,
                                                                      rel=1e-4)
     assert float(registration.smoothness(constant_field(1.0, -2.0))[0]) == 0.0
+
+
+# ---- B's own background as the fill -------------------------------------------------------------
+
+def jet_background_b(size=24, seed=0):
+    """A JET-mapped grey image (as the loader shows CT's MRI or ADNI's PET) in YCrCb [1, S, S, 3]
+    in [-1, 1]: dark blue background (0-3 grey levels of noise), a bright blob that touches the
+    left border."""
+    from difffccf_jax import color
+
+    rows, cols = np.mgrid[0:size, 0:size]
+    grey = 200.0 * np.exp(-((rows - size / 2) ** 2 + cols ** 2) / (2 * (size / 4) ** 2))
+    grey += np.random.default_rng(seed).uniform(0, 3, grey.shape)
+    rgb = color.apply_colormap(np.round(grey)[..., None].astype(np.uint8), "jet")
+    return jnp.asarray(color.to_unit(color.rgb_to_ycrcb(rgb))[None], jnp.float32)
+
+
+def test_background_is_each_images_border_median():
+    """registration.background: the per-channel median of the first and last rows and columns
+    (np.median of exactly those pixels), per image; the blob touching the border does not move
+    it off JET's dark blue."""
+    from difffccf_jax import color
+
+    b = jnp.concatenate([jet_background_b(seed=0), -jnp.ones((1, 24, 24, 3))])
+    fill = np.asarray(registration.background(b))
+    assert fill.shape == (2, 1, 1, 3)
+    for i in range(2):
+        image = np.asarray(b[i])
+        border = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+        np.testing.assert_allclose(fill[i, 0, 0], np.median(border, axis=0), atol=1e-6)
+    np.testing.assert_allclose(fill[1, 0, 0], -1.0)
+    dark_blue = color.to_unit(color.rgb_to_ycrcb(color.apply_colormap(
+        np.zeros((1, 1), np.uint8)[..., None], "jet")))[0, 0]
+    np.testing.assert_allclose(fill[0, 0, 0], dark_blue, atol=0.05)  # JET of 0..3 grey levels
+    assert fill[0, 0, 0, 2] > 0.3  # Cb: blue, far from black's 0.004
+
+
+def test_sampler_warp_fills_with_bs_background_not_black():
+    """sampling.warp_b (the sampler's warp) moves B by 5 px: the columns that come in from
+    outside the image are B's own background, JET's dark blue, not black; the rest is B
+    shifted."""
+    from difffccf_jax.inference import sampling
+
+    b = jet_background_b()
+    shift = jnp.broadcast_to(jnp.array([5.0, 0.0]), (1, 24, 24, 2))
+    warped = np.asarray(sampling.warp_b(b, shift))
+    fill = np.asarray(registration.background(b))[0, 0, 0]
+    np.testing.assert_allclose(warped[0, :, -5:], np.broadcast_to(fill, (24, 5, 3)), atol=1e-6)
+    np.testing.assert_allclose(warped[0, :, :-5], np.asarray(b)[0, :, 5:], atol=1e-6)
+    assert warped[0, :, -5:, 2].min() > 0.3  # Cb of dark blue; black has Cb 0.004
+
+
+def test_training_similarity_fills_with_bs_background():
+    """losses.registration_terms warps every channel with the pair's background: for a pure
+    shift its terms equal those of B warped with that fill by hand, and differ from a black
+    fill."""
+    from difffccf_jax.training import losses
+
+    b = jnp.concatenate([jet_background_b(seed=1)] * 2)
+    a = b[..., :1] * 0.5
+    loss_config = losses.LossConfig(mi_bins=16, similarity_blur=1.0)
+    shift = jnp.broadcast_to(jnp.array([4.0, -3.0]), (2, 24, 24, 2))
+    mi, correlation = losses.registration_terms(a, b, shift, loss_config)
+    fill = registration.background(b)
+    expected = [losses.registration_similarity(a, b[..., c:c + 1], shift, fill[..., c:c + 1],
+                                               loss_config) for c in range(3)]
+    np.testing.assert_allclose(mi, sum(e[0] for e in expected), rtol=1e-6)
+    np.testing.assert_allclose(correlation, sum(e[1] for e in expected), rtol=1e-6)
+    with_black, _ = losses.registration_similarity(a, b[..., :1], shift, -1.0, loss_config)
+    assert abs(float(with_black[0] - expected[0][0][0])) > 1e-3  # the fill matters
+
+
+# ---- the field on a grid of control points ------------------------------------------------------
+
+def test_interpolation_matrix_is_linear_interpolation_between_corner_aligned_points():
+    matrix = registration.interpolation_matrix(9, 3)  # control points on pixels 0, 4, 8
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(matrix[[0, 4, 8]], np.eye(3))
+    np.testing.assert_allclose(matrix[2], [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(matrix[7], [0.0, 0.25, 0.75])
+
+
+@pytest.mark.parametrize("points", [2, 3, 5])
+def test_grid_reproduces_affine_fields_and_projects(points):
+    """An affine field is reproduced exactly by its control points; the least-squares
+    projection is a projection (applying it twice changes nothing)."""
+    field = affine_field([[1.03, -0.05], [0.04, 0.98]], (1.5, -2.0))
+    control = registration.field_to_grid(field, points)
+    np.testing.assert_allclose(registration.grid_to_field(control, H, W), field, atol=1e-4)
+    noise = jnp.asarray(np.random.default_rng(points).normal(size=(1, H, W, 2)), jnp.float32)
+    once = registration.grid_to_field(registration.field_to_grid(noise, points), H, W)
+    twice = registration.grid_to_field(registration.field_to_grid(once, points), H, W)
+    np.testing.assert_allclose(twice, once, atol=1e-4)
+
+
+def test_deformation_head_on_a_grid_is_smooth_and_bounded():
+    """unet.deformation_field: a constant raw output gives the constant max tanh(raw) (the
+    sampler tests' shifting network relies on it); a noisy one gives a bilinear field of G x G
+    control points, bounded by max_displacement and smoother than the per-pixel field."""
+    from difffccf_jax.model import unet
+
+    constant = jnp.full((1, H, W, 2), 0.3)
+    np.testing.assert_allclose(unet.deformation_field(constant, 4.0, 3), 4.0 * np.tanh(0.3),
+                               rtol=1e-5)
+    raw = jnp.asarray(np.random.default_rng(0).normal(0, 30, (1, H, W, 2)), jnp.float32)
+    field = unet.deformation_field(raw, 4.0, 3)
+    assert float(jnp.abs(field).max()) <= 4.0
+    # linear between control points (of 16 columns: at x = 0, 7.5 and 15)
+    np.testing.assert_allclose(field[0, :, 0:6] - 2 * field[0, :, 1:7] + field[0, :, 2:8], 0.0,
+                               atol=1e-4)
+    assert float(registration.smoothness(field)[0]) < float(
+        registration.smoothness(unet.deformation_field(raw, 4.0, 0))[0])
+
+
+def test_resize_field_keeps_the_motion():
+    """A constant shift of (1.5, -0.5) px at 16 x 12 is (3, -1.5) px at 32 x 36; an affine
+    field stays the same motion in the new pixels (away from the border, where bilinear
+    resizing is exact)."""
+    shift = jnp.broadcast_to(jnp.array([1.5, -0.5]), (1, 12, 16, 2))
+    np.testing.assert_allclose(registration.resize_field(shift, 36, 32),
+                               np.broadcast_to([3.0, -1.5], (1, 36, 32, 2)), rtol=1e-6)
+    rows, cols = np.mgrid[0:16, 0:16].astype(np.float64)
+    small = jnp.asarray(np.stack([0.1 * (rows - 7.5), -0.05 * (cols - 7.5)], -1)[None],
+                        jnp.float32)  # u(p) = L (p - centre), pixel centres at 7.5
+    big = np.asarray(registration.resize_field(small, 32, 32))
+    rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
+    expected = np.stack([0.1 * (rows - 15.5), -0.05 * (cols - 15.5)], -1)  # same L, 2x the px
+    np.testing.assert_allclose(big[0, 2:-2, 2:-2], expected[2:-2, 2:-2], atol=1e-4)
+
+
+def test_predict_field_shows_the_network_the_shrunk_clean_pair_at_t0():
+    """registration.predict_field: the network sees [A, B_Y, A, B_Y] shrunk to `size` at t = 0,
+    and its field comes back in the pair's pixels."""
+    from difffccf_jax.model import unet
+
+    a = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+    seen = {}
+
+    def network(x, t):
+        seen.update(x=x, t=t)
+        field = jnp.broadcast_to(jnp.array([0.5, 1.0]), x.shape[:3] + (2,))
+        return unet.UNetOutput(x[..., :1], x[..., :1], x[..., :1], field)
+
+    field = registration.predict_field(network, a, b, 16)
+    assert seen["x"].shape == (2, 16, 16, 4)
+    np.testing.assert_array_equal(seen["t"], 0)
+    shrunk = jax.image.resize(registration.pass_input(a, b), (2, 16, 16, 4), "linear",
+                              antialias=True)
+    np.testing.assert_allclose(seen["x"], shrunk, atol=1e-6)
+    np.testing.assert_allclose(field, np.broadcast_to([1.0, 2.0], (2, 32, 32, 2)), rtol=1e-6)
+    registration.predict_field(network, a, b, 0)  # size 0: the pair as it is
+    np.testing.assert_array_equal(seen["x"], registration.pass_input(a, b))
+    np.testing.assert_array_equal(seen["x"][..., 0], seen["x"][..., 2])
+    np.testing.assert_array_equal(seen["x"][..., 1:2], b[..., :1])
+
+
+# ---- the misalignment a user has: rigid head motion plus an elastic part ------------------------
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_head_motion_has_a_mean_error_of_2_to_4_px_and_no_change_of_scale(size):
+    """misalign.head_motion at 128 and 256 px: the field that realigns B has a mean end-point
+    error in [2, 4] px (20 draws, spread over the range), its linear part is a rotation
+    (orthogonal, det 1: no zoom or shear), and its mean shift varies from pair to pair."""
+    from difffccf_jax.data import misalign
+
+    errors, shifts = [], []
+    x, y = misalign.pixel_grid(size)
+    for i in range(20):
+        motion = misalign.head_motion(np.random.default_rng([7, i]), size)
+        rotation = motion.linear + np.eye(2)
+        np.testing.assert_allclose(rotation @ rotation.T, np.eye(2), atol=1e-12)
+        _, field = misalign.apply_motion(np.zeros((size, size), np.float32), motion)
+        ux, uy = motion(x + field[..., 0], y + field[..., 1])
+        np.testing.assert_allclose(field, -np.stack([ux, uy], -1), atol=1e-3)  # d = -u(p + d)
+        errors.append(np.mean(np.linalg.norm(field, axis=-1)))
+        shifts.append(field.mean(axis=(0, 1)))
+    assert 2.0 - 0.05 <= min(errors) and max(errors) <= 4.0 + 0.05
+    assert max(errors) - min(errors) > 1.0
+    assert np.std(np.array(shifts), axis=0).min() > 0.8  # pixels: translations differ per pair
+
+
+def test_generator_head_motion_setting():
+    """make_pair(motion='head') saves the head motion's field (drawn from the misalignment's
+    own stream); an unknown motion is refused by name."""
+    from difffccf_jax.data import generator, misalign
+    from difffccf_jax.errors import UserError
+
+    pair = generator.make_pair("pet", 128, seed=3, index=2, misalign_b=True, motion="head",
+                               anatomy="phantom")
+    motion = misalign.head_motion(np.random.default_rng([3, 0, 2, 1]), 128)
+    _, expected = misalign.apply_motion(np.zeros((128, 128), np.float32), motion)
+    np.testing.assert_array_equal(pair.displacement, expected)
+    assert 2.0 <= np.mean(np.linalg.norm(pair.displacement, axis=-1)) <= 4.05
+    with pytest.raises(UserError, match="unknown motion 'spin'"):
+        generator.make_pair("pet", 32, 0, 0, misalign_b=True, motion="spin")
+
+
+def test_make_data_head_motion(tmp_path):
+    """make-data --misalign --motion head writes the generator's head-motion pair and field."""
+    import os
+
+    from difffccf_jax import cli
+    from difffccf_jax.data import generator
+
+    out = str(tmp_path / "data")
+    assert cli.main(["make-data", "--task", "pet", "--num", "1", "--size", "48", "--seed", "2",
+                     "--out", out, "--misalign", "--motion", "head", "--anatomy",
+                     "phantom"]) == 0
+    expected = generator.make_pair("pet", 48, seed=2, index=0, misalign_b=True, motion="head",
+                                   anatomy="phantom")
+    field = np.load(os.path.join(out, "HARVARD-PET-MRI", "displacement", "1.npy"))
+    np.testing.assert_array_equal(field, expected.displacement)
+    assert 2.0 <= np.mean(np.linalg.norm(field, axis=-1)) <= 4.05
+
+
+# ---- the similarity: MIND -----------------------------------------------------------------------
+
+def test_mind_sees_structure_not_intensity():
+    """The MIND distance of an image and an affine change of its intensities (another
+    'modality' of the same structure) is ~0; a 2 px shift of the same image is far; the
+    descriptor is in (0, 1] with 1 the closest neighbour."""
+    from difffccf_jax.training import losses
+
+    a = losses.gaussian_blur(jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 40, 40, 1)),
+                                         jnp.float32), 1.5)
+    descriptor = np.asarray(losses.mind_descriptor(a))
+    assert descriptor.shape == (2, 40, 40, 4)
+    assert descriptor.min() > 0 and np.allclose(descriptor.max(axis=-1), 1.0)
+    np.testing.assert_allclose(losses.mind_distance(a, -3.0 * a + 0.5), 0.0, atol=1e-3)
+    shifted = jnp.roll(a, 2, axis=2)
+    assert float(jnp.min(losses.mind_distance(a, shifted))) > 0.3
+
+
+def test_shifted_reads_with_edges_repeated():
+    from difffccf_jax.training import losses
+
+    x = jnp.arange(12.0).reshape(1, 3, 4, 1)
+    np.testing.assert_array_equal(losses.shifted(x, 1, 0)[0, :, :, 0],
+                                  [[1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]])
+    np.testing.assert_array_equal(losses.shifted(x, 0, -1)[0, :, :, 0],
+                                  [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]])
+
+
+# ---- the registration loss prefers the true field at the new misalignment scale ----------------
+
+@pytest.fixture(scope="module")
+def head_motion_pairs():
+    """Six generated pairs per task (pet, spect) of 128 px whose B the head motion moved: A
+    [6, 128, 128, 1], B YCrCb [6, 128, 128, 3] in [-1, 1] and the true fields."""
+    from difffccf_jax import color
+    from difffccf_jax.data import generator
+
+    sets = {}
+    for task in ("pet", "spect"):
+        pairs = [generator.make_pair(task, 128, seed=5, index=i, misalign_b=True, motion="head",
+                                     anatomy=generator.default_anatomy()) for i in range(6)]
+        a = np.stack([color.to_unit(p.a.astype(np.float32)) for p in pairs])[..., None]
+        b = np.stack([color.to_unit(color.rgb_to_ycrcb(p.b.astype(np.float32))) for p in pairs])
+        sets[task] = (jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                      jnp.asarray(np.stack([p.displacement for p in pairs])))
+    return sets
+
+
+@pytest.mark.parametrize("task", ["pet", "spect"])
+def test_registration_loss_prefers_the_true_field(paper_config_path, head_motion_pairs, task):
+    """The configured registration loss (MI + correlation term over B's three channels, B's
+    background as fill, plus the smoothness and folding weights) of the true field that realigns
+    B is lower than that of no warp, on every pair; also lower than the opposite field, and than
+    the true field's translation alone (the rotation and elastic part count)."""
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.inference import sampling
+
+    settings = sampling.refinement_from_config(load_config(paper_config_path))
+    a, b, true = head_motion_pairs[task]
+    loss = jax.jit(lambda field: registration.registration_loss(a, b, field, settings))
+
+    at_true = np.asarray(loss(true))
+    translation = jnp.broadcast_to(true.mean(axis=(1, 2), keepdims=True), true.shape)
+    for name, other in (("zero", 0 * true), ("opposite", -true), ("translation", translation)):
+        assert np.all(at_true < np.asarray(loss(other))), name
+
+
+# ---- training: the registration pass is the sampler's ------------------------------------------
+
+@pytest.mark.slow
+def test_training_registration_pass_scores_the_samplers_field(tiny_config_path):
+    """With loss.registration_pass, training_losses first calls the network once on the clean
+    pairs as the sampler does (`registration.predict_field`: [A, B_Y, A, B_Y] shrunk to
+    registration_size, t = 0, train=False); mi and correlation are those of that field
+    (`registration_terms`), smoothness and folding its regularisers; with diffusion_crop the
+    diffusion rows see windows of that side and the registration pass the whole pair."""
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.model import diffusion, regions, unet
+    from difffccf_jax.training import losses
+
+    config = load_config(tiny_config_path)
+    loss_config = dataclasses.replace(losses.LossConfig.from_config(config.loss),
+                                      registration_pass=True, registration_size=16,
+                                      diffusion_crop=24)
+    rules = jax.tree.map(jnp.asarray, regions.rules_from_config(config.regions, "pet", "train"))
+    schedule = diffusion.make_schedule("cosine", 50)
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
+    b = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+    calls = []
+
+    def network(variables, x, t, train, rngs=None):
+        calls.append((x.shape, t, train))
+        rows, cols = jnp.mgrid[0:x.shape[1], 0:x.shape[2]].astype(jnp.float32)
+        field = variables["params"] * jnp.stack([0.1 * rows - 0.8, 0.05 * cols], -1)
+        field = jnp.broadcast_to(field, x.shape[:3] + (2,))
+        return unet.UNetOutput(x[..., :1], jax.nn.sigmoid(x[..., :1]),
+                               jax.nn.sigmoid(x[..., 1:2]), field + 0.01 * x[..., 1:3])
+
+    terms = losses.training_losses(network, jnp.float32(2.0), a, b, rules,
+                                   jax.random.PRNGKey(0), schedule, loss_config,
+                                   jax.random.PRNGKey(1))
+    (pass_shape, pass_t, pass_train), (main_shape, _, main_train) = calls
+    assert pass_shape == (2, 16, 16, 4) and not pass_train
+    np.testing.assert_array_equal(pass_t, 0)
+    assert main_shape == (6, 24, 24, 4) and main_train
+    field = registration.predict_field(lambda x, t: network({"params": 2.0}, x, t, False),
+                                       a, b, 16)
+    mi, correlation = losses.registration_terms(a, b, field, loss_config)
+    assert terms["mi"] == pytest.approx(float(jnp.mean(mi)), rel=1e-5)
+    assert terms["correlation"] == pytest.approx(float(jnp.mean(correlation)), rel=1e-5)
+    assert terms["smoothness"] == pytest.approx(
+        float(jnp.mean(registration.smoothness(field))), rel=1e-5)
+    assert terms["folding"] == pytest.approx(
+        float(jnp.mean(registration.folding_penalty(field))), rel=1e-5, abs=1e-7)
+    assert terms["smoothness"] > 0
+
+
+def test_published_model_trains_without_a_registration_pass(paper_config_path):
+    """The paper config's registration pass is off in compatibility mode: the published model
+    has no field and its fixed bottleneck takes 256 px pairs only."""
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.training import losses
+
+    loss = load_config(paper_config_path).loss
+    assert losses.LossConfig.from_config(loss).registration_pass
+    assert not losses.LossConfig.from_config(loss, compat=True).registration_pass
+
+
+# ---- the sampler's refinement of the network's field ------------------------------------------
+
+@pytest.mark.slow
+def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_motion_pairs):
+    """registration.refine_field with the paper config's settings (sampling.refine_steps of the
+    training loss on the 5 x 5 control points): from no warp it lowers every pair's loss and
+    brings the mean end-point error of the generated PET pairs below 0.6 x its value; from the
+    true field it stays near it."""
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.inference import sampling
+
+    settings = sampling.refinement_from_config(load_config(paper_config_path))
+    assert settings.steps == 50 and settings.grid == 5 and settings.correlation == "mind"
+    a, b, true = head_motion_pairs["pet"]
+    refine = jax.jit(lambda field: registration.refine_field(a, b, field, settings))
+    loss = jax.jit(lambda field: registration.registration_loss(a, b, field, settings))
+    before = float(jnp.mean(jnp.linalg.norm(true, axis=-1)))
+    from_zero = refine(jnp.zeros_like(true))
+    assert np.all(np.asarray(loss(from_zero)) < np.asarray(loss(jnp.zeros_like(true))))
+    assert float(jnp.mean(jnp.linalg.norm(true - from_zero, axis=-1))) < 0.6 * before
+    from_true = refine(true)
+    assert float(jnp.mean(jnp.linalg.norm(true - from_true, axis=-1))) < 0.35 * before
+
+
+def test_refinement_settings_are_checked(paper_config_path):
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.errors import UserError
+    from difffccf_jax.inference import sampling
+
+    config = load_config(paper_config_path)
+    config.sampling.refine_steps = -1
+    with pytest.raises(UserError, match="sampling.refine_steps"):
+        sampling.refinement_from_config(config)
+
+
+# ---- the check command's acceptance numbers -----------------------------------------------------
+
+def test_registration_summary_known_answers():
+    """registration_check.registration_summary on hand-made rows: the mean errors, their ratio,
+    Pearson r of true and predicted mean shifts (1 for a predicted shift proportional to the
+    true one, -1 for the opposite) and the verdict against the task's threshold."""
+    from difffccf_jax.tools import registration_check
+
+    true = [(2.0, -1.0), (-1.0, 3.0), (0.5, 0.0)]
+    rows = [(f"{i}.png", np.array(t), 0.8 * np.array(t) * [1, -1], before, after)
+            for i, (t, before, after) in enumerate(zip(true, (2.0, 3.0, 4.0), (1.0, 1.0, 1.6)))]
+    summary = registration_check.registration_summary(rows, "pet")
+    assert summary["before_px"] == pytest.approx(3.0) and summary["after_px"] == pytest.approx(1.2)
+    assert summary["ratio"] == pytest.approx(0.4) and summary["meets_ratio"]
+    assert summary["pearson_x"] == pytest.approx(1.0) and summary["pearson_y"] == pytest.approx(-1.0)
+    assert not summary["meets_pearson"]
+    assert not registration_check.registration_summary(rows, "spect")["meets_pearson"]
+    assert registration_check.registration_summary(rows, "ct")["max_ratio"] is None

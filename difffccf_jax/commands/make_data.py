@@ -3,7 +3,7 @@
 import os
 
 from difffccf_jax.commands.common import add_config_argument, config_from_args
-from difffccf_jax.data.generator import ANATOMIES, TASKS
+from difffccf_jax.data.generator import ANATOMIES, MOTIONS, TASKS
 from difffccf_jax.config_cli import shipped_config
 
 PAPER_CONFIG = shipped_config("paper")
@@ -32,6 +32,11 @@ def register(subparsers):
     parser.add_argument("--motion-strength", type=float, default=1.0, metavar="S",
                         help="with --misalign: multiplies every range of the random motion "
                              "(default 1: up to about 3 px at 256 px; at most 6)")
+    parser.add_argument("--motion", choices=tuple(MOTIONS), default="affine",
+                        help="with --misalign: 'affine' (the random affine plus elastic motion "
+                             "of --motion-strength) or 'head' (rigid head motion plus an elastic "
+                             "part, a mean misalignment of 2-4 px at any size; `difffccf "
+                             "registration` trains and tests on it)")
     parser.add_argument("--anatomy", choices=ANATOMIES, default=None,
                         help="brain tasks: slices of the MNI152 template (needs the realistic "
                              "extra) or the synthetic phantom (default: template when installed)")
@@ -55,7 +60,7 @@ def run(args):
     folder = generator.write_task(args.out, layout, args.num, args.size, args.seed,
                                   misalign_b=args.misalign,
                                   motion_strength=args.motion_strength, anatomy=anatomy,
-                                  clean_twins_out=args.clean_twins)
+                                  clean_twins_out=args.clean_twins, motion=args.motion)
     brain = "" if args.task == "gfp" else f" on the {anatomy} anatomy"
     print(f"wrote {args.num} {args.task} pairs of {args.size} x {args.size}{brain}"
           f"{' with misaligned B' if args.misalign else ''} to {folder}")

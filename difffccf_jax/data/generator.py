@@ -43,6 +43,9 @@ TASKS = ("pet", "spect", "ct", "gfp", "adni")
 ANATOMIES = ("template", "phantom")
 SPECT_MAPS = ("rainbow", "hot")  # template SPECT: one drawn per pair
 MIN_SIZE = 16
+# B's misalignment: (rng, size, strength) -> misalign.Motion
+MOTIONS = dict(affine=misalign.random_motion,
+               head=lambda rng, size, strength: misalign.head_motion(rng, size))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +120,11 @@ RENDERERS = dict(pet=_pet, spect=_spect, ct=_ct, gfp=_gfp, adni=_adni)
 BRAINS = dict(template=template, phantom=phantom)
 
 
+def _check_motion(motion):
+    if motion not in MOTIONS:
+        raise UserError(f"unknown motion {motion!r}; expected one of {', '.join(MOTIONS)}")
+
+
 def _check(task, size, seed, anatomy):
     if anatomy not in ANATOMIES:
         raise UserError(f"unknown anatomy {anatomy!r}; expected one of {', '.join(ANATOMIES)}")
@@ -131,12 +139,14 @@ def _check(task, size, seed, anatomy):
 
 
 def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0,
-              anatomy="phantom", noise=True):
+              anatomy="phantom", noise=True, motion="affine"):
     """Generates pair `index` of `task` at size x size for `seed` (a GeneratedPair) on an
-    `anatomy` of ANATOMIES; with `misalign_b`, B moved by a random motion of `motion_strength`
-    (misalign.random_motion); with noise=False, the pair's clean twin (the same pair without
-    scanner noise, the same displacement field)."""
+    `anatomy` of ANATOMIES; with `misalign_b`, B moved by a random `motion` of MOTIONS: 'affine'
+    (misalign.random_motion of `motion_strength`) or 'head' (misalign.head_motion: rigid plus
+    elastic, a mean end-point error of 2-4 px at any size); with noise=False, the pair's clean
+    twin (the same pair without scanner noise, the same displacement field)."""
     _check(task, size, seed, anatomy)
+    _check_motion(motion)
     streams = [seed, TASKS.index(task), index]
     a, signal, show = RENDERERS[task](BRAINS[anatomy], np.random.default_rng(streams + [0]),
                                       size, noise)
@@ -144,8 +154,7 @@ def make_pair(task, size, seed, index, misalign_b=False, motion_strength=1.0,
     b_aligned = color.to_uint8(show(signal) * 255.0)
     if not misalign_b:
         return GeneratedPair(a=a, b=b_aligned, b_aligned=b_aligned, displacement=None)
-    motion = misalign.random_motion(np.random.default_rng(streams + [1]), size,
-                                    motion_strength)
+    motion = MOTIONS[motion](np.random.default_rng(streams + [1]), size, motion_strength)
     moved, displacement = misalign.apply_motion(signal, motion)
     return GeneratedPair(a=a, b=color.to_uint8(show(moved) * 255.0), b_aligned=b_aligned,
                          displacement=displacement)
@@ -185,7 +194,7 @@ def _pair_files(folders, index, pair):
 
 
 def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1.0,
-               anatomy="phantom", clean_twins_out=None):
+               anatomy="phantom", clean_twins_out=None, motion="affine"):
     """Writes pairs 1..num of `layout.task` under `out` in the published layout; returns the
     task folder, which must not hold images yet. With `clean_twins_out`, another data root,
     the clean twin of every pair (make_pair's noise=False: same names, same displacement
@@ -193,6 +202,7 @@ def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1
     (the clean twin first, then the noisy pair; B and the field before A)."""
     _check(layout.task, size, seed, anatomy)
     misalign.check_strength(motion_strength)
+    _check_motion(motion)
     if num < 1:
         raise UserError(f"--num {num}: expected at least one pair")
     if clean_twins_out is not None and (os.path.realpath(clean_twins_out)
@@ -210,7 +220,7 @@ def write_task(out, layout, num, size, seed, misalign_b=False, motion_strength=1
         outputs = []
         for _, folders, noise in targets:
             pair = make_pair(layout.task, size, seed, index, misalign_b, motion_strength,
-                             anatomy, noise=noise)
+                             anatomy, noise=noise, motion=motion)
             outputs += _pair_files(folders, index, pair)
         files.write_files(outputs)
     return os.path.join(out, layout.folder)

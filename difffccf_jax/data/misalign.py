@@ -83,6 +83,51 @@ def random_motion(rng, size, strength=1.0):
                   frequencies=frequencies, phases=rng.uniform(0, 2 * np.pi, num_waves))
 
 
+MEAN_ERROR_PX = (2.0, 4.0)  # `head_motion`: the range of its mean end-point error, pixels
+
+
+def _rigid_elastic(size, angle, translation, amplitudes, frequencies, phases):
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return Motion(linear=rotation - np.eye(2), centre=np.full(2, (size - 1) / 2),
+                  translation=translation, amplitudes=amplitudes, frequencies=frequencies,
+                  phases=phases)
+
+
+def head_motion(rng, size, mean_error=MEAN_ERROR_PX):
+    """The misregistration of two scans of one head, for a size x size image: a rigid motion
+    (the head moved between the scans: a rotation about the image centre and a translation)
+    plus a smooth elastic part (2-3 sinusoidal waves, wavelengths of a quarter to the whole
+    image), with no change of scale (both scanners know their pixel size).
+
+    Its shape is drawn first (rotation up to 3 degrees, translation up to 3 pixels per axis,
+    waves of up to 0.5 pixels per axis, as at 128 px), then every length is scaled so that the
+    mean over the image of |u| is a number drawn uniformly from `mean_error` (pixels; the mean
+    end-point error of B before registration), whatever the size."""
+    low, high = mean_error
+    if not 0 < low <= high:
+        raise UserError(f"mean misregistration {mean_error}: expected 0 < low <= high pixels")
+    angle = np.deg2rad(rng.uniform(-3.0, 3.0)) * 128 / size  # as many pixels at any size
+    translation = rng.uniform(-3.0, 3.0, 2)
+    num_waves = rng.integers(2, 4)
+    wavelength = rng.uniform(0.25, 1.0, num_waves) * size
+    direction = rng.uniform(0, 2 * np.pi, num_waves)
+    frequencies = np.stack([np.cos(direction), np.sin(direction)], axis=1) / wavelength[:, None]
+    amplitudes = rng.uniform(-0.5, 0.5, (num_waves, 2))
+    phases = rng.uniform(0, 2 * np.pi, num_waves)
+    target = rng.uniform(low, high)
+    x, y = pixel_grid(size)
+    # The rotation's displacement is (R(angle) - I) p, linear in the angle to within angle^2 / 2
+    # (0.14 % at 3 degrees): scaling every length scales the mean |u| alike. A second pass
+    # removes the rest.
+    for _ in range(2):
+        motion = _rigid_elastic(size, angle, translation, amplitudes, frequencies, phases)
+        ux, uy = motion(x, y)
+        factor = target / float(np.mean(np.hypot(ux, uy)))
+        angle, translation, amplitudes = (angle * factor, translation * factor,
+                                          amplitudes * factor)
+    return _rigid_elastic(size, angle, translation, amplitudes, frequencies, phases)
+
+
 def pixel_grid(size):
     """(x, y) pixel coordinates [size, size] each, float32."""
     coordinates = np.arange(size, dtype=np.float32)

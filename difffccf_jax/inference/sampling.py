@@ -26,9 +26,11 @@ Choices where docs/method.md section 6 leaves room:
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
   task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
-  t = 0) warps all three channels of B before the fusion runs (bilinear, outside the image the
-  YCrCb of black). Regions, conditions and the post-step use the warped B. The deformation state
-  the reference carries through its loop never reaches the output and is left out.
+  t = 0, the registration pass training scores), optionally refined by a few steps of
+  optimisation of the same loss, warps all three channels of B before the fusion runs
+  (bilinear, outside the image B's own background: the median of its border pixels). Regions,
+  conditions and the post-step use the warped B. The deformation state the reference carries
+  through its loop never reaches the output and is left out.
 - Each pair draws its noise from fold_in(key, pair id), so a pair's result does not depend on
   the batch it is fused in.
 """
@@ -160,9 +162,10 @@ def final_rows(output, x, m1, rows):
 
 
 def warp_b(b, deformation):
-    """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2], black outside
-    the image, clipped to [-1, 1] against rounding."""
-    return jnp.clip(registration.warp(b, deformation, color.black_ycrcb_unit()), -1.0, 1.0)
+    """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2], each pair's own
+    background outside the image (the per-channel median of its border pixels,
+    `registration.background`, as in training), clipped to [-1, 1] against rounding."""
+    return jnp.clip(registration.warp(b, deformation, registration.background(b)), -1.0, 1.0)
 
 
 def initial_noise(pair_keys, height, width):
@@ -203,7 +206,8 @@ class FusionInputs(NamedTuple):
 
 def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, register=True,
                  reflect_offset=0.8, statistics=regions.WHOLE_FRAME, output=OUTPUT_TRAJECTORY,
-                 known_sources=False, mesh=None):
+                 known_sources=False, registration_size=0,
+                 refinement=registration.Refinement(), mesh=None):
     """The whole fusion of a batch of pairs as one jitted function
 
         sample(params, schedule, a, b, key, pair_ids) -> SampleOutput
@@ -212,9 +216,12 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     steps (the reverse loop runs over all of them); key a PRNG key; pair_ids [B] int32 (each pair's
     noise comes from fold_in(key, pair id)). It compiles once per input shape and N.
 
-    The network is evaluated by one lax.scan, so it is compiled once: with `register`, evaluation
-    -1 is the registration pass (the clean pairs (A, B_c) at t = 0; the Y rows' deformation warps
-    B), evaluations 0..N-1 are the reverse steps.
+    With `register`, the registration pass comes first (`registration.predict_field`, as in
+    training: the network on the clean pairs [A, B_Y, A, B_Y] at t = 0, shrunk to
+    `registration_size` pixels a side), refined by `refinement.steps` steps of instance
+    optimisation (`registration.refine_field`; none by default), and the field warps B; then
+    one lax.scan runs the N reverse steps, so the network is compiled once for them (and once
+    for the registration pass).
 
     model: a `unet.UNet`; task_rules: the task's sampling `regions.TaskRules` (their regions,
     signs and gains); reflect: (Cr, Cb) booleans, the PET Cr post-step (offset - x inside R)
@@ -245,43 +252,36 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
             return jax.lax.with_sharding_constraint(
                 initial_state(schedule, rows["cond_a"], rows["cond_b"], start_noise), split)
 
-        def body(carry, evaluation):
-            inputs, state, m1, m2 = carry
-            rows, registering = inputs.rows, evaluation < 0
-            step = jnp.maximum(evaluation, 0)
+        def body(carry, step):
+            state, m1, m2 = carry
             index = num_steps - 1 - step
-            network_input = jnp.where(
-                registering,
-                jnp.concatenate([rows["a3"], rows["b3"]] * 2, axis=-1),
-                jnp.concatenate([*composition.stage_conditions(composition.reverse_stage(step, num_steps),
-                                                          rows["cond_a"], rows["cond_b"]),
-                                 state.x_a, state.x_b],
-                                axis=-1))
-            t = jnp.where(registering, 0, schedule.timesteps[index])
+            conditions = composition.stage_conditions(composition.reverse_stage(step, num_steps),
+                                                      rows["cond_a"], rows["cond_b"])
+            network_input = jnp.concatenate([*conditions, state.x_a, state.x_b], axis=-1)
             out = model.apply({"params": params}, network_input,
-                              jnp.full((3 * num_pairs,), t, jnp.int32), train=False)
+                              jnp.full((3 * num_pairs,), schedule.timesteps[index], jnp.int32),
+                              train=False)
+            noise = step_noise(noise_keys, step, height, width) if add_noise else None
+            sources = (rows["cond_a"], rows["cond_b"]) if known_sources else None
+            new = reverse_step(schedule, state, out.noise, out.m1, out.m2, index,
+                               rows["chroma"], rows["sign_gain"], noise, sources)
+            x = region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
+                                 reflect_rows, reflect_offset, statistics)
+            return (new._replace(x=x), out.m1, out.m2), None
 
-            def registered(_):
-                deformation = out.deformation[:num_pairs]  # the Y rows: (A, B_Y)
-                registered_inputs = fusion_inputs(a, warp_b(b, deformation), deformation)
-                return registered_inputs, start(registered_inputs.rows), m1, m2
-
-            def reverse(_):
-                noise = step_noise(noise_keys, step, height, width) if add_noise else None
-                sources = (rows["cond_a"], rows["cond_b"]) if known_sources else None
-                new = reverse_step(schedule, state, out.noise, out.m1, out.m2, index,
-                                   rows["chroma"], rows["sign_gain"], noise, sources)
-                x = region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
-                                     reflect_rows, reflect_offset, statistics)
-                return inputs, new._replace(x=x), out.m1, out.m2
-
-            return jax.lax.cond(registering, registered, reverse, None), None
-
-        inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
+        if register:
+            deformation = registration.predict_field(
+                lambda x, t: model.apply({"params": params}, x, t, train=False), a, b,
+                registration_size)
+            if refinement.steps:
+                deformation = registration.refine_field(a, b, deformation, refinement)
+            inputs = fusion_inputs(a, warp_b(b, deformation), deformation)
+        else:
+            inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
+        rows = inputs.rows
         masks = jnp.zeros_like(start_noise)
-        evaluations = jnp.arange(-1 if register else 0, num_steps)
-        (inputs, state, m1, m2), _ = jax.lax.scan(
-            body, (inputs, start(inputs.rows), masks, masks), evaluations)
+        (state, m1, m2), _ = jax.lax.scan(body, (start(rows), masks, masks),
+                                          jnp.arange(num_steps))
         fused = jnp.clip(channels_to_last(final_rows(output, state.x, m1, inputs.rows)),
                          -1.0, 1.0)
         return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
@@ -308,6 +308,25 @@ def output_from_config(sampling):
     return output
 
 
+def refinement_from_config(config):
+    """registration.Refinement of config.sampling.refine_steps / refine_learning_rate (0 steps
+    in configs saved before them), on model.deformation_grid control points (5 for a per-pixel
+    head), with config.loss's similarity and reference weights."""
+    loss, sampling = config.loss, config.sampling
+    steps = int(sampling.get("refine_steps", 0))
+    learning_rate = float(sampling.get("refine_learning_rate", 0.05))
+    if steps < 0 or learning_rate <= 0:
+        raise UserError(f"sampling.refine_steps / refine_learning_rate: expected >= 0 steps and "
+                        f"a positive rate, got {steps} / {learning_rate}")
+    return registration.Refinement(
+        steps=steps, learning_rate=learning_rate,
+        grid=int(config.model.get("deformation_grid", 0)) or 5, mi_bins=int(loss.mi_bins),
+        mi_sigma=float(loss.mi_sigma), correlation=str(loss.correlation),
+        ncc_window=int(loss.ncc_window), similarity_blur=float(loss.similarity_blur),
+        weights=tuple(float(loss.weights[name])
+                      for name in ("mi", "correlation", "smoothness", "folding")))
+
+
 def sampler_from_config(config, task, mesh=None, model=None):
     """(sample, schedule) fusing `task` pairs with the model, region, diffusion and sampling
     settings of `config` (the SAMPLING region rules, signs and gains of config.regions, and
@@ -322,7 +341,9 @@ def sampler_from_config(config, task, mesh=None, model=None):
         reflect_offset=float(config.sampling.reflect_offset),
         statistics=regions.statistics_from_config(config),
         output=output_from_config(config.sampling),
-        known_sources=bool(config.sampling.get("known_sources", False)), mesh=mesh)
+        known_sources=bool(config.sampling.get("known_sources", False)),
+        registration_size=int(config.loss.get("registration_size", 0)),
+        refinement=refinement_from_config(config), mesh=mesh)
     schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
                                  config.sampling.steps)
     return sample, schedule

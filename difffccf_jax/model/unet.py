@@ -9,13 +9,14 @@ bottleneck and two decoders with their own skip attention: the noise decoder (no
 the fusion decoder (mask heads m1, m2 and the deformation head).
 """
 
+import math
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from difffccf_jax.model import graph
+from difffccf_jax.model import graph, registration
 from difffccf_jax.errors import UserError
 from difffccf_jax.model.layers import (BlockSettings, OutputHead, ResBlock, SkipAttention, TimeEmbedding,
                                  conv3x3, downsample, timestep_embedding, upsample)
@@ -117,6 +118,9 @@ class UNet(nn.Module):
     Any H, W work (the decoder crops to the skips' sizes and the outputs to H x W); sizes
     divisible by 2^(levels-1) need no cropping. compat reproduces the published model: scrambled
     bottleneck tokens, a 32 x 32 x 512 bottleneck only, deformation = [m1, m2] (no own head).
+    deformation_grid: the deformation head's field on G x G control points (`deformation_field`),
+    0 for one per pixel; deformation_features: the channels of the deformation head's own
+    encoder (`RegistrationBranch`), or () for a head on the fusion decoder's features.
     """
     in_channels: int = 4
     model_channels: int = 64
@@ -132,6 +136,8 @@ class UNet(nn.Module):
     cheb_order: int = 3
     laplacian: str = "scaled"
     max_displacement: float = 4.0
+    deformation_grid: int = 0
+    deformation_features: Sequence[int] = ()
     mask_prior: float = 0.0
     compat: bool = False
     dtype: Any = jnp.float32
@@ -168,10 +174,50 @@ class UNet(nn.Module):
             deformation = jnp.concatenate([m1, m2], axis=-1)
         else:
             # Zero-initialised: training starts from the identity transform.
-            raw = OutputHead(2, settings, nn.initializers.zeros, name="deformation_head")(
-                fusion_features)
-            deformation = self.max_displacement * jnp.tanh(raw)
+            if self.deformation_features:
+                raw = RegistrationBranch(self.deformation_features, settings,
+                                         name="deformation_head")(x)
+            else:
+                raw = OutputHead(2, settings, nn.initializers.zeros, name="deformation_head")(
+                    fusion_features)
+            deformation = deformation_field(raw, self.max_displacement, self.deformation_grid)
         return UNetOutput(noise, m1, m2, deformation)
+
+
+class RegistrationBranch(nn.Module):
+    """The deformation head with its own encoder: the network input's two conditions (in the
+    registration pass A and B_Y) through stride-2 3 x 3 convolutions with `features` channels
+    (GroupNorm, SiLU), a zero-initialised 3 x 3 convolution to 2 channels ('conv'), resized
+    bilinearly to the input's size: the raw field [B, H, W, 2] of `deformation_field`.
+
+    Its parameters get gradient from the registration terms only, so Adam's per-parameter
+    normalisation gives them full steps however large the noise and quality terms are; a head on
+    the shared decoder learnt nothing beside them (docs/method.md section 7)."""
+    features: Sequence[int]
+    settings: BlockSettings
+
+    @nn.compact
+    def __call__(self, x):
+        dtype = self.settings.dtype
+        h = x[..., :2].astype(dtype)
+        for level, features in enumerate(self.features):
+            h = downsample(features, dtype, f"down{level}")(h)
+            h = nn.silu(nn.GroupNorm(num_groups=math.gcd(self.settings.norm_groups, features),
+                                     epsilon=self.settings.norm_eps, use_fast_variance=False,
+                                     dtype=dtype, name=f"norm{level}")(h))
+        raw = conv3x3(2, dtype, "conv", nn.initializers.zeros)(h).astype(jnp.float32)
+        return jax.image.resize(raw, x.shape[:3] + (2,), "linear")
+
+
+def deformation_field(raw, max_displacement, grid):
+    """The field [B, H, W, 2] (pixels) of the deformation head's raw output [B, H, W, 2]:
+    max_displacement * tanh(raw) per pixel (grid 0), or with a grid of G x G control points the
+    least-squares projection of raw onto them, bounded by max_displacement * tanh and
+    interpolated bilinearly back to every pixel (`registration.field_to_grid`)."""
+    if not grid:
+        return max_displacement * jnp.tanh(raw)
+    control = max_displacement * jnp.tanh(registration.field_to_grid(raw, grid))
+    return registration.grid_to_field(control, *raw.shape[1:3])
 
 
 def luma_mask_prior(x, slope):
@@ -212,6 +258,9 @@ def model_from_config(model_config):
     _check(0.0 <= c.dropout < 1.0, "dropout", "a rate in [0, 1)", c.dropout)
     mask_prior = float(c.get("mask_prior", 0.0))  # configs saved before it existed: published
     _check(mask_prior >= 0.0, "mask_prior", "a slope >= 0", mask_prior)
+    deformation_grid = int(c.get("deformation_grid", 0))  # configs saved before it: per pixel
+    _check(deformation_grid == 0 or deformation_grid >= 2, "deformation_grid",
+           "0 (a field per pixel) or at least 2 control points a side", deformation_grid)
     return UNet(
         in_channels=c.in_channels, model_channels=c.model_channels,
         channel_mult=tuple(c.channel_mult), num_res_blocks=c.num_res_blocks, dropout=c.dropout,
@@ -220,7 +269,9 @@ def model_from_config(model_config):
         attention_reduction=c.attention_reduction, graph_heads=c.graph_heads,
         graph_ffn_width=c.graph_ffn_width, cheb_order=c.cheb_order,
         laplacian="unnormalized" if c.compat else c.laplacian,
-        max_displacement=c.max_displacement, mask_prior=0.0 if c.compat else mask_prior,
+        max_displacement=c.max_displacement, deformation_grid=deformation_grid,
+        deformation_features=tuple(c.get("deformation_features", ())),
+        mask_prior=0.0 if c.compat else mask_prior,
         compat=c.compat, dtype=DTYPES[c.dtype])
 
 

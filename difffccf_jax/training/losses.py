@@ -1,5 +1,6 @@
-"""Training losses (docs/method.md section 5): similarity measures, the fusion quality loss and the
-per-batch loss terms of the three colour channels.
+"""Training losses (docs/method.md section 5): the fusion quality loss and the per-batch loss
+terms of the three colour channels. The similarity measures of the registration terms live in
+`registration` (the sampler's refinement uses them too) and are re-exported here.
 
 Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns
 scalars. Every function is differentiable with respect to its image arguments.
@@ -13,24 +14,33 @@ LossConfig.region_statistics (config.regions_statistics) is 'in_region'
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax import color
 from difffccf_jax.model import composition, diffusion, registration, regions
 from difffccf_jax.errors import UserError
 
-VALUE_RANGE = (-1.0, 1.0)  # the intensity range of network inputs
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-NCC_EPS = 1e-6
-LOG_EPS = 1e-10
 TERMS = ("noise", "fusion", "quality", "mi", "correlation", "smoothness", "folding")
-CORRELATIONS = ("ratio", "ncc")
+CORRELATIONS = registration.CORRELATIONS
+
+# The similarity of A and the warped B (docs/method.md section 7), defined with the warp.
+soft_bin_weights = registration.soft_bin_weights
+soft_joint_histogram = registration.soft_joint_histogram
+mutual_information = registration.mutual_information
+correlation_ratio = registration.correlation_ratio
+local_ncc = registration.local_ncc
+gaussian_blur = registration.gaussian_blur
+shifted = registration.shifted
+mind_descriptor = registration.mind_descriptor
+mind_distance = registration.mind_distance
+similarity_loss = registration.similarity_loss
+registration_similarity = registration.registration_similarity
+registration_terms = registration.registration_terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +52,18 @@ class LossConfig:
     stage_conditions: train each row with the conditions the sampler gives its noise level
     (`stage_conditions`) instead of always (A, B);
     mi_bins / mi_sigma: Parzen bins and kernel width in bins (also used by the correlation ratio);
-    correlation: 'ratio' (correlation ratio) or 'ncc' (local NCC over ncc_window pixels);
+    correlation: 'ratio' (correlation ratio), 'ncc' (local NCC over ncc_window pixels) or 'mind'
+    (the distance of MIND descriptors, `registration.mind_distance`);
     similarity_blur: standard deviation (pixels) of the Gaussian blur of A and B before the
     similarity terms, 0 for none; region_statistics: how the clean fused chroma is
     re-standardised, regions.WHOLE_FRAME (published) or regions.IN_REGION (`regions.restandardise`;
-    from config.regions_statistics, which the sampler reads too)."""
+    from config.regions_statistics, which the sampler reads too); registration_pass: the
+    registration terms score the field of a pass of the network on the clean pair at t = 0
+    (input [A, B_Y, A, B_Y]), the field the sampler warps B with, instead of every row's field
+    at its random t and conditions; registration_size: that pass sees the pair shrunk to this
+    many pixels a side (0: as it is; `registration.predict_field`; the sampler reads the same
+    config field); diffusion_crop: > 0, the diffusion rows (noise, fusion, quality) see a random
+    window of this side of each pair, while the registration pass sees the whole pair."""
     loss_scale: float = 128.0
     quality_weights: tuple = (30.0, 40.0, 40.0)
     luma_quality_weights: tuple = (30.0, 40.0, 40.0)
@@ -57,14 +74,18 @@ class LossConfig:
     ncc_window: int = 9
     similarity_blur: float = 0.0
     region_statistics: str = regions.WHOLE_FRAME
+    registration_pass: bool = False
+    registration_size: int = 0
+    diffusion_crop: int = 0
 
     @classmethod
-    def from_config(cls, loss, region_statistics=regions.WHOLE_FRAME):
+    def from_config(cls, loss, region_statistics=regions.WHOLE_FRAME, compat=False):
         """From config.loss and the checked config.regions_statistics
         (`regions.statistics_from_config`); unknown or invalid values raise UserError naming the
-        field."""
+        field. compat (model.compat): no registration pass, since the published model has no
+        field (its "deformation" is [m1, m2]) and takes 256 px pairs only."""
         if loss.correlation not in CORRELATIONS:
-            raise UserError(f"loss.correlation: expected 'ratio' or 'ncc', "
+            raise UserError(f"loss.correlation: expected 'ratio', 'ncc' or 'mind', "
                             f"got {loss.correlation!r}")
         for field in ("quality_weights", "luma_quality_weights"):
             if len(loss[field]) != 3 or min(loss[field]) < 0:
@@ -75,6 +96,12 @@ class LossConfig:
                             f"width, got {loss.mi_bins} / {loss.mi_sigma}")
         if int(loss.ncc_window) < 1:
             raise UserError(f"loss.ncc_window: expected a positive size, got {loss.ncc_window}")
+        if int(loss.get("registration_size", 0)) < 0:
+            raise UserError(f"loss.registration_size: expected 0 (the pair's own size) or a "
+                            f"side in pixels, got {loss.registration_size}")
+        if int(loss.get("diffusion_crop", 0)) < 0:
+            raise UserError(f"loss.diffusion_crop: expected 0 (whole pairs) or a side in pixels, "
+                            f"got {loss.diffusion_crop}")
         if float(loss.similarity_blur) < 0:
             raise UserError(f"loss.similarity_blur: expected a width >= 0 pixels, got "
                             f"{loss.similarity_blur}")
@@ -88,104 +115,21 @@ class LossConfig:
                    mi_bins=int(loss.mi_bins), mi_sigma=float(loss.mi_sigma),
                    correlation=str(loss.correlation), ncc_window=int(loss.ncc_window),
                    similarity_blur=float(loss.similarity_blur),
-                   region_statistics=str(region_statistics))
-
-
-# ---- similarity between A and (warped) B --------------------------------------------------------
-
-def soft_bin_weights(x, bins, sigma, value_range=VALUE_RANGE):
-    """Parzen (Gaussian) assignment of each pixel of x [B, H, W, 1] to `bins` evenly spaced
-    centres spanning value_range (both ends included); sigma in bin widths. [B, H*W, bins],
-    each row sums to 1."""
-    low, high = value_range
-    centres = jnp.linspace(low, high, bins)
-    width = (high - low) / (bins - 1)
-    values = jnp.clip(x.reshape(x.shape[0], -1, 1), low, high)
-    logits = -0.5 * ((values - centres) / (sigma * width)) ** 2
-    return jax.nn.softmax(logits, axis=-1)
-
-
-def soft_joint_histogram(a, b, bins, sigma):
-    """Joint probability table of the soft-binned intensities of a and b [B, H, W, 1],
-    [B, bins, bins]."""
-    weights_a = soft_bin_weights(a, bins, sigma)
-    weights_b = soft_bin_weights(b, bins, sigma)
-    return jnp.einsum("bnk,bnl->bkl", weights_a, weights_b) / weights_a.shape[1]
-
-
-def mutual_information(a, b, bins=32, sigma=0.5):
-    """Differentiable mutual information (nats) of a and b [B, H, W, 1] from a Parzen joint
-    histogram, [B]. MI(x, x) is at most the entropy of x's soft histogram and reaches it as
-    sigma -> 0 for values on the bin centres."""
-    joint = soft_joint_histogram(a, b, bins, sigma)
-    p_a = jnp.sum(joint, axis=2, keepdims=True)
-    p_b = jnp.sum(joint, axis=1, keepdims=True)
-    return jnp.sum(joint * jnp.log((joint + LOG_EPS) / (p_a * p_b + LOG_EPS)), axis=(1, 2))
-
-
-def correlation_ratio(a, b, bins=32, sigma=0.5):
-    """Correlation ratio eta^2(b | a) in [0, 1], [B]: the share of b's variance explained by
-    a's (soft-binned) intensity classes; 1 when b is a function of a, about 0 when independent."""
-    weights = soft_bin_weights(a, bins, sigma)  # [B, N, K]
-    values = b.reshape(b.shape[0], -1)
-    mean = jnp.mean(values, axis=1, keepdims=True)
-    counts = jnp.sum(weights, axis=1)  # [B, K]
-    class_means = jnp.einsum("bnk,bn->bk", weights, values) / jnp.maximum(counts, LOG_EPS)
-    between = jnp.sum(counts * (class_means - mean) ** 2, axis=1)
-    total = jnp.sum((values - mean) ** 2, axis=1)
-    return between / (total + LOG_EPS)
-
-
-def _filter_valid(maps, kernel):
-    """Each channel of maps [B, H, W, C] correlated with the 2-D kernel [k, k], no padding."""
-    channels = maps.shape[-1]
-    weights = jnp.tile(kernel[:, :, None, None].astype(maps.dtype), (1, 1, 1, channels))
-    return jax.lax.conv_general_dilated(maps, weights, (1, 1), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=channels)
-
-
-def _window_moments(a, b, kernel):
-    """Windowed means, variances and covariance of single-channel a and b [B, H, W, 1]."""
-    means = _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), kernel)
-    mu_a, mu_b, aa, bb, ab = jnp.split(means, 5, axis=-1)
-    return mu_a, mu_b, aa - mu_a ** 2, bb - mu_b ** 2, ab - mu_a * mu_b
-
-
-def gaussian_blur(x, sigma):
-    """x [B, H, W, C] blurred by a Gaussian of standard deviation `sigma` pixels (truncated at
-    3 sigma, edge pixels repeated outside the image); x itself for sigma 0."""
-    if sigma == 0:
-        return x
-    radius = max(1, int(3 * sigma + 0.5))
-    padded = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="edge")
-    return _filter_valid(padded, gaussian_kernel(2 * radius + 1, sigma))
-
-
-def local_ncc(a, b, window=9):
-    """Mean over windows of the squared local correlation of a and b [B, H, W, 1]: in [0, 1],
-    1 when b is locally an affine function of a, [B]."""
-    box = jnp.full((window, window), 1.0 / window ** 2)
-    _, _, var_a, var_b, cov = _window_moments(a, b, box)
-    return jnp.mean(cov ** 2 / (var_a * var_b + NCC_EPS), axis=(1, 2, 3))
+                   region_statistics=str(region_statistics),
+                   registration_pass=bool(loss.get("registration_pass", False)) and not compat,
+                   registration_size=int(loss.get("registration_size", 0)),
+                   diffusion_crop=int(loss.get("diffusion_crop", 0)))
 
 
 # ---- fusion quality -----------------------------------------------------------------------------
-
-def gaussian_kernel(size=SSIM_WINDOW, sigma=SSIM_SIGMA):
-    """Normalised 2-D Gaussian window [size, size]."""
-    offsets = np.arange(size) - (size - 1) / 2
-    profile = np.exp(-offsets ** 2 / (2 * sigma ** 2))
-    profile /= profile.sum()
-    return jnp.asarray(np.outer(profile, profile), jnp.float32)
-
 
 def ssim(x, y, data_range=2.0):
     """Structural similarity of x and y [B, H, W, 1] (Gaussian window 11, sigma 1.5,
     K1 = 0.01, K2 = 0.03, valid windows only), [B]. data_range 2 suits images in [-1, 1]."""
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    mu_x, mu_y, var_x, var_y, cov = _window_moments(x, y, gaussian_kernel())
+    mu_x, mu_y, var_x, var_y, cov = registration.window_moments(
+        x, y, registration.gaussian_kernel(SSIM_WINDOW, SSIM_SIGMA))
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
                 / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
     return jnp.mean(ssim_map, axis=(1, 2, 3))
@@ -197,8 +141,8 @@ SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 def sobel_magnitude(x):
     """|Sobel_x| + |Sobel_y| of x [B, H, W, 1] with zero padding, [B, H, W, 1]."""
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    gx = _filter_valid(padded, jnp.asarray(SOBEL_X))
-    gy = _filter_valid(padded, jnp.asarray(SOBEL_X.T))
+    gx = registration.filter_valid(padded, jnp.asarray(SOBEL_X))
+    gy = registration.filter_valid(padded, jnp.asarray(SOBEL_X.T))
     return jnp.abs(gx) + jnp.abs(gy)
 
 
@@ -267,32 +211,33 @@ def quality_weights_per_row(loss_config, chroma):
                  in zip(loss_config.quality_weights, loss_config.luma_quality_weights))
 
 
-def similarity_loss(a, warped_b, loss_config):
-    """(MI term, correlation term) per image, [B] each: -MI and 1 - correlation (ratio or NCC)."""
-    mi = mutual_information(a, warped_b, loss_config.mi_bins, loss_config.mi_sigma)
-    if loss_config.correlation == "ratio":
-        correlation = correlation_ratio(a, warped_b, loss_config.mi_bins, loss_config.mi_sigma)
-    else:
-        correlation = local_ncc(a, warped_b, loss_config.ncc_window)
-    return -mi, 1.0 - correlation
+def random_windows(key, side, *images):
+    """The same random side x side window of every image [B, H, W, C] in `images`, drawn per
+    pair from `key` (images no larger than side are returned whole)."""
+    height, width = images[0].shape[1:3]
+    if side >= height and side >= width:
+        return images
+    side_y, side_x = min(side, height), min(side, width)
+    corners = jax.random.randint(key, (images[0].shape[0], 2), 0,
+                                 jnp.array([height - side_y + 1, width - side_x + 1]))
 
+    def window(image, corner):
+        return jax.lax.dynamic_slice(image, (corner[0], corner[1], 0),
+                                     (side_y, side_x, image.shape[-1]))
 
-def registration_similarity(a, b, deformation, background, loss_config):
-    """(MI term, correlation term) per image [B] of A against B warped by `deformation`, both
-    blurred by loss_config.similarity_blur first (so that the smoothing of bilinear
-    interpolation adds little); `background` (broadcastable to b) comes in from outside."""
-    blur = functools.partial(gaussian_blur, sigma=loss_config.similarity_blur)
-    warped_b = registration.warp(blur(b), deformation, background)
-    return similarity_loss(blur(a), warped_b, loss_config)
+    return tuple(jax.vmap(window)(image, corners) for image in images)
 
 
 def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_config,
                     dropout_key=None):
     """The named loss terms of one batch, a dict of float32 scalars (keys TERMS).
 
-    apply_fn: the model's apply (flax `model.apply`), called once as
+    apply_fn: the model's apply (flax `model.apply`), called as
       apply_fn({'params': params}, x [3B, H, W, 4], t [3B] int32, train=..., rngs=...)
-      and returning UNetOutput(noise, m1, m2, deformation);
+      and returning UNetOutput(noise, m1, m2, deformation); with
+      loss_config.registration_pass first once more, deterministically (train=False), on the
+      registration pass's input (`registration.predict_field`: [A, B_Y, A, B_Y] at t = 0,
+      shrunk to loss_config.registration_size);
     a [B, H, W, 1], b [B, H, W, 3] (YCrCb), both in [-1, 1];
     task_rules: regions.TaskRules of the batch's task (numbers or arrays, so it may be traced);
     key: PRNG key for each channel's step t ~ U{0..S-1} and noise eps (shared by both sources);
@@ -302,9 +247,20 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
 
     Reductions, as published: noise and fusion are sums over images, the other terms means over
     the batch; every term is summed over the three channels. mi (-MI) and correlation
-    (1 - correlation) compare A with B_c warped by the predicted deformation; smoothness and
-    folding regularise that deformation."""
+    (1 - correlation, or the MIND distance) compare A with B_c warped by the predicted
+    deformation with B's own background as fill; smoothness and folding regularise that
+    deformation. With loss_config.registration_pass the deformation is the registration pass's,
+    one per pair, which warps all three channels of B (as in the sampler); otherwise each
+    channel row's own, at the row's t and conditions."""
     batch = a.shape[0]
+    if loss_config.registration_pass:  # first: a recording stand-in keeps the main call's input
+        field = registration.predict_field(
+            lambda x, t: apply_fn({"params": params}, x, t, train=False), a, b,
+            loss_config.registration_size)
+        mi, correlation = registration_terms(a, b, field, loss_config)
+    if loss_config.diffusion_crop:
+        key, crop_key = jax.random.split(key)
+        a, b = random_windows(crop_key, loss_config.diffusion_crop, a, b)
     problems = composition.channel_batch(a, b, task_rules)
     cond_a, cond_b, region, chroma = (problems[name] for name in
                                       ("cond_a", "cond_b", "region", "chroma"))
@@ -335,17 +291,19 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
                            jnp.where(image_chroma, masked_a, problems["a3"]),
                            jnp.where(image_chroma, masked_a, problems["b3"]),
                            quality_weights_per_row(loss_config, chroma))
-    black = jnp.repeat(jnp.asarray(color.black_ycrcb_unit()), batch)  # each row's background
-    mi, correlation = registration_similarity(problems["a3"], problems["b3"], out.deformation,
-                                              composition.per_image(black), loss_config)
+    if not loss_config.registration_pass:
+        field = out.deformation  # [3B, ...]: each channel row warps its own B_c
+        mi, correlation = registration_similarity(
+            problems["a3"], problems["b3"], field,
+            jnp.concatenate(jnp.split(registration.background(b), 3, axis=-1)), loss_config)
     return dict(
         noise=jnp.sum(noise_loss(noise, out.noise, loss_config.loss_scale)),
         fusion=jnp.sum(fusion_loss(fused_t, x_a, x_b, out.m2, region, chroma)),
         quality=jnp.sum(quality) / batch,
         mi=jnp.sum(mi) / batch,
         correlation=jnp.sum(correlation) / batch,
-        smoothness=jnp.sum(registration.smoothness(out.deformation)) / batch,
-        folding=jnp.sum(registration.folding_penalty(out.deformation)) / batch,
+        smoothness=jnp.sum(registration.smoothness(field)) / batch,
+        folding=jnp.sum(registration.folding_penalty(field)) / batch,
     )
 
 

@@ -127,13 +127,23 @@ def ema_update(ema_params, params, decay):
 
 # ---- the step ------------------------------------------------------------------------------------
 
+def scale_deformation_head(updates, factor):
+    """The optimiser's updates with those of the deformation head times `factor` (its own
+    learning rate; config.optim.registration_lr_factor)."""
+    if factor == 1.0 or "deformation_head" not in updates:
+        return updates
+    return dict(updates, deformation_head=jax.tree.map(lambda u: factor * u,
+                                                       updates["deformation_head"]))
+
+
 def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss_config, tx,
-               policy_settings, ema_decay):
+               policy_settings, ema_decay, registration_lr_factor=1.0):
     """One optimisation step; returns (new state, dict of scalar metrics).
 
     batch: dict a [B, H, W, 1] and b [B, H, W, 3] (YCrCb) in [-1, 1]; task_rules: TaskRules of
-    the batch's task (arrays); learning_rate: [] float32. A step whose loss is not finite leaves
-    the state unchanged (its metrics show which term failed).
+    the batch's task (arrays); learning_rate: [] float32, times registration_lr_factor for the
+    deformation head. A step whose loss is not finite leaves the state unchanged (its metrics
+    show which term failed).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     policy_key, loss_key, dropout_key = jax.random.split(rng, 3)
@@ -150,6 +160,7 @@ def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss
 
     (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = scale_deformation_head(updates, registration_lr_factor)
     params = jax.tree.map(lambda p, u: p - learning_rate * u, state.params, updates)
     ema_params = state.ema_params
     if ema_params is not None:
@@ -263,8 +274,10 @@ def setup_run(config, mesh):
         model=model, tx=tx, policy_settings=policy_settings,
         schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps),
         loss_config=losses.LossConfig.from_config(config.loss,
-                                                  regions.statistics_from_config(config)),
-        ema_decay=float(config.optim.ema_decay))
+                                                  regions.statistics_from_config(config),
+                                                  compat=bool(config.model.compat)),
+        ema_decay=float(config.optim.ema_decay),
+        registration_lr_factor=float(config.optim.get("registration_lr_factor", 1.0)))
     rules = {task: rules_as_arrays(regions.rules_from_config(config.regions, task, "train"))
              for task in batches}
     create = functools.partial(create_train_state, model, tx, policy_settings,
