@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from difffccf_jax import color
-from difffccf_jax.model import composition, diffusion, regions, unet
+from difffccf_jax.model import composition, diffusion, regions, registration, unet
 from difffccf_jax.training import losses
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
@@ -39,12 +39,12 @@ def test_mi_of_image_with_itself_is_its_entropy():
     """Values on bin centres with a narrow kernel: MI(x, x) = the histogram entropy. A wider
     kernel blurs the joint table, so MI stays below the soft entropy and grows as it narrows."""
     x, index = bin_centre_image(0, 16)
-    mi = losses.mutual_information(x, x, bins=16, sigma=0.15)
+    mi = registration.mutual_information(x, x, bins=16, sigma=0.15)
     for i in range(2):
         assert float(mi[i]) == pytest.approx(hard_entropy(index[i], 16), abs=1e-4)
-    wide = [float(losses.mutual_information(x, x, 16, s)[0]) for s in (0.8, 0.5, 0.3)]
+    wide = [float(registration.mutual_information(x, x, 16, s)[0]) for s in (0.8, 0.5, 0.3)]
     assert wide[0] < wide[1] < wide[2] < float(mi[0])
-    p = np.asarray(jnp.mean(losses.soft_bin_weights(x, 16, 0.5), axis=1))[0]
+    p = np.asarray(jnp.mean(registration.soft_bin_weights(x, 16, 0.5), axis=1))[0]
     assert wide[1] <= -np.sum(p * np.log(p)) + 1e-5
 
 
@@ -63,13 +63,13 @@ def test_mi_matches_float64_parzen_oracle():
     joint = weights(a).T @ weights(b) / a.size
     outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
     expected = np.sum(joint * np.log(joint / outer))
-    assert float(losses.mutual_information(a, b, bins, sigma)[0]) == pytest.approx(expected,
+    assert float(registration.mutual_information(a, b, bins, sigma)[0]) == pytest.approx(expected,
                                                                                    rel=1e-4)
 
 
 def test_mi_of_independent_noise_is_near_zero_and_gradient_flows():
     a, b = uniform(3, (1, 128, 128, 1)), uniform(4, (1, 128, 128, 1))
-    mi_and_grad = jax.jit(jax.value_and_grad(lambda x, y: losses.mutual_information(x, y)[0],
+    mi_and_grad = jax.jit(jax.value_and_grad(lambda x, y: registration.mutual_information(x, y)[0],
                                              argnums=1))
     independent, grad = mi_and_grad(a, b)
     assert abs(float(independent)) < 0.01
@@ -84,22 +84,22 @@ def test_correlation_ratio_known_answers():
     classes), about 0 for independent b, and in between for b = f(a) + noise."""
     a, index = bin_centre_image(5, 8, (1, 48, 48, 1))
     b = jnp.cos(3 * a)
-    assert float(losses.correlation_ratio(a, b, 8, 0.15)[0]) == pytest.approx(1.0, abs=1e-4)
+    assert float(registration.correlation_ratio(a, b, 8, 0.15)[0]) == pytest.approx(1.0, abs=1e-4)
     noise = uniform(6, a.shape)
     noisy = b + 0.5 * noise
     values, classes = np.asarray(noisy, np.float64).ravel(), index.ravel()
     between = sum(np.sum(classes == k) * (values[classes == k].mean() - values.mean()) ** 2
                   for k in np.unique(classes))
     expected = between / np.sum((values - values.mean()) ** 2)
-    assert float(losses.correlation_ratio(a, noisy, 8, 0.15)[0]) == pytest.approx(expected,
+    assert float(registration.correlation_ratio(a, noisy, 8, 0.15)[0]) == pytest.approx(expected,
                                                                                   rel=1e-3)
-    assert float(losses.correlation_ratio(uniform(7, a.shape), noise, 8, 0.5)[0]) < 0.01
+    assert float(registration.correlation_ratio(uniform(7, a.shape), noise, 8, 0.5)[0]) < 0.01
 
 
 def test_local_ncc_known_answers():
     a = uniform(8, (2, 32, 32, 1))
-    np.testing.assert_allclose(losses.local_ncc(a, -2 * a + 0.3, 9), 1.0, atol=1e-3)
-    assert float(jnp.max(losses.local_ncc(a, uniform(9, a.shape), 9))) < 0.05
+    np.testing.assert_allclose(registration.local_ncc(a, -2 * a + 0.3, 9), 1.0, atol=1e-3)
+    assert float(jnp.max(registration.local_ncc(a, uniform(9, a.shape), 9))) < 0.05
 
 
 # ---- SSIM, Sobel, quality loss ------------------------------------------------------------------
@@ -524,11 +524,11 @@ def test_training_losses_with_a_perfect_denoiser(perfect_denoiser_losses):
 def test_gaussian_blur_matches_scipy():
     x = np.random.default_rng(4).uniform(-1, 1, (2, 12, 10, 3)).astype(np.float32)
     for sigma in (0.7, 1.0, 2.0):
-        got = np.asarray(losses.gaussian_blur(jnp.asarray(x), sigma))
+        got = np.asarray(registration.gaussian_blur(jnp.asarray(x), sigma))
         expected = ndimage.gaussian_filter(x.astype(np.float64), (0, sigma, sigma, 0),
                                            mode="nearest", truncate=3.0)
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_array_equal(losses.gaussian_blur(jnp.asarray(x), 0.0), x)
+    np.testing.assert_array_equal(registration.gaussian_blur(jnp.asarray(x), 0.0), x)
 
 
 @pytest.fixture(scope="module")
@@ -559,7 +559,7 @@ def test_registration_terms_prefer_the_true_realignment(paper_config_path, misal
     a, b_y, field = misaligned_pairs
     black_y = float(color.black_ycrcb_unit()[0])
     fields = dict(given=0 * field, true=field, opposite=-field, half_pixel=0 * field + 0.5)
-    scores = {name: np.asarray(sum(losses.registration_similarity(a, b_y, value, black_y,
+    scores = {name: np.asarray(sum(registration.registration_similarity(a, b_y, value, black_y,
                                                                   loss_config)))
               for name, value in fields.items()}
     for other in ("given", "opposite", "half_pixel"):
@@ -585,7 +585,7 @@ def test_a_field_optimised_for_the_configured_registration_loss_realigns_b(
 
     def final_error(smoothness_weight):
         def objective(field):
-            mi, correlation = losses.registration_similarity(a, b_y, field, black_y,
+            mi, correlation = registration.registration_similarity(a, b_y, field, black_y,
                                                              loss_config)
             return jnp.mean(config.loss.weights.mi * mi
                             + config.loss.weights.correlation * correlation
@@ -734,7 +734,7 @@ def test_loss_config_from_config_checks_fields(paper_config_path):
         losses.LossConfig.from_config(config.loss, "per_batch")
     config.loss.correlation = "ncc"
     a = uniform(20, (1, 16, 16, 1))
-    _, correlation = losses.similarity_loss(a, 3 * a, losses.LossConfig.from_config(config.loss))
+    _, correlation = registration.similarity_loss(a, 3 * a, losses.LossConfig.from_config(config.loss))
     assert float(correlation[0]) == pytest.approx(0.0, abs=1e-3)
     config.loss.correlation = "mse"
     with pytest.raises(UserError, match="loss.correlation"):

@@ -164,7 +164,7 @@ def test_sampler_warp_fills_with_bs_background_not_black():
 
 
 def test_training_similarity_fills_with_bs_background():
-    """losses.registration_terms warps every channel with the pair's background: for a pure
+    """registration.registration_terms warps every channel with the pair's background: for a pure
     shift its terms equal those of B warped with that fill by hand, and differ from a black
     fill."""
     from difffccf_jax.training import losses
@@ -173,13 +173,13 @@ def test_training_similarity_fills_with_bs_background():
     a = b[..., :1] * 0.5
     loss_config = losses.LossConfig(mi_bins=16, similarity_blur=1.0)
     shift = jnp.broadcast_to(jnp.array([4.0, -3.0]), (2, 24, 24, 2))
-    mi, correlation = losses.registration_terms(a, b, shift, loss_config)
+    mi, correlation = registration.registration_terms(a, b, shift, loss_config)
     fill = registration.background(b)
-    expected = [losses.registration_similarity(a, b[..., c:c + 1], shift, fill[..., c:c + 1],
+    expected = [registration.registration_similarity(a, b[..., c:c + 1], shift, fill[..., c:c + 1],
                                                loss_config) for c in range(3)]
     np.testing.assert_allclose(mi, sum(e[0] for e in expected), rtol=1e-6)
     np.testing.assert_allclose(correlation, sum(e[1] for e in expected), rtol=1e-6)
-    with_black, _ = losses.registration_similarity(a, b[..., :1], shift, -1.0, loss_config)
+    with_black, _ = registration.registration_similarity(a, b[..., :1], shift, -1.0, loss_config)
     assert abs(float(with_black[0] - expected[0][0][0])) > 1e-3  # the fill matters
 
 
@@ -335,23 +335,23 @@ def test_mind_sees_structure_not_intensity():
     descriptor is in (0, 1] with 1 the closest neighbour."""
     from difffccf_jax.training import losses
 
-    a = losses.gaussian_blur(jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 40, 40, 1)),
+    a = registration.gaussian_blur(jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 40, 40, 1)),
                                          jnp.float32), 1.5)
-    descriptor = np.asarray(losses.mind_descriptor(a))
+    descriptor = np.asarray(registration.mind_descriptor(a))
     assert descriptor.shape == (2, 40, 40, 4)
     assert descriptor.min() > 0 and np.allclose(descriptor.max(axis=-1), 1.0)
-    np.testing.assert_allclose(losses.mind_distance(a, -3.0 * a + 0.5), 0.0, atol=1e-3)
+    np.testing.assert_allclose(registration.mind_distance(a, -3.0 * a + 0.5), 0.0, atol=1e-3)
     shifted = jnp.roll(a, 2, axis=2)
-    assert float(jnp.min(losses.mind_distance(a, shifted))) > 0.3
+    assert float(jnp.min(registration.mind_distance(a, shifted))) > 0.3
 
 
 def test_shifted_reads_with_edges_repeated():
     from difffccf_jax.training import losses
 
     x = jnp.arange(12.0).reshape(1, 3, 4, 1)
-    np.testing.assert_array_equal(losses.shifted(x, 1, 0)[0, :, :, 0],
+    np.testing.assert_array_equal(registration.shifted(x, 1, 0)[0, :, :, 0],
                                   [[1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]])
-    np.testing.assert_array_equal(losses.shifted(x, 0, -1)[0, :, :, 0],
+    np.testing.assert_array_equal(registration.shifted(x, 0, -1)[0, :, :, 0],
                                   [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]])
 
 
@@ -435,7 +435,7 @@ def test_training_registration_pass_scores_the_samplers_field(tiny_config_path):
     assert main_shape == (6, 24, 24, 4) and main_train
     field = registration.predict_field(lambda x, t: network({"params": 2.0}, x, t, False),
                                        a, b, 16)
-    mi, correlation = losses.registration_terms(a, b, field, loss_config)
+    mi, correlation = registration.registration_terms(a, b, field, loss_config)
     assert terms["mi"] == pytest.approx(float(jnp.mean(mi)), rel=1e-5)
     assert terms["correlation"] == pytest.approx(float(jnp.mean(correlation)), rel=1e-5)
     assert terms["smoothness"] == pytest.approx(
@@ -509,3 +509,21 @@ def test_registration_summary_known_answers():
     assert not summary["meets_pearson"]
     assert not registration_check.registration_summary(rows, "spect")["meets_pearson"]
     assert registration_check.registration_summary(rows, "ct")["max_ratio"] is None
+
+
+def test_check_config_trains_whole_pairs_with_cropped_diffusion_rows():
+    """`difffccf registration`'s config: the demo's for the task and budget, whole pairs to the
+    step (the registration pass needs them), the diffusion rows on windows, the budget checked
+    every few steps, refinement at sampling."""
+    from difffccf_jax.tools import registration_check
+
+    config = registration_check.check_config("spect", 128, 3.0, "/data", diffusion_crop=32,
+                                             registration_size=32, sampling_steps=7,
+                                             refine_steps=9)
+    assert (config.data.task, config.data.tasks, config.data.root) == ("spect", ("spect",),
+                                                                        "/data")
+    assert config.data.image_size == 128 and config.data.crop_size == 0
+    assert config.loss.diffusion_crop == 32 and config.loss.registration_size == 32
+    assert config.train.steps_per_epoch == registration_check.BUDGET_CHECK_STEPS
+    assert config.train.max_minutes == 3.0
+    assert config.sampling.steps == 7 and config.sampling.refine_steps == 9

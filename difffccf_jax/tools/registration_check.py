@@ -35,27 +35,19 @@ BUDGET_CHECK_STEPS = 8  # training steps between two checks of the time budget
 
 def check_config(task, image_size, minutes, data_root, diffusion_crop,
                  registration_size, sampling_steps, refine_steps):
-    """The tiny config set up for the check: whole pairs reach the step (data.crop_size 0), the
-    registration pass sees them shrunk to registration_size, the diffusion rows a random
-    diffusion_crop window; a time budget of `minutes`; refine_steps of refinement at sampling."""
-    from difffccf_jax.config_cli import load_config_file
+    """The demo's config (`demo.demo_config`) set up for the check: whole pairs reach the step
+    (data.crop_size 0), the registration pass sees them shrunk to registration_size, the
+    diffusion rows a random diffusion_crop window; refine_steps of refinement at sampling."""
+    from difffccf_jax.tools import demo
 
-    config = load_config_file(TINY_CONFIG)
-    config.data.root = data_root
-    config.data.task = task
-    config.data.tasks = (task,)
-    config.data.multi_task = False
-    config.data.image_size = image_size
-    config.data.crop_size = 0
+    config = demo.demo_config(task, image_size, minutes, data_root, train_pairs=1,
+                              sampling_steps=sampling_steps)
     config.loss.diffusion_crop = diffusion_crop
     config.loss.registration_size = registration_size
     # The time budget ends training, checked after every epoch: short epochs end it on time.
     config.train.steps_per_epoch = BUDGET_CHECK_STEPS
     config.train.epochs = 10000
-    config.train.max_minutes = float(minutes)
-    config.train.fast_compile = True
     config.train.checkpoint_every_epochs = 10000
-    config.sampling.steps = sampling_steps
     config.sampling.refine_steps = refine_steps
     return config
 

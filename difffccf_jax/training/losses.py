@@ -1,6 +1,6 @@
 """Training losses (docs/method.md section 5): the fusion quality loss and the per-batch loss
 terms of the three colour channels. The similarity measures of the registration terms live in
-`registration` (the sampler's refinement uses them too) and are re-exported here.
+`registration` (the sampler's refinement uses them too).
 
 Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns
 scalars. Every function is differentiable with respect to its image arguments.
@@ -26,21 +26,7 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 TERMS = ("noise", "fusion", "quality", "mi", "correlation", "smoothness", "folding")
-CORRELATIONS = registration.CORRELATIONS
 
-# The similarity of A and the warped B (docs/method.md section 7), defined with the warp.
-soft_bin_weights = registration.soft_bin_weights
-soft_joint_histogram = registration.soft_joint_histogram
-mutual_information = registration.mutual_information
-correlation_ratio = registration.correlation_ratio
-local_ncc = registration.local_ncc
-gaussian_blur = registration.gaussian_blur
-shifted = registration.shifted
-mind_descriptor = registration.mind_descriptor
-mind_distance = registration.mind_distance
-similarity_loss = registration.similarity_loss
-registration_similarity = registration.registration_similarity
-registration_terms = registration.registration_terms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +70,7 @@ class LossConfig:
         (`regions.statistics_from_config`); unknown or invalid values raise UserError naming the
         field. compat (model.compat): no registration pass, since the published model has no
         field (its "deformation" is [m1, m2]) and takes 256 px pairs only."""
-        if loss.correlation not in CORRELATIONS:
+        if loss.correlation not in registration.CORRELATIONS:
             raise UserError(f"loss.correlation: expected 'ratio', 'ncc' or 'mind', "
                             f"got {loss.correlation!r}")
         for field in ("quality_weights", "luma_quality_weights"):
@@ -257,7 +243,7 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
         field = registration.predict_field(
             lambda x, t: apply_fn({"params": params}, x, t, train=False), a, b,
             loss_config.registration_size)
-        mi, correlation = registration_terms(a, b, field, loss_config)
+        mi, correlation = registration.registration_terms(a, b, field, loss_config)
     if loss_config.diffusion_crop:
         key, crop_key = jax.random.split(key)
         a, b = random_windows(crop_key, loss_config.diffusion_crop, a, b)
@@ -293,7 +279,7 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
                            quality_weights_per_row(loss_config, chroma))
     if not loss_config.registration_pass:
         field = out.deformation  # [3B, ...]: each channel row warps its own B_c
-        mi, correlation = registration_similarity(
+        mi, correlation = registration.registration_similarity(
             problems["a3"], problems["b3"], field,
             jnp.concatenate(jnp.split(registration.background(b), 3, axis=-1)), loss_config)
     return dict(
