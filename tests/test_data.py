@@ -448,3 +448,24 @@ def test_pipeline_bad_sizes(pet_source, mesh):
         pipeline.BatchIterator(pet_source, 12, mesh, seed=0)
     with pytest.raises(UserError, match="multiple of the number of devices"):
         pipeline.BatchIterator(pet_source, 6, mesh, seed=0)
+
+
+def test_input_notes_name_the_pairs_converted_on_reading(tmp_path):
+    """One line for 16-bit images (A or B) and one for grey B images where colour is expected,
+    each naming its pairs; none for 8-bit colour pairs, and no grey-B line for a JET task."""
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[..., 0] = 200
+    names = ["1.png", "2.png", "3.png", "4.png"]
+    layout = make_layout(tmp_path, names, names, b_value=colour)
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(tmp_path / "SET" / "A" / "2.png")
+    write_png(str(tmp_path / "SET" / "B" / "3.png"), np.full((8, 8), 90))
+    write_png(str(tmp_path / "SET" / "B" / "4.png"), np.full((8, 8, 3), 60))  # grey as RGB
+    pairs = layouts.list_pairs(str(tmp_path), layout)
+    assert layouts.input_notes(pairs, layout) == (
+        "note: 1 pair (2.png) with 16-bit images, scaled to 8 bits (levels / 257)",
+        "note: 2 pairs (3.png, 4.png) with a grey B where task 'pet' expects colour: B gives no "
+        "colour to the fused image")
+    assert layouts.input_notes(pairs[:1], layout) == ()
+    jet_layout = layouts.Layout(task="ct", folder="SET", a="A", b="B", b_is_color=False,
+                                jet=True)
+    assert layouts.input_notes(pairs[2:], jet_layout) == ()

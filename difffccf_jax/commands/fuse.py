@@ -72,3 +72,5 @@ def run(args):
 
     fused = fusion.fuse_folder(**{name: getattr(args, name) for name in FUSE_ARGUMENTS})
     print(fused.summary())
+    for note in fused.notes:
+        print(note)

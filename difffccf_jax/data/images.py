@@ -38,6 +38,13 @@ def _to_array(image, path):
     return np.asarray(image.convert("RGB"))  # RGB, RGBA, P, CMYK, YCbCr, ...
 
 
+def is_16_bit(path):
+    """True for a 16-bit (or 32-bit integer) image file, which `read_image` scales to 8 bits
+    (levels / 257); reads the header only."""
+    with Image.open(path) as image:
+        return image.mode.startswith("I;16") or image.mode == "I"
+
+
 def read_image(path):
     """uint8 [H, W] for grey files, [H, W, 3] RGB otherwise; UserError names a bad file."""
     try:

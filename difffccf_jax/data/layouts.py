@@ -182,6 +182,29 @@ def _colour_source(image, path, layout):
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def input_notes(pairs, layout):
+    """One line per kind of input a user may not expect to be converted, naming the pairs:
+    16-bit images scaled to 8 bits, and grey B images where the task expects colour (their
+    fusion has no colour from B). Empty when there are none."""
+    def listed(names):
+        return f"{len(names)} pair{'s' if len(names) > 1 else ''} ({_listed(set(names))})"
+
+    deep = [pair.name for pair in pairs if images.is_16_bit(pair.a) or images.is_16_bit(pair.b)]
+    grey = [] if layout.jet else [pair.name for pair in pairs
+                                   if _is_grey(images.read_image(pair.b))]
+    notes = []
+    if deep:
+        notes.append(f"note: {listed(deep)} with 16-bit images, scaled to 8 bits (levels / 257)")
+    if grey:
+        notes.append(f"note: {listed(grey)} with a grey B where task {layout.task!r} expects "
+                     "colour: B gives no colour to the fused image")
+    return tuple(notes)
+
+
+def _is_grey(image):
+    return image.ndim == 2 or images.channels_equal(image)
+
+
 def read_pair_uint8(pair, layout, image_size=None):
     """(a uint8 [H, W, 1] grey, b uint8 [H, W, 3] RGB) of one pair: at A's own size (image_size
     None; a B of another size is resized to it), or both resized to image_size (S for S x S, or

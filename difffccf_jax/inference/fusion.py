@@ -65,6 +65,7 @@ class FusedFolder:
     registered: bool
     stochastic: bool
     tiled: tuple = ()  # names of the pairs whose network ran in tiles
+    notes: tuple = ()  # lines on inputs that were converted (`layouts.input_notes`)
 
     def summary(self):
         """One line for the command line."""
@@ -300,6 +301,7 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
             os.makedirs(os.path.dirname(path), exist_ok=True)
         files.write_files(pair_files(planned[index], fused))
     return FusedFolder(out=out, task=task, names=tuple(names), outputs=tuple(planned),
+                       notes=layouts.input_notes(pairs, layout),
                        steps=int(schedule.betas.shape[0]),
                        registered=bool(sampling.registers(config)),
                        stochastic=bool(settings.add_noise),
