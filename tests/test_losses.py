@@ -104,10 +104,19 @@ def test_local_ncc_known_answers():
 
 # ---- SSIM, Sobel, quality loss ------------------------------------------------------------------
 
+def ssim_window():
+    """The 11 x 11 Gaussian window of SSIM (sigma 1.5), float64, built directly in 2-D."""
+    offsets = np.arange(11) - 5.0
+    window = np.exp(-(offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2 * 1.5 ** 2))
+    return window / window.sum()
+
+
+SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
 def ssim_oracle(x, y, data_range=2.0):
     """Float64 SSIM by explicit weighted sums over every 11 x 11 window (no padding)."""
-    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
-    w = np.outer(g, g) / np.outer(g, g).sum()
+    w = ssim_window()
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     h, wd = x.shape
     values = []
@@ -136,6 +145,93 @@ def quality_oracle(f, s1, s2, weights):
             + w_grad * np.mean(np.abs(sobel_oracle(f) - np.maximum(sobel_oracle(s1),
                                                                      sobel_oracle(s2))))
             + w_intensity * np.mean(np.abs(f - np.maximum(s1, s2))))
+
+
+def dense_ssim(x, y, data_range=2.0):
+    """JAX SSIM [B] with the 2-D window applied directly (`registration.window_moments`)."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y, var_x, var_y, cov = registration.window_moments(x, y, jnp.asarray(ssim_window()))
+    return jnp.mean((2 * mu_x * mu_y + c1) * (2 * cov + c2)
+                    / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)), axis=(1, 2, 3))
+
+
+def dense_sobel(x):
+    """JAX |Sobel_x| + |Sobel_y| with the 3 x 3 kernels applied directly, zero padding."""
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return (jnp.abs(registration.filter_valid(padded, jnp.asarray(SOBEL_X)))
+            + jnp.abs(registration.filter_valid(padded, jnp.asarray(SOBEL_X.T))))
+
+
+def dense_quality(fused, a, b, weights):
+    """The quality loss [B] with dense 2-D filters, each source filtered on its own: the
+    differentiable oracle of `losses.quality_loss`."""
+    w_ssim, w_grad, w_intensity = weights
+    joint_grad = jnp.maximum(dense_sobel(a), dense_sobel(b))
+    return (w_ssim * (1 - 0.5 * (dense_ssim(fused, a) + dense_ssim(fused, b)))
+            + w_grad * jnp.mean(jnp.abs(dense_sobel(fused) - joint_grad), axis=(1, 2, 3))
+            + w_intensity * jnp.mean(jnp.abs(fused - jnp.maximum(a, b)), axis=(1, 2, 3)))
+
+
+def test_separable_filter_matches_the_dense_2d_filter():
+    maps = uniform(20, (2, 32, 28, 3))
+    taps_y, taps_x = np.array([0.5, -1.0, 2.0, 0.25, 1.5]), np.array([1.0, -3.0, 0.5])
+    got = registration.filter_separable(maps, taps_y, taps_x)
+    assert got.shape == (2, 28, 26, 3)
+    kernel = np.outer(taps_y, taps_x)
+    expected = ndimage.correlate(np.asarray(maps, np.float64), kernel[None, :, :, None])
+    np.testing.assert_allclose(got, expected[:, 2:-2, 1:-1], atol=1e-5)
+    np.testing.assert_allclose(got, registration.filter_valid(maps, jnp.asarray(kernel)),
+                               atol=1e-5)
+
+
+def test_ssim_against_each_reference_matches_the_oracle():
+    x = jnp.tanh(2 * uniform(21, (2, 32, 32, 1)))
+    references = jnp.concatenate([x + 0.3 * uniform(22, x.shape), uniform(23, x.shape), x], -1)
+    got = losses.ssim_against(x, references)
+    assert got.shape == (2, 3)
+    x64, references64 = np.asarray(x, np.float64), np.asarray(references, np.float64)
+    expected = [[ssim_oracle(x64[i, ..., 0], references64[i, ..., r]) for r in range(3)]
+                for i in range(2)]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got[:, 2], 1.0, atol=1e-6)
+    np.testing.assert_allclose(losses.ssim(x, references[..., :1]), got[:, 0], atol=1e-7)
+
+
+def test_sobel_of_a_linear_ramp_is_constant_inside():
+    """Sobel_x of s x + t y is 8 s inside the image (weights 1, 2, 1 times a difference over 2
+    pixels), Sobel_y 8 t; each channel is filtered on its own."""
+    rows, cols = np.mgrid[0:32, 0:32].astype(np.float32) / 32
+    ramps = np.stack([0.5 * cols - 0.25 * rows, -0.75 * cols, 0.3 * rows], axis=-1)[None]
+    got = np.asarray(losses.sobel_magnitude(jnp.asarray(ramps)))
+    inside = got[0, 1:-1, 1:-1]
+    np.testing.assert_allclose(inside, np.broadcast_to(8 / 32 * np.array([0.75, 0.75, 0.3]),
+                                                       inside.shape), atol=1e-5)
+
+
+def test_quality_loss_and_its_gradient_match_the_dense_oracle():
+    """Random rows with per-row weights (as `training_losses` passes them), and Cr/Cb-like rows
+    whose two sources are one image (the ties of max(|grad a|, |grad b|))."""
+    fused, a, b = (jnp.tanh(2 * uniform(seed, (3, 32, 32, 1))) for seed in (24, 25, 26))
+    weights = (jnp.array([30.0, 0.0, 10.0]), jnp.array([40.0, 40.0, 10.0]),
+               jnp.array([40.0, 40.0, 40.0]))
+    got = losses.quality_loss(fused, a, b, weights)
+    np.testing.assert_allclose(got, dense_quality(fused, a, b, weights), rtol=1e-5)
+    f64, a64, b64 = (np.asarray(v, np.float64)[..., 0] for v in (fused, a, b))
+    expected = [quality_oracle(f64[i], a64[i], b64[i], [w[i] for w in weights])
+                for i in range(3)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def gradients(quality):
+        """d/d(F, a, b) with three sources, then d/d(F, s) with a = b = s."""
+        return (jax.grad(lambda f, a, b: jnp.sum(quality(f, a, b, weights)),
+                         argnums=(0, 1, 2))(fused, a, b)
+                + jax.grad(lambda f, s: jnp.sum(quality(f, s, s, weights)),
+                           argnums=(0, 1))(fused, a))
+
+    for got_grad, expected_grad in zip(gradients(losses.quality_loss), gradients(dense_quality)):
+        np.testing.assert_allclose(got_grad, expected_grad,
+                                   atol=1e-5 * float(jnp.max(jnp.abs(expected_grad))))
 
 
 def test_ssim_identity_oracle_and_monotone_in_noise():

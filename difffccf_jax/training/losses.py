@@ -109,37 +109,53 @@ class LossConfig:
 
 # ---- fusion quality -----------------------------------------------------------------------------
 
-def ssim(x, y, data_range=2.0):
-    """Structural similarity of x and y [B, H, W, 1] (Gaussian window 11, sigma 1.5,
-    K1 = 0.01, K2 = 0.03, valid windows only), [B]. data_range 2 suits images in [-1, 1]."""
+def ssim_against(x, references, data_range=2.0):
+    """Structural similarity of x [B, H, W, 1] with each channel of references [B, H, W, R]
+    (Gaussian window 11, sigma 1.5, K1 = 0.01, K2 = 0.03, valid windows only), [B, R].
+    data_range 2 suits images in [-1, 1]. The windowed means of x, the references, their squares
+    and cross products are one filtered stack, so x's own moments are computed once for all."""
+    count = references.shape[-1]
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    mu_x, mu_y, var_x, var_y, cov = registration.window_moments(
-        x, y, registration.gaussian_kernel(SSIM_WINDOW, SSIM_SIGMA))
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
-                / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
-    return jnp.mean(ssim_map, axis=(1, 2, 3))
+    profile = registration.gaussian_profile(SSIM_WINDOW, SSIM_SIGMA)
+    stack = jnp.concatenate([x, references, x * x, references ** 2, x * references], axis=-1)
+    means = registration.filter_separable(stack, profile, profile)
+    mu_x, mu_r, xx, rr, xr = jnp.split(means, np.cumsum([1, count, 1, count]), axis=-1)
+    var_x, var_r, cov = xx - mu_x ** 2, rr - mu_r ** 2, xr - mu_x * mu_r
+    ssim_map = ((2 * mu_x * mu_r + c1) * (2 * cov + c2)
+                / ((mu_x ** 2 + mu_r ** 2 + c1) * (var_x + var_r + c2)))
+    return jnp.mean(ssim_map, axis=(1, 2))
 
 
-SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+def ssim(x, y, data_range=2.0):
+    """Structural similarity of x and y [B, H, W, 1] (`ssim_against`), [B]."""
+    return ssim_against(x, y, data_range)[:, 0]
+
+
+SOBEL_SMOOTH = np.array([1.0, 2.0, 1.0])
+SOBEL_DERIVATIVE = np.array([-1.0, 0.0, 1.0])  # Sobel_x = outer(SOBEL_SMOOTH, SOBEL_DERIVATIVE)
 
 
 def sobel_magnitude(x):
-    """|Sobel_x| + |Sobel_y| of x [B, H, W, 1] with zero padding, [B, H, W, 1]."""
+    """|Sobel_x| + |Sobel_y| of each channel of x [B, H, W, C] with zero padding,
+    [B, H, W, C]; both filters are separable (`registration.filter_separable`)."""
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    gx = registration.filter_valid(padded, jnp.asarray(SOBEL_X))
-    gy = registration.filter_valid(padded, jnp.asarray(SOBEL_X.T))
+    gx = registration.filter_separable(padded, SOBEL_SMOOTH, SOBEL_DERIVATIVE)
+    gy = registration.filter_separable(padded, SOBEL_DERIVATIVE, SOBEL_SMOOTH)
     return jnp.abs(gx) + jnp.abs(gy)
 
 
 def quality_loss(fused, a, b, weights=(30.0, 40.0, 40.0)):
     """Multi-objective fusion loss of fused image F against sources a and b [B, H, W, 1], [B]:
     w1 (1 - (SSIM(F, a) + SSIM(F, b)) / 2) + w2 mean| |grad F| - max(|grad a|, |grad b|) |
-    + w3 mean|F - max(a, b)|, with Sobel gradient magnitudes."""
+    + w3 mean|F - max(a, b)|, with Sobel gradient magnitudes. The SSIM moments and the Sobel
+    filters of F, a and b are each one stacked computation."""
     w_ssim, w_grad, w_intensity = weights
-    ssim_term = 1.0 - 0.5 * (ssim(fused, a) + ssim(fused, b))
-    joint_grad = jnp.maximum(sobel_magnitude(a), sobel_magnitude(b))
-    grad_term = jnp.mean(jnp.abs(sobel_magnitude(fused) - joint_grad), axis=(1, 2, 3))
+    sources = jnp.concatenate([a, b], axis=-1)
+    ssim_term = 1.0 - jnp.mean(ssim_against(fused, sources), axis=-1)
+    grad_fused, grad_a, grad_b = jnp.split(
+        sobel_magnitude(jnp.concatenate([fused, sources], axis=-1)), 3, axis=-1)
+    grad_term = jnp.mean(jnp.abs(grad_fused - jnp.maximum(grad_a, grad_b)), axis=(1, 2, 3))
     intensity_term = jnp.mean(jnp.abs(fused - jnp.maximum(a, b)), axis=(1, 2, 3))
     return w_ssim * ssim_term + w_grad * grad_term + w_intensity * intensity_term
 
