@@ -16,6 +16,10 @@ from difffccf_jax.tools import demo
 from difffccf_jax.evaluation.metrics import PUBLISHED_METRICS as PUBLISHED
 
 SIZE, TEST_PAIRS = 32, 2
+# The tiny model cut to two levels of one residual block: the demo's stages are what is
+# tested, and this model compiles in half the time
+SMALL = (("model.channel_mult", "(1, 2)"), ("model.num_res_blocks", "1"),
+         ("model.deformation_features", "(8, 16)"))
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,7 @@ def demo_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "out")
     report = demo.run_demo(out, task="pet", minutes=0.001, image_size=SIZE, train_pairs=8,
                            test_pairs=TEST_PAIRS, sampling_steps=6, seed=3,
-                           motion_strength=4.0)
+                           motion_strength=4.0, overrides=SMALL)
     return out, report
 
 
@@ -43,9 +47,15 @@ def test_every_artefact_exists_and_is_well_formed(demo_run):
     for ext in ("md", "csv", "json"):
         assert os.path.getsize(os.path.join(out, "evaluation", f"evaluation.{ext}")) > 0
     checkpoint = os.path.join(out, "training", "checkpoints")
-    assert os.path.isfile(os.path.join(checkpoint, "config.json"))
+    with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as file:
+        model = json.load(file)["model"]
+    assert (model["channel_mult"], model["num_res_blocks"]) == ([1, 2], 1)  # the overrides
     assert any(name.isdigit() for name in os.listdir(checkpoint))
     assert report == os.path.join(out, "report.md")
+    with open(report, encoding="utf-8") as file:
+        assert ("The configuration tiny.py (with model.channel_mult=(1, 2), "
+                "model.num_res_blocks=1, model.deformation_features=(8, 16)) trained"
+                in " ".join(file.read().split()))
 
 
 def _grey_levels(path):
@@ -117,7 +127,8 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
     """write_report with chosen numbers: each appears in the report as printed by hand here."""
     figure = tmp_path / "figures" / "pair_1.png"
     info = dict(
-        command="difffccf demo --out X", task="pet", anatomy="template", train_pairs=8,
+        command="difffccf demo --out X", config="tiny.py", task="pet", anatomy="template",
+        train_pairs=8,
         test_pairs=2,
         image_size=32, crop_size=16, train_steps=123, train_minutes=1.5, final_loss=0.03125,
         sampling_steps=6, diffusion_steps=50,
@@ -305,6 +316,7 @@ def test_comparison_sentence_agrees_with_the_table(demo_run):
     assert summary["registration"]["before_px"] == pytest.approx(before)
     assert summary["registration"]["after_px"] == pytest.approx(after)
     assert summary["image_size"] == SIZE and summary["crop_size"] == 32
+    assert summary["config"].startswith("tiny.py (with model.channel_mult=(1, 2), ")
 
 
 def test_compare_counts_ties_at_the_printed_precision():
@@ -336,6 +348,11 @@ def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--image-size", "96",
                      "--crop-size", "48"]) == 0
     assert calls[0]["image_size"] == 96 and calls[0]["crop_size"] == 48
+    assert calls[0]["config_spec"] == demo.TINY_CONFIG and calls[0]["overrides"] == []
+    assert cli.main(["demo", "--out", str(tmp_path), "--config", "configs/paper.py",
+                     "--config.model.num_res_blocks=1", "--config.train.max_minutes=2"]) == 0
+    assert calls[1]["config_spec"] == "configs/paper.py"
+    assert calls[1]["overrides"] == [("model.num_res_blocks", "1"), ("train.max_minutes", "2")]
     monkeypatch.undo()
     with pytest.raises(UserError, match="--crop-size 40: expected 0"):
         demo.run_demo(str(tmp_path / "new"), image_size=32, crop_size=40)
@@ -344,6 +361,11 @@ def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
     root = str(tmp_path / "data")
     config = demo.demo_config("pet", SIZE, 1.0, root, 8, 6, crop_size=16)
     assert config.data.image_size == SIZE and config.data.crop_size == 16
+    # overrides come after the demo's own settings, so they win over them
+    overridden = demo.demo_config("pet", SIZE, 1.0, root, 8, 6, crop_size=16, overrides=(
+        ("train.max_minutes", "2.5"), ("model.num_res_blocks", "1")))
+    assert (overridden.train.max_minutes, overridden.model.num_res_blocks) == (2.5, 1)
+    assert config.train.max_minutes == 1.0
     from difffccf_jax.data import generator
 
     generator.write_task(root, _layout(), 4, SIZE, seed=0)

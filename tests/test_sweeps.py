@@ -128,9 +128,11 @@ def test_two_run_local_sweep_on_tiny(tmp_path, repo_root, tiny_config_path):
         f"def get_config(arg=None):\n    return load_config_file({tiny_config_path!r})\n"
         "def get_sweep(arg=None):\n    return zipped(('seed', [0, 1]))\n")
     workdir = str(tmp_path / "sweep")
+    # the tiny model cut to two levels of one residual block: the sweep is what is tested
     overrides = ["--config.data.root", data, "--config.train.epochs=1",
                  "--config.train.steps_per_epoch=2", "--config.train.fast_compile=True",
-                 "--config.sampling.steps=3"]
+                 "--config.sampling.steps=3", "--config.model.channel_mult=(1, 2)",
+                 "--config.model.num_res_blocks=1", "--config.model.deformation_features=(8, 16)"]
     assert cli.main(["sweep", "--sweep", str(sweep_file), "--workdir", workdir,
                      "--launcher", "local"] + overrides) == 0
     assert cli.main(["sweep-report", "--workdir", workdir, "--sort-by", "EN"]) == 0

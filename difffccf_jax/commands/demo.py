@@ -3,6 +3,8 @@
 import shlex
 import sys
 
+from difffccf_jax.config_cli import shipped_config
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -35,6 +37,10 @@ def register(subparsers):
                         help="scale of B's random misalignment (see make-data; default: 4, "
                              "about 1.9 px on average at 96 px)")
     parser.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    parser.add_argument(
+        "--config", default=shipped_config("tiny"), metavar="FILE[:ARG]",
+        help="the config the demo trains (default: configs/tiny.py); the demo sets its data, "
+             "time budget and sampling steps, then --config.FIELD=VALUE overrides any field")
     parser.set_defaults(run=run)
 
 
@@ -45,4 +51,5 @@ def run(args):
                   train_pairs=args.train_pairs, test_pairs=args.test_pairs,
                   sampling_steps=args.steps, seed=args.seed,
                   motion_strength=args.motion_strength, crop_size=args.crop_size,
+                  config_spec=args.config, overrides=args.config_overrides,
                   command="difffccf " + shlex.join(sys.argv[1:]))

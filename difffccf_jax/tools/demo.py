@@ -32,12 +32,14 @@ def announce(index, message, eta_seconds=None):
     print(f"[demo {index + 1}/{len(STAGES)}] {STAGES[index]}: {message}{eta}", flush=True)
 
 
-def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_steps, crop_size=0):
-    """The tiny config set up for one task on the generated data and a time budget; training
-    on random crop_size crops of the image_size pairs when crop_size > 0."""
-    from difffccf_jax.config_cli import load_config_file
+def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_steps, crop_size=0,
+                config_spec=TINY_CONFIG, overrides=()):
+    """The config `config_spec` (the tiny one by default) set up for one task on the generated
+    data and a time budget, training on random crop_size crops of the image_size pairs when
+    crop_size > 0; then the (key, text) `overrides`, which win over the demo's own settings."""
+    from difffccf_jax.config_cli import apply_override, load_config_file
 
-    config = load_config_file(TINY_CONFIG)
+    config = load_config_file(config_spec)
     config.data.root = data_root
     config.data.task = task
     config.data.tasks = (task,)
@@ -50,7 +52,15 @@ def demo_config(task, image_size, minutes, data_root, train_pairs, sampling_step
     config.train.fast_compile = True  # compiles ~3x faster on CPU: most of a short run
     config.train.checkpoint_every_epochs = 50
     config.sampling.steps = sampling_steps
+    for key, text in overrides:
+        apply_override(config, key, text)
     return config
+
+
+def config_text(config_spec, overrides):
+    """The config file's name and the overrides applied to it, for the report."""
+    changed = ", ".join(f"{key}={text}" for key, text in overrides)
+    return os.path.basename(config_spec) + (f" (with {changed})" if changed else "")
 
 
 def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_strength, anatomy):
@@ -200,7 +210,7 @@ def summary_record(info, means, comparisons, selection, registration):
     """The machine-readable summary.json of a run: settings, metric means per method, the
     comparison, the Y selection statistics and the registration errors."""
     before, after = registration_errors(registration)
-    settings = ("task", "image_size", "crop_size", "train_pairs", "test_pairs", "train_steps",
+    settings = ("task", "config", "image_size", "crop_size", "train_pairs", "test_pairs", "train_steps",
                 "sampling_steps", "diffusion_steps")
     return dict(
         {key: info[key] for key in settings},
@@ -305,8 +315,8 @@ Command: `{info['command']}`
 Task `{info['task']}`: {info['train_pairs']} generated training pairs and {info['test_pairs']}
 held-out pairs of {info['image_size']} x {info['image_size']} ({info['anatomy']} anatomy,
 docs/data.md), B misaligned by a random affine and
-elastic motion with a known displacement field. The tiny configuration trained{crop} for
-{info['train_steps']} steps ({info['train_minutes']:.1f} min, final total loss
+elastic motion with a known displacement field. The configuration {info['config']}
+trained{crop} for {info['train_steps']} steps ({info['train_minutes']:.1f} min, final total loss
 {info['final_loss']:.4g}); fusion used the hierarchical sampler with {info['sampling_steps']}
 respaced steps (of {info['diffusion_steps']}), B fused as given ({METHOD}, the default) and
 B warped by the network's predicted deformation field first ({REGISTERED}).
@@ -383,10 +393,11 @@ Checkpoint: `{os.path.relpath(info['checkpoint'], os.path.dirname(path))}`; fuse
 
 def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_pairs=8,
              sampling_steps=30, seed=0, motion_strength=4.0, crop_size=32,
-             command="difffccf demo"):
+             config_spec=TINY_CONFIG, overrides=(), command="difffccf demo"):
     """Runs every stage into `out`; returns the report's path. Pairs are image_size x
     image_size; with crop_size > 0 training sees random crop_size x crop_size crops of them
-    (config.data.crop_size) and fusion the whole held-out pairs."""
+    (config.data.crop_size) and fusion the whole held-out pairs. The model trains with
+    `demo_config(..., config_spec, overrides)`."""
     import json
 
     from difffccf_jax.data import layouts
@@ -413,8 +424,9 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
 
     workdir = os.path.join(out, "training")
     config = demo_config(task, image_size, minutes, train_root, train_pairs, sampling_steps,
-                         crop_size)
-    announce(1, "compiling, then training the tiny model", eta_seconds=60 * minutes + 60)
+                         crop_size, config_spec, overrides)
+    announce(1, f"compiling, then training the model of {os.path.basename(config_spec)}",
+             eta_seconds=60 * minutes + 60)
     stage = time.perf_counter()
     state = train.fit(config, workdir)
     timings["train"] = time.perf_counter() - stage
@@ -461,7 +473,8 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
     comparisons = {"best_baseline": compare(means, METHOD, baseline_names),
                    "ycrcb-maximum": compare(means, METHOD, ["ycrcb-maximum"])}
     info = dict(
-        command=command, task=task, anatomy=anatomy, train_pairs=train_pairs,
+        command=command, config=config_text(config_spec, overrides), task=task,
+        anatomy=anatomy, train_pairs=train_pairs,
         test_pairs=test_pairs, image_size=image_size, crop_size=crop_size, train_steps=int(state.step),
         train_minutes=timings["train"] / 60, final_loss=records[-1]["loss"],
         sampling_steps=sampling_steps, diffusion_steps=config.diffusion.steps,

@@ -287,23 +287,24 @@ def setup_run(config, mesh):
                rules=rules, create=create)
 
 
-def initial_params(config, mesh, abstract_params):
+def initial_params(run, config, mesh):
     """Parameters named by config.train.init_params (a checkpoint directory), or None."""
     path = config.train.init_params
     if not path:
         return None
     _, params = checkpoints.read_params(path, prefer_ema=False,
                                         sharding=parallel.replicated(mesh))
-    checkpoints.check_shapes(abstract_params, params, f"config.train.init_params={path}")
+    expected = jax.eval_shape(run.create, jax.random.PRNGKey(config.seed)).params
+    checkpoints.check_shapes(expected, params, f"config.train.init_params={path}")
     return params
 
 
 def new_state(run, config, mesh):
     """A fresh TrainState replicated over `mesh` (config.train.init_params when set)."""
-    key = jax.random.PRNGKey(config.seed)
-    params = initial_params(config, mesh, jax.eval_shape(run.create, key).params)
+    params = initial_params(run, config, mesh)
     return jax.jit(lambda k, p: run.create(k, params=p),
-                   out_shardings=parallel.replicated(mesh))(key, params)
+                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(config.seed),
+                                                            params)
 
 
 def compile_step(step_fn, args, fast):
