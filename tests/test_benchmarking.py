@@ -345,10 +345,23 @@ def test_generator_and_metrics_targets_use_the_slowest_task_and_100_pairs():
     assert len(found) == 3
 
 
+def small_config_file(tmp_path, tiny_config_path):
+    """The tiny config shrunk to 16 px with two levels of one residual block, as a config file
+    (what --configs accepts), so that a case compiles quickly."""
+    from difffccf_jax.config_cli import load_config, save_json_config
+
+    path = str(tmp_path / "tiny.json")
+    save_json_config(load_config(tiny_config_path, (
+        ("model.channel_mult", "(1, 2)"), ("model.num_res_blocks", "1"),
+        ("model.deformation_features", "(8, 16)"), ("data.image_size", "16"),
+        ("loss.registration_size", "16"))), path)
+    return path
+
+
 @pytest.mark.slow
-def test_sampling_case_measures_the_respaced_sampler(tiny_config_path):
-    case = cases.Case("sampling", config=tiny_config_path, label="tiny", steps=2,
-                      max_repeats=2, budget_s=1.0)
+def test_sampling_case_measures_the_respaced_sampler(tmp_path, tiny_config_path):
+    case = cases.Case("sampling", config=small_config_file(tmp_path, tiny_config_path),
+                      label="tiny", steps=2, max_repeats=2, budget_s=1.0)
     (row,) = cases.sampling_jax(case)
     assert (row.case, row.config, row.framework) == ("sampler, 2 steps (respaced)", "tiny",
                                                      "JAX")
@@ -441,16 +454,9 @@ def test_rows_of_different_devices_never_replace_each_other_and_runs_name_machin
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_accelerator_preset_cpu_form_writes_the_throughput_table(tmp_path, tiny_config_path):
-    # The CPU form on the tiny config shrunk to 16 px with two levels of one residual block
-    # (given as a config file, as --configs accepts), compiled at XLA optimisation level 0
-    # (--fast-compile), so that its three cases compile quickly.
-    from difffccf_jax.config_cli import load_config, save_json_config
-
-    config = str(tmp_path / "tiny.json")
-    save_json_config(load_config(tiny_config_path, (
-        ("model.channel_mult", "(1, 2)"), ("model.num_res_blocks", "1"),
-        ("model.deformation_features", "(8, 16)"), ("data.image_size", "16"),
-        ("loss.registration_size", "16"))), config)
+    # The CPU form on the small config compiled at XLA optimisation level 0 (--fast-compile),
+    # so that its three cases compile quickly.
+    config = small_config_file(tmp_path, tiny_config_path)
     out = str(tmp_path / "BENCHMARKS.md")
     options, command = benchmark_command.options_from_args(_args(
         preset="accelerator", cases=None, configs=config, batch_sizes="2", sampling_steps=3,
