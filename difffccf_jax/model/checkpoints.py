@@ -138,14 +138,22 @@ def check_shapes(expected, stored, where):
                         f"e.g. {extra[0]} {have[extra[0]]}")
 
 
+_TRACED_SHAPES = {}  # (model config JSON, image size) -> expected_params: one trace each
+
+
 def expected_params(config):
-    """Tree of jax.ShapeDtypeStruct of the parameters of the model that `config` describes."""
+    """Tree of jax.ShapeDtypeStruct of the parameters of the model that `config` describes
+    (traced once per process for each model config and image size: loading, checking and
+    writing a checkpoint each ask for it)."""
     from difffccf_jax.model import unet
 
-    model = unet.model_from_config(config.model)
-    return jax.eval_shape(
-        lambda key: unet.init_params(model, key, config.data.image_size),
-        jax.random.PRNGKey(0))
+    key = (config.model.to_json(), repr(config.data.image_size))
+    if key not in _TRACED_SHAPES:
+        model = unet.model_from_config(config.model)
+        _TRACED_SHAPES[key] = jax.eval_shape(
+            lambda rng: unet.init_params(model, rng, config.data.image_size),
+            jax.random.PRNGKey(0))
+    return _TRACED_SHAPES[key]
 
 
 def read_params(path, prefer_ema=True, sharding=None):
