@@ -7,7 +7,8 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
+
+from difffccf_jax.model import cpu_conv
 
 
 class BlockSettings(NamedTuple):
@@ -26,23 +27,25 @@ def group_norm(settings, name):
 def conv3x3(features, dtype, name, kernel_init=nn.linear.default_kernel_init):
     """3 x 3 convolution, stride 1, zero padding 1 (PyTorch padding=1)."""
     return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype,
-                   kernel_init=kernel_init, name=name)
+                   kernel_init=kernel_init, name=name,
+                   conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 def conv1x1(features, dtype, name):
-    return nn.Conv(features, (1, 1), dtype=dtype, name=name)
+    return nn.Conv(features, (1, 1), dtype=dtype, name=name,
+                   conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 def downsample(features, dtype, name):
     """3 x 3 convolution, stride 2, padding 1: [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C]."""
     return nn.Conv(features, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dtype,
-                   name=name)
+                   name=name, conv_general_dilated=cpu_conv.conv_general_dilated)
 
 
 def _conv_nhwc(x, kernel, padding):
     """Stride-1 correlation of x [B, H, W, C] with kernel [kH, kW, C, F]; padding per axis."""
-    return lax.conv_general_dilated(x, kernel, (1, 1), padding,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return cpu_conv.conv_general_dilated(x, kernel, (1, 1), padding,
+                                         dimension_numbers=cpu_conv.NHWC)
 
 
 def transposed_conv3x3_stride2(x, kernel):
