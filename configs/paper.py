@@ -224,10 +224,14 @@ def get_config(arg=None):
         # on; `difffccf registration` measures it on misaligned pairs (README, Registration).
         register=False,
         # Registration: Adam steps of instance optimisation of the network's field on the
-        # training loss (registration.refine_field; 0: the network's field as it is), and their
-        # step in pixels.
+        # training loss (registration.refine_field; 0: the network's field as it is), their
+        # step in pixels, and the weight of the refinement's own strain term, which keeps the
+        # field near a rigid motion without holding back its rotation (registration_loss):
+        # 0.1 px and 100 chosen on validation pairs (docs/method.md section 7; before: 0.05 px
+        # and no strain term, which missed issue 18's target on SPECT).
         refine_steps=50,
-        refine_learning_rate=0.05,
+        refine_learning_rate=0.1,
+        refine_strain=100.0,
         batch_size=4,
         seed=0,  # the key of the initial (and, with add_noise, per-step) noise
         # Chroma channels ("task.channel") whose post-step is x <- offset - x inside the region

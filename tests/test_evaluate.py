@@ -15,6 +15,7 @@ from difffccf_jax import cli, color, files
 from difffccf_jax.evaluation import baselines, metrics, scoring
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
+from difffccf_jax.errors import UserError
 
 SIZE = 48  # at least metrics.VIF_MIN_SIZE, so every metric is defined on real images
 NUM_PAIRS = 3
@@ -252,3 +253,60 @@ def test_fused_images_of_any_size_are_scored_at_their_size(generated, paper_conf
     # with the baselines alone, each pair is scored at its A image's size
     _, own_sizes = scoring.score_pairs(pairs, layout, {}, with_baselines=True)
     assert own_sizes == {pair.name: (SIZE, SIZE) for pair in pairs}
+
+
+def test_rules_fuse_the_pairs_as_given_when_scored_against_other_pairs(paper_config_path,
+                                                                       tmp_path):
+    """With baseline_data, the rules fuse the pairs of that set (B misaligned, as a user has
+    them) and are scored against the evaluated set's sources (the same pairs before the
+    motion): per pair, the metrics of the rule's image of the given pair against the aligned
+    pair, computed here with PIL and metrics.all_metrics, not those of the rule applied to the
+    aligned pair (an oracle). A fused folder sets the size both are read at."""
+    layout = layouts.layout_from_config(load_config(paper_config_path).data, "pet")
+    roots = {"given": str(tmp_path / "given"), "aligned": str(tmp_path / "aligned")}
+    for name, moved in (("given", True), ("aligned", False)):
+        generator.write_task(roots[name], layout, NUM_PAIRS, SIZE, seed=4, misalign_b=moved,
+                             motion="head")
+    given, aligned = (layouts.list_pairs(roots[name], layout) for name in ("given", "aligned"))
+    height, width = SIZE + 8, SIZE  # the fused images' size: the sources are resized to it
+
+    def read(pair):
+        a = np.asarray(Image.open(pair.a).convert("L").resize((width, height), Image.BILINEAR))
+        b = np.asarray(Image.open(pair.b).convert("RGB").resize((width, height), Image.BILINEAR))
+        return a[..., None], b
+
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    for pair in given:
+        files.write_files([(str(fused / pair.name), baselines.average_fusion(*read(pair)))])
+    out = tmp_path / "table"
+    markdown, _ = scoring.evaluate_folders(roots["aligned"], layout, {"mean": str(fused)},
+                                           str(out), with_baselines=True,
+                                           baseline_data=roots["given"], show_progress=False)
+    report = json.loads((out / "evaluation.json").read_text())
+    assert list(report["methods"]) == ["mean", *baselines.BASELINES]
+    assert report["baseline_data"] == roots["given"]
+    assert f"the classical rules fuse the pairs under {roots['given']}" in markdown
+    oracle_differs = False
+    for given_pair, aligned_pair in zip(given, aligned):
+        a_given, b_given = read(given_pair)
+        a, b = read(aligned_pair)
+        np.testing.assert_array_equal(a_given, a)  # the motion moves B only
+        assert np.any(b_given != b)
+        for name, rule in baselines.BASELINES.items():
+            expected = metrics.all_metrics(rule(a_given, b_given), a, b)
+            assert report["per_pair"][name][aligned_pair.name] == pytest.approx(expected,
+                                                                                rel=1e-12)
+            oracle = metrics.all_metrics(rule(a, b), a, b)
+            oracle_differs |= expected["MI"] != pytest.approx(oracle["MI"], rel=1e-6)
+        # the average rule's row equals the folder of its images of the given pairs
+        assert (report["per_pair"]["average"][aligned_pair.name]
+                == report["per_pair"]["mean"][aligned_pair.name])
+    assert oracle_differs
+    # against the given pairs themselves, baseline_data changes nothing
+    plain, _ = scoring.score_pairs(given, layout, {"mean": str(fused)}, with_baselines=True)
+    same, _ = scoring.score_pairs(given, layout, {"mean": str(fused)}, with_baselines=True,
+                                  baseline_pairs=given)
+    assert plain == same
+    with pytest.raises(UserError, match="the pairs the rules fuse: 1 of 3 scored pairs missing"):
+        scoring.score_pairs(aligned, layout, {}, with_baselines=True, baseline_pairs=given[:2])

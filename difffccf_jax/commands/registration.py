@@ -15,7 +15,8 @@ def register(subparsers):
                     "on random windows), fuse the held-out pairs with registration off and on, "
                     "and write report.md: per pair the true and predicted mean shift and the "
                     "error before and after, their Pearson correlation, the mean errors, and "
-                    "the fusion metrics off and on.")
+                    "the fusion metrics off and on, with the classical rules applied to the "
+                    "pairs as given.")
     parser.add_argument("--task", default="pet", choices=("pet", "spect", "ct", "gfp", "adni"),
                         help="which kind of pair (default: pet)")
     parser.add_argument("--out", default="registration_out", metavar="DIR",

@@ -5,7 +5,9 @@ files with a .png extension, or one of the classical rules of baselines.py appli
 The sources are read as the model sees them (data.layouts.read_pair_uint8: A grey, B RGB,
 JET-mapped where the task's layout says so), each pair resized to the size of its fused image
 (any H x W; the fused images of one pair must agree, pairs may differ), or kept at A's size when
-only baselines are scored; the metrics compare the grey versions of F, A and B. Every pair is
+only baselines are scored; the metrics compare the grey versions of F, A and B. The rules fuse
+the scored pairs themselves, or the pairs of another set of the same names (`baseline_pairs`:
+the misaligned pairs a user has, scored against their aligned versions). Every pair is
 scored with metrics.all_metrics; each method's row holds, per metric, the mean and population
 standard deviation over the pairs where the metric is defined, and how many pairs it was
 undefined for (a constant image), so no NaN ever reaches a mean.
@@ -77,16 +79,34 @@ def read_fused_images(methods, pair_name):
     return fused
 
 
+def matching_pairs(pairs, other_pairs, what):
+    """{pair name: the pair of other_pairs (layouts.PairFiles) of that name} for every pair of
+    `pairs`; UserError naming the pairs `what` (a set's description) lacks."""
+    by_name = {pair.name: pair for pair in other_pairs}
+    missing = [pair.name for pair in pairs if pair.name not in by_name]
+    if missing:
+        shown = ", ".join(missing[:MAX_LISTED_NAMES])
+        more = (f" and {len(missing) - MAX_LISTED_NAMES} more"
+                if len(missing) > MAX_LISTED_NAMES else "")
+        raise UserError(f"{what}: {len(missing)} of {len(pairs)} scored pairs missing: "
+                        f"{shown}{more}")
+    return {pair.name: by_name[pair.name] for pair in pairs}
+
+
 def score_pairs(pairs, layout, methods, with_baselines, ssim_data_range=255.0,
-                progress=lambda items: items):
+                progress=lambda items: items, baseline_pairs=None):
     """(scores, sizes): the metric values {method: {pair name: {metric: float or None}}} and
     {pair name: (H, W)}, the size each pair was scored at: that of its fused images (the sources
     are resized to it), or with no fused folder, that of its A image.
 
     `pairs` are layouts.PairFiles, `methods` maps a method name to its fused folder;
-    with_baselines adds the rules of baselines.BASELINES, computed from the sources;
+    with_baselines adds the rules of baselines.BASELINES, applied to the sources of each pair,
+    or with `baseline_pairs` (layouts.PairFiles of the same names) to that pair's sources
+    there, read at the same size, and scored against `pairs`' sources like a fused folder;
     `progress` wraps the pair loop (a progress bar)."""
     check_fused_folders(methods, [pair.name for pair in pairs])
+    rule_pairs = (matching_pairs(pairs, baseline_pairs, "the pairs the rules fuse")
+                  if with_baselines and baseline_pairs is not None else None)
     scores = {name: {} for name in methods}
     if with_baselines:
         scores.update({name: {} for name in baselines.BASELINES})
@@ -96,11 +116,13 @@ def score_pairs(pairs, layout, methods, with_baselines, ssim_data_range=255.0,
         size = next(iter(fused.values())).shape[:2] if fused else None
         a, b = layouts.read_pair_uint8(pair, layout, size)
         sizes[pair.name] = a.shape[:2]
+        if with_baselines:
+            rule_a, rule_b = ((a, b) if rule_pairs is None else
+                              layouts.read_pair_uint8(rule_pairs[pair.name], layout, a.shape[:2]))
+            fused.update({name: rule(rule_a, rule_b)
+                          for name, rule in baselines.BASELINES.items()})
         for name, image in fused.items():
             scores[name][pair.name] = metrics.all_metrics(image, a, b, ssim_data_range)
-        if with_baselines:
-            for name, rule in baselines.BASELINES.items():
-                scores[name][pair.name] = metrics.all_metrics(rule(a, b), a, b, ssim_data_range)
     return scores, sizes
 
 
@@ -176,6 +198,8 @@ def write_tables(out, scores, info):
     summaries = {method: summarise(per_pair) for method, per_pair in scores.items()}
     caption = (f"Fusion metrics, task {info['task']}, {info['pairs']} pairs of "
                f"{sizes_text(info['sizes'])}, SSIM data range {info['ssim_data_range']:g}")
+    if info.get("baseline_data"):
+        caption += f"; the classical rules fuse the pairs under {info['baseline_data']}"
     markdown = markdown_table(summaries, caption)
     os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, f"{TABLE_NAME}.{ext}") for ext in ("md", "csv", "json")]
@@ -185,9 +209,10 @@ def write_tables(out, scores, info):
 
 
 def evaluate_folders(data, layout, methods, out, with_baselines=False, ssim_data_range=255.0,
-                     show_progress=True):
+                     show_progress=True, baseline_data=None):
     """Scores each method's folder of fused images ({name: folder}) on the pairs of `layout`
-    under `data`, with the classical rules too when with_baselines, and writes the tables into
+    under `data`, with the classical rules too when with_baselines (fusing the pairs of the same
+    names under `baseline_data` when given, see `score_pairs`), and writes the tables into
     `out`; returns (markdown text, [paths])."""
     import tqdm
 
@@ -196,11 +221,15 @@ def evaluate_folders(data, layout, methods, out, with_baselines=False, ssim_data
     if not ssim_data_range > 0:
         raise UserError(f"--ssim-data-range {ssim_data_range}: expected a positive number")
     pairs = layouts.list_pairs(data, layout)
+    baseline_pairs = None if baseline_data is None else layouts.list_pairs(baseline_data, layout)
     scores, sizes = score_pairs(
         pairs, layout, methods, with_baselines, ssim_data_range,
         progress=lambda items: tqdm.tqdm(items, desc="evaluate", unit="pair", leave=False,
-                                         disable=not show_progress))
+                                         disable=not show_progress),
+        baseline_pairs=baseline_pairs)
     info = dict(task=layout.task, data=data, pairs=len(pairs),
                 sizes={name: list(size) for name, size in sizes.items()},
                 ssim_data_range=ssim_data_range, fused=methods)
+    if with_baselines and baseline_data is not None:
+        info["baseline_data"] = baseline_data
     return write_tables(out, scores, info)

@@ -27,7 +27,8 @@ Choices where docs/method.md section 6 leaves room:
   task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
   t = 0, the registration pass training scores), optionally refined by a few steps of
-  optimisation of the same loss, warps all three channels of B before the fusion runs
+  optimisation of that loss plus a strain term, warps all three channels of B before the fusion
+  runs
   (bilinear, outside the image B's own background: the median of its border pixels). Regions,
   conditions and the post-step use the warped B. The deformation state the reference carries
   through its loop never reaches the output and is left out.
@@ -309,22 +310,26 @@ def output_from_config(sampling):
 
 
 def refinement_from_config(config):
-    """registration.Refinement of config.sampling.refine_steps / refine_learning_rate (0 steps
-    in configs saved before them), on model.deformation_grid control points (5 for a per-pixel
-    head), with config.loss's similarity and reference weights."""
+    """registration.Refinement of config.sampling.refine_steps / refine_learning_rate /
+    refine_strain, on model.deformation_grid control points (5 for a per-pixel head), with
+    config.loss's similarity and reference weights. Configs saved before these keys get what
+    they ran with: no refinement, 0.05 px, no strain term."""
     loss, sampling = config.loss, config.sampling
     steps = int(sampling.get("refine_steps", 0))
     learning_rate = float(sampling.get("refine_learning_rate", 0.05))
-    if steps < 0 or learning_rate <= 0:
-        raise UserError(f"sampling.refine_steps / refine_learning_rate: expected >= 0 steps and "
-                        f"a positive rate, got {steps} / {learning_rate}")
+    strain = float(sampling.get("refine_strain", 0.0))
+    if steps < 0 or learning_rate <= 0 or strain < 0:
+        raise UserError(f"sampling.refine_steps / refine_learning_rate / refine_strain: expected "
+                        f">= 0 steps, a positive rate and a strain weight >= 0, got {steps} / "
+                        f"{learning_rate} / {strain}")
     return registration.Refinement(
         steps=steps, learning_rate=learning_rate,
         grid=int(config.model.get("deformation_grid", 0)) or 5, mi_bins=int(loss.mi_bins),
         mi_sigma=float(loss.mi_sigma), correlation=str(loss.correlation),
         ncc_window=int(loss.ncc_window), similarity_blur=float(loss.similarity_blur),
         weights=tuple(float(loss.weights[name])
-                      for name in ("mi", "correlation", "smoothness", "folding")))
+                      for name in ("mi", "correlation", "smoothness", "folding")),
+        strain=strain)
 
 
 def sampler_from_config(config, task, mesh=None, model=None):

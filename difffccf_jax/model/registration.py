@@ -346,35 +346,48 @@ class Refinement:
     step on the control points; grid: control points a side (`field_to_grid`); mi_bins,
     mi_sigma, correlation, ncc_window, similarity_blur: the similarity, as training's
     (losses.LossConfig's fields of the same names); weights: (mi, correlation, smoothness,
-    folding), training's reference weights."""
+    folding), training's reference weights; strain: the weight of the field's strain energy
+    (`registration_loss`), the refinement's own term. The defaults other than steps are the
+    paper configuration's (`sampling.refinement_from_config`); learning_rate 0.1 and strain 100
+    were chosen on validation pairs (docs/method.md section 7)."""
     steps: int = 0
-    learning_rate: float = 0.05
+    learning_rate: float = 0.1
     grid: int = 5
     mi_bins: int = 32
     mi_sigma: float = 0.5
-    correlation: str = "ratio"
+    correlation: str = "mind"
     ncc_window: int = 9
-    similarity_blur: float = 0.0
-    weights: tuple = (1.0, 1.0, 1.0, 1.0)
+    similarity_blur: float = 1.0
+    weights: tuple = (1.0, 1.0, 3.0, 1.0)
+    strain: float = 100.0
 
 
 def registration_loss(a, b, field, settings):
     """The unsupervised registration loss of `field` [B, H, W, 2] per pair, [B]: training's
     terms (`registration_terms`, smoothness, folding) weighted by settings.weights
-    (mi, correlation, smoothness, folding); `settings` a `Refinement`."""
+    (mi, correlation, smoothness, folding), plus settings.strain times the strain energy of
+    linear elasticity: the mean over pixels of |sym grad u|^2 = (du_x/dx)^2 + (du_y/dy)^2
+    + (du_x/dy + du_y/dx)^2 / 2 (forward differences). It is 0 for a translation and for a
+    rotation to first order (u = theta (-y, x)), 2 s^2 for a scaling by 1 + s and g^2 / 2 for a
+    shear u = (g y, 0): it holds the field near a rigid motion without penalising rotation,
+    which the smoothness term penalises like a scaling. `settings` a `Refinement`."""
     w_mi, w_correlation, w_smoothness, w_folding = settings.weights
     mi, correlation = registration_terms(a, b, field, settings)
+    along_x = field[:, :-1, 1:] - field[:, :-1, :-1]  # [B, H - 1, W - 1, 2]
+    along_y = field[:, 1:, :-1] - field[:, :-1, :-1]
+    strain = jnp.mean(along_x[..., 0] ** 2 + along_y[..., 1] ** 2
+                      + 0.5 * (along_y[..., 0] + along_x[..., 1]) ** 2, axis=(1, 2))
     return (w_mi * mi + w_correlation * correlation + w_smoothness * smoothness(field)
-            + w_folding * folding_penalty(field))
+            + w_folding * folding_penalty(field) + settings.strain * strain)
 
 
 def refine_field(a, b, field, settings):
     """The field [B, H, W, 2] refined for each pair by `settings.steps` Adam steps on the
-    unsupervised registration loss training uses (`registration_terms` plus the weighted
-    smoothness and folding), starting from `field` projected onto settings.grid x settings.grid
-    control points (instance optimisation, as ANTs optimises a pair and VoxelMorph refines its
-    prediction). a [B, H, W, 1], b YCrCb [B, H, W, 3]; each pair's points see only its own
-    loss."""
+    unsupervised registration loss (`registration_loss`: training's terms, `registration_terms`
+    plus the weighted smoothness and folding, and the strain term), starting from `field`
+    projected onto settings.grid x settings.grid control points (instance optimisation, as ANTs
+    optimises a pair and VoxelMorph refines its prediction). a [B, H, W, 1], b YCrCb
+    [B, H, W, 3]; each pair's points see only its own loss."""
     height, width = a.shape[1:3]
 
     def objective(control):

@@ -8,8 +8,9 @@ elastic, a mean end-point error of 2-4 px) and its true field is saved; the trai
 it (the registration is unsupervised), the report compares the predicted field with it. Written
 into --out: `report.md`, `summary.json` (the same numbers), the data (and the held-out pairs
 before the motion, `data/aligned`), the checkpoint, both fused folders (with extras: the field,
-its warped grid and the warped B), the metric tables against the pairs as given and as aligned,
-and `figures/registration.png` (per pair: A, B as given, B registered, the warped grid).
+its warped grid and the warped B), the metric tables against the pairs as given and as aligned
+(with the classical rules applied to the pairs as given in both), and
+`figures/registration.png` (per pair: A, B as given, B registered, the warped grid).
 """
 
 import json
@@ -238,12 +239,15 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
 
     # The metrics compare the fused image with its sources: with the pair as given (B
     # misaligned), and with the pair as it was before the motion, the one a registration aims at.
+    # The classical rules fuse the pairs as given (what a user has) in both tables: applied to
+    # the aligned pairs they would be an oracle.
     stage = time.perf_counter()
     tables, means = {}, {}
     for reference in ("test", "aligned"):
         evaluation_dir = os.path.join(out, f"evaluation_{reference}")
-        tables[reference], _ = scoring.evaluate_folders(roots[reference], layout, folders,
-                                                        evaluation_dir)
+        tables[reference], _ = scoring.evaluate_folders(
+            roots[reference], layout, folders, evaluation_dir, with_baselines=True,
+            baseline_data=roots["test"])
         with open(os.path.join(evaluation_dir, "evaluation.json"), encoding="utf-8") as file:
             means[reference] = demo.metric_means(json.load(file))
     pairs = layouts.list_pairs(roots["test"], layout)
@@ -259,6 +263,8 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     summary.update(task=task, anatomy=anatomy, image_size=image_size, train_pairs=train_pairs,
                    test_pairs=test_pairs, diffusion_crop=diffusion_crop,
                    registration_size=registration_size, refine_steps=refine_steps,
+                   refine_learning_rate=float(config.sampling.refine_learning_rate),
+                   refine_strain=float(config.sampling.refine_strain),
                    train_steps=int(state.step), train_minutes=timings["train"] / 60,
                    stage_seconds=timings, metrics=means, command=command, variants=variants,
                    per_pair=[dict(pair=name, true_mean_shift=[float(v) for v in true],
@@ -278,7 +284,9 @@ end-point error of 2-4 px) with its true field saved for this report only. The t
 configuration trained for {summary['train_steps']} steps ({summary['train_minutes']:.1f} min):
 the registration pass on the whole pairs shrunk to {registration_size} px, the diffusion rows on
 random {diffusion_crop} px windows. At sampling, the network's field was refined by
-{refine_steps} steps of the same loss (sampling.refine_steps). Stage times (s): {stage_times}.
+{refine_steps} Adam steps of {config.sampling.refine_learning_rate:g} px of the same loss plus the
+strain term, weight {config.sampling.refine_strain:g} (sampling.refine_steps,
+refine_learning_rate, refine_strain). Stage times (s): {stage_times}.
 
 ## Registration (held-out pairs)
 
@@ -293,14 +301,16 @@ row is the field the sampler used):
 
 ![registration](figures/registration.png)
 
-## Fusion metrics, registration off and on
+## Fusion metrics, registration off and on, and the classical rules
 
-Scored against the held-out pairs as given (B misaligned; the metrics then reward a fusion that
-keeps B where it was):
+The classical rules (`difffccf evaluate --baselines`) fuse the held-out pairs as given (B
+misaligned, as a user has them) in both tables. Scored against the held-out pairs as given (the
+metrics then reward a fusion that keeps B where it was):
 
 {tables['test']}
 
-Scored against the same pairs before the motion (B aligned with A; `data/aligned`):
+Scored against the same pairs before the motion (B aligned with A; `data/aligned`; the rules'
+images are those of the table above, not the rules applied to the aligned pairs):
 
 {tables['aligned']}
 """
