@@ -28,8 +28,7 @@ Choices where docs/method.md section 6 leaves room:
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
   t = 0, the registration pass training scores), optionally refined by a few steps of
   optimisation of that loss plus a strain term, warps all three channels of B before the fusion
-  runs
-  (bilinear, outside the image B's own background: the median of its border pixels). Regions,
+  runs (bilinear, outside the image B's own background: the median of its border pixels). Regions,
   conditions and the post-step use the warped B. The deformation state the reference carries
   through its loop never reaches the output and is left out.
 - Each pair draws its noise from fold_in(key, pair id), so a pair's result does not depend on

@@ -123,6 +123,15 @@ def smoothness(displacement):
             + jnp.sum(d_cols ** 2, axis=(1, 2, 3)) / (d_cols.shape[1] * d_cols.shape[2]))
 
 
+def strain_energy(displacement):
+    """Mean over pixels of |sym grad u|^2 of linear elasticity (forward differences), [B]; see
+    `registration_loss`."""
+    along_x = displacement[:, :-1, 1:] - displacement[:, :-1, :-1]  # [B, H - 1, W - 1, 2]
+    along_y = displacement[:, 1:, :-1] - displacement[:, :-1, :-1]
+    return jnp.mean(along_x[..., 0] ** 2 + along_y[..., 1] ** 2
+                    + 0.5 * (along_y[..., 0] + along_x[..., 1]) ** 2, axis=(1, 2))
+
+
 # ---- a low-dimensional field: a grid of control points, interpolated bilinearly ----------------
 
 def interpolation_matrix(size, points):
@@ -373,12 +382,8 @@ def registration_loss(a, b, field, settings):
     which the smoothness term penalises like a scaling. `settings` a `Refinement`."""
     w_mi, w_correlation, w_smoothness, w_folding = settings.weights
     mi, correlation = registration_terms(a, b, field, settings)
-    along_x = field[:, :-1, 1:] - field[:, :-1, :-1]  # [B, H - 1, W - 1, 2]
-    along_y = field[:, 1:, :-1] - field[:, :-1, :-1]
-    strain = jnp.mean(along_x[..., 0] ** 2 + along_y[..., 1] ** 2
-                      + 0.5 * (along_y[..., 0] + along_x[..., 1]) ** 2, axis=(1, 2))
     return (w_mi * mi + w_correlation * correlation + w_smoothness * smoothness(field)
-            + w_folding * folding_penalty(field) + settings.strain * strain)
+            + w_folding * folding_penalty(field) + settings.strain * strain_energy(field))
 
 
 def refine_field(a, b, field, settings):
