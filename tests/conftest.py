@@ -1,6 +1,7 @@
 """Test set-up: 4 simulated CPU devices and a persistent compilation cache in .jax_cache/.
 
-Both must be configured before JAX is imported anywhere, hence at the top of conftest.
+Both must be configured before JAX is imported anywhere, hence at the top of conftest. The
+cache is shared by pytest-xdist's workers (`-n 2`) and by the processes tests start.
 """
 
 import os
@@ -13,9 +14,16 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-jax.config.update("jax_compilation_cache_dir", os.path.join(REPO_ROOT, ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+CACHE_DIR = os.path.join(REPO_ROOT, ".jax_cache")
+# Shared by the workers and the processes that tests start, without a lock: a read that meets
+# an entry still being written fails, and JAX warns and compiles the program again.
+CACHE_SETTINGS = {
+    "jax_compilation_cache_dir": CACHE_DIR,
+    "jax_persistent_cache_min_compile_time_secs": 0.5,
+}
+for name, value in CACHE_SETTINGS.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)  # for the processes that tests start
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +39,13 @@ def tiny_config_path(repo_root):
 @pytest.fixture(scope="session")
 def paper_config_path(repo_root):
     return os.path.join(repo_root, "configs", "paper.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with the most slow tests run first, each kept whole: under `-n 2 --dist loadfile`
+    the longest files then start at once and the two workers finish together."""
+    slow_counts = {}
+    for item in items:
+        slow_counts[item.module] = (slow_counts.get(item.module, 0)
+                                    + (item.get_closest_marker("slow") is not None))
+    items.sort(key=lambda item: -slow_counts[item.module])
