@@ -488,7 +488,8 @@ def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_mo
 
     settings = sampling.refinement_from_config(load_config(paper_config_path))
     assert settings.steps == 50 and settings.grid == 5 and settings.correlation == "mind"
-    assert settings.learning_rate == 0.1 and settings.strain == 100.0
+    assert settings.learning_rate == 0.1 and settings.strain == 100.0 and settings.from_no_warp
+    settings = dataclasses.replace(settings, from_no_warp=False)  # each start on its own
     a, b, true = head_motion_pairs[task]
     refine = jax.jit(lambda field: registration.refine_field(a, b, field, settings))
     loss = jax.jit(lambda field: registration.registration_loss(a, b, field, settings))
@@ -498,6 +499,25 @@ def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_mo
     assert float(jnp.mean(jnp.linalg.norm(true - from_zero, axis=-1))) < ratio * before
     from_true = refine(true)
     assert float(jnp.mean(jnp.linalg.norm(true - from_true, axis=-1))) < 0.35 * before
+
+
+def test_two_starts_keep_each_pairs_refined_field_of_lower_loss(head_motion_pairs):
+    """refine_field with from_no_warp refines from the given field and from no warp in one
+    batch and keeps, per pair, the result of lower loss: here the first pair starts at its
+    true field (that start is kept) and the second at the opposite of it, 6 px off (the start
+    from no warp is kept). Each equals the refinement from that start alone."""
+    a, b, true = (x[:2] for x in head_motion_pairs["pet"])
+    two_starts = registration.Refinement(steps=10)
+    one_start = dataclasses.replace(two_starts, from_no_warp=False)
+    start = jnp.stack([true[0], -2 * true[1]])
+    kept = registration.refine_field(a, b, start, two_starts)
+    from_start = registration.refine_field(a, b, start, one_start)
+    from_no_warp = registration.refine_field(a, b, jnp.zeros_like(start), one_start)
+    loss = registration.registration_loss(jnp.concatenate([a, a]), jnp.concatenate([b, b]),
+                                          jnp.concatenate([from_start, from_no_warp]), two_starts)
+    assert float(loss[0]) < float(loss[2]) and float(loss[3]) < float(loss[1])
+    np.testing.assert_allclose(kept[0], from_start[0], atol=1e-4)
+    np.testing.assert_allclose(kept[1], from_no_warp[1], atol=1e-4)
 
 
 def test_strain_term_known_answers():
@@ -535,10 +555,16 @@ def test_refinement_settings_are_checked(paper_config_path):
         with pytest.raises(UserError, match=f"sampling.refine_steps .*got"):
             sampling.refinement_from_config(config)
     config = load_config(paper_config_path)
-    for key in ("refine_steps", "refine_learning_rate", "refine_strain"):
+    with config.unlocked():  # a config file's value of another type
+        del config.sampling["refine_from_no_warp"]
+        config.sampling.refine_from_no_warp = "yes"
+    with pytest.raises(UserError, match="sampling.refine_from_no_warp: expected True or False"):
+        sampling.refinement_from_config(config)
+    config = load_config(paper_config_path)
+    for key in ("refine_steps", "refine_learning_rate", "refine_strain", "refine_from_no_warp"):
         del config.sampling[key]
     old = sampling.refinement_from_config(config)
-    assert (old.steps, old.learning_rate, old.strain) == (0, 0.05, 0.0)
+    assert (old.steps, old.learning_rate, old.strain, old.from_no_warp) == (0, 0.05, 0.0, False)
 
 
 # ---- the check command's acceptance numbers -----------------------------------------------------
@@ -578,3 +604,4 @@ def test_check_config_trains_whole_pairs_with_cropped_diffusion_rows():
     assert config.train.max_minutes == 3.0
     assert config.sampling.steps == 7 and config.sampling.refine_steps == 9
     assert (config.sampling.refine_learning_rate, config.sampling.refine_strain) == (0.1, 100.0)
+    assert config.sampling.refine_from_no_warp

@@ -310,13 +310,17 @@ def output_from_config(sampling):
 
 def refinement_from_config(config):
     """registration.Refinement of config.sampling.refine_steps / refine_learning_rate /
-    refine_strain, on model.deformation_grid control points (5 for a per-pixel head), with
-    config.loss's similarity and reference weights. Configs saved before these keys get what
-    they ran with: no refinement, 0.05 px, no strain term."""
+    refine_strain / refine_from_no_warp, on model.deformation_grid control points (5 for a
+    per-pixel head), with config.loss's similarity and reference weights. Configs saved before
+    these keys get what they ran with: no refinement, 0.05 px, no strain term, one start."""
     loss, sampling = config.loss, config.sampling
     steps = int(sampling.get("refine_steps", 0))
     learning_rate = float(sampling.get("refine_learning_rate", 0.05))
     strain = float(sampling.get("refine_strain", 0.0))
+    from_no_warp = sampling.get("refine_from_no_warp", False)
+    if not isinstance(from_no_warp, bool):
+        raise UserError(f"sampling.refine_from_no_warp: expected True or False, got "
+                        f"{from_no_warp!r}")
     if steps < 0 or learning_rate <= 0 or strain < 0:
         raise UserError(f"sampling.refine_steps / refine_learning_rate / refine_strain: expected "
                         f">= 0 steps, a positive rate and a strain weight >= 0, got {steps} / "
@@ -328,7 +332,7 @@ def refinement_from_config(config):
         ncc_window=int(loss.ncc_window), similarity_blur=float(loss.similarity_blur),
         weights=tuple(float(loss.weights[name])
                       for name in ("mi", "correlation", "smoothness", "folding")),
-        strain=strain)
+        strain=strain, from_no_warp=from_no_warp)
 
 
 def sampler_from_config(config, task, mesh=None, model=None):

@@ -356,9 +356,11 @@ class Refinement:
     mi_sigma, correlation, ncc_window, similarity_blur: the similarity, as training's
     (losses.LossConfig's fields of the same names); weights: (mi, correlation, smoothness,
     folding), training's reference weights; strain: the weight of the field's strain energy
-    (`registration_loss`), the refinement's own term. The defaults other than steps are the
-    paper configuration's (`sampling.refinement_from_config`); learning_rate 0.1 and strain 100
-    were chosen on validation pairs (docs/method.md section 7)."""
+    (`registration_loss`), the refinement's own term; from_no_warp: also refine from no warp
+    and keep, per pair, the refined field of lower loss (`refine_field`). The defaults other
+    than steps are the paper configuration's (`sampling.refinement_from_config`);
+    learning_rate 0.1, strain 100 and from_no_warp were chosen on validation pairs
+    (docs/method.md section 7)."""
     steps: int = 0
     learning_rate: float = 0.1
     grid: int = 5
@@ -369,6 +371,7 @@ class Refinement:
     similarity_blur: float = 1.0
     weights: tuple = (1.0, 1.0, 3.0, 1.0)
     strain: float = 100.0
+    from_no_warp: bool = True
 
 
 def registration_loss(a, b, field, settings):
@@ -392,7 +395,25 @@ def refine_field(a, b, field, settings):
     plus the weighted smoothness and folding, and the strain term), starting from `field`
     projected onto settings.grid x settings.grid control points (instance optimisation, as ANTs
     optimises a pair and VoxelMorph refines its prediction). a [B, H, W, 1], b YCrCb
-    [B, H, W, 3]; each pair's points see only its own loss."""
+    [B, H, W, 3]; each pair's points see only its own loss.
+
+    With settings.from_no_warp it also refines each pair from no warp, in the same batch, and
+    keeps the refined field of lower loss, as ANTs tries several initial transforms and keeps
+    the best metric: a network field that starts the optimisation in a worse basin than the
+    pair as given then costs nothing."""
+    if not settings.from_no_warp:
+        return _refine_from(a, b, field, settings)
+    pairs = field.shape[0]
+    twice = lambda x: jnp.concatenate([x, x])
+    refined = _refine_from(twice(a), twice(b), jnp.concatenate([field, jnp.zeros_like(field)]),
+                           settings)
+    loss = registration_loss(twice(a), twice(b), refined, settings)
+    keep_network_start = (loss[:pairs] <= loss[pairs:])[:, None, None, None]
+    return jnp.where(keep_network_start, refined[:pairs], refined[pairs:])
+
+
+def _refine_from(a, b, field, settings):
+    """`refine_field` from the one start `field`."""
     height, width = a.shape[1:3]
 
     def objective(control):

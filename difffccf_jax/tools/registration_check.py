@@ -13,6 +13,7 @@ its warped grid and the warped B), the metric tables against the pairs as given 
 `figures/registration.png` (per pair: A, B as given, B registered, the warped grid).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -121,8 +122,11 @@ def summary_lines(summary):
 
 def field_variants(checkpoint, root, layout, image_size, refine_steps):
     """What the network and the refinement each contribute, on the held-out pairs: the fields
-    {'network alone', 'network + N refinement steps', 'N refinement steps from no warp'} of the
-    checkpoint's model and sampling settings, as [N, H, W, 2] NumPy arrays."""
+    of the checkpoint's model and sampling settings, as [N, H, W, 2] NumPy arrays, named
+    'network alone', 'network + N refinement steps' (what the sampler uses: with its setting
+    refine_from_no_warp, the better by loss of this start and no warp), and, each refined from
+    one start only, 'N refinement steps from the network alone' and 'N refinement steps from no
+    warp'."""
     import jax
     import jax.numpy as jnp
 
@@ -142,12 +146,18 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
             lambda x, t: model.apply({"params": params}, x, t, train=False), a, b,
             int(config.loss.get("registration_size", 0)))
 
-    refine = jax.jit(lambda a, b, field: registration.refine_field(a, b, field, refinement))
+    one_start = dataclasses.replace(refinement, from_no_warp=False)
+    refine = jax.jit(registration.refine_field, static_argnums=3)
     predicted = network(a, b)
-    return {"network alone": np.asarray(predicted),
-            f"network + {refine_steps} refinement steps": np.asarray(refine(a, b, predicted)),
-            f"{refine_steps} refinement steps from no warp": np.asarray(
-                refine(a, b, jnp.zeros_like(predicted)))}
+    variants = {"network alone": np.asarray(predicted),
+                f"network + {refine_steps} refinement steps": np.asarray(
+                    refine(a, b, predicted, refinement))}
+    if refinement.from_no_warp:
+        variants[f"{refine_steps} refinement steps from the network alone"] = np.asarray(
+            refine(a, b, predicted, one_start))
+    variants[f"{refine_steps} refinement steps from no warp"] = np.asarray(
+        refine(a, b, jnp.zeros_like(predicted), one_start))
+    return variants
 
 
 def variant_table(variants, pairs, image_size):
@@ -265,6 +275,7 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
                    registration_size=registration_size, refine_steps=refine_steps,
                    refine_learning_rate=float(config.sampling.refine_learning_rate),
                    refine_strain=float(config.sampling.refine_strain),
+                   refine_from_no_warp=bool(config.sampling.refine_from_no_warp),
                    train_steps=int(state.step), train_minutes=timings["train"] / 60,
                    stage_seconds=timings, metrics=means, command=command, variants=variants,
                    per_pair=[dict(pair=name, true_mean_shift=[float(v) for v in true],
@@ -274,6 +285,8 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     files.write_text(os.path.join(out, SUMMARY_NAME),
                      json.dumps(summary, indent=2, allow_nan=False) + "\n")
     stage_times = ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
+    starts = (", from the network's field and from no warp, keeping the result of lower loss"
+              if config.sampling.refine_from_no_warp else "")
     text = f"""# Registration check
 
 Command: `{command}`
@@ -285,8 +298,8 @@ configuration trained for {summary['train_steps']} steps ({summary['train_minute
 the registration pass on the whole pairs shrunk to {registration_size} px, the diffusion rows on
 random {diffusion_crop} px windows. At sampling, the network's field was refined by
 {refine_steps} Adam steps of {config.sampling.refine_learning_rate:g} px of the same loss plus the
-strain term, weight {config.sampling.refine_strain:g} (sampling.refine_steps,
-refine_learning_rate, refine_strain). Stage times (s): {stage_times}.
+strain term, weight {config.sampling.refine_strain:g}{starts} (sampling.refine_steps,
+refine_learning_rate, refine_strain, refine_from_no_warp). Stage times (s): {stage_times}.
 
 ## Registration (held-out pairs)
 
