@@ -400,7 +400,7 @@ def refine_field(a, b, field, settings):
     With settings.from_no_warp it also refines each pair from no warp, in the same batch, and
     keeps the refined field of lower loss, as ANTs tries several initial transforms and keeps
     the best metric: a network field that starts the optimisation in a worse basin than the
-    pair as given then costs nothing."""
+    pair as given then does no harm, for twice the time."""
     if not settings.from_no_warp:
         return _refine_from(a, b, field, settings)
     pairs = field.shape[0]
