@@ -45,6 +45,12 @@ def fused_path(folder, pair_name):
     return os.path.join(folder, os.path.splitext(pair_name)[0] + ".png")
 
 
+def listed_names(names):
+    """The first MAX_LISTED_NAMES names, comma-separated, and how many more there are."""
+    more = len(names) - MAX_LISTED_NAMES
+    return ", ".join(names[:MAX_LISTED_NAMES]) + (f" and {more} more" if more > 0 else "")
+
+
 def check_fused_folders(methods, pair_names):
     """UserError unless every method's folder exists and holds a fused image for every pair;
     the message names the missing files of each method."""
@@ -56,11 +62,8 @@ def check_fused_folders(methods, pair_names):
         missing = [os.path.basename(fused_path(folder, pair)) for pair in pair_names
                    if not os.path.isfile(fused_path(folder, pair))]
         if missing:
-            shown = ", ".join(missing[:MAX_LISTED_NAMES])
-            more = f" and {len(missing) - MAX_LISTED_NAMES} more" if len(
-                missing) > MAX_LISTED_NAMES else ""
             problems.append(f"method {name!r}: {len(missing)} of {len(pair_names)} fused images "
-                            f"missing in {folder}: {shown}{more}")
+                            f"missing in {folder}: {listed_names(missing)}")
     if problems:
         raise UserError("; ".join(problems))
 
@@ -85,11 +88,8 @@ def matching_pairs(pairs, other_pairs, what):
     by_name = {pair.name: pair for pair in other_pairs}
     missing = [pair.name for pair in pairs if pair.name not in by_name]
     if missing:
-        shown = ", ".join(missing[:MAX_LISTED_NAMES])
-        more = (f" and {len(missing) - MAX_LISTED_NAMES} more"
-                if len(missing) > MAX_LISTED_NAMES else "")
         raise UserError(f"{what}: {len(missing)} of {len(pairs)} scored pairs missing: "
-                        f"{shown}{more}")
+                        f"{listed_names(missing)}")
     return {pair.name: by_name[pair.name] for pair in pairs}
 
 
