@@ -404,10 +404,9 @@ def refine_field(a, b, field, settings):
     if not settings.from_no_warp:
         return _refine_from(a, b, field, settings)
     pairs = field.shape[0]
-    twice = lambda x: jnp.concatenate([x, x])
-    refined = _refine_from(twice(a), twice(b), jnp.concatenate([field, jnp.zeros_like(field)]),
-                           settings)
-    loss = registration_loss(twice(a), twice(b), refined, settings)
+    a2, b2 = jnp.concatenate([a, a]), jnp.concatenate([b, b])
+    refined = _refine_from(a2, b2, jnp.concatenate([field, jnp.zeros_like(field)]), settings)
+    loss = registration_loss(a2, b2, refined, settings)
     keep_network_start = (loss[:pairs] <= loss[pairs:])[:, None, None, None]
     return jnp.where(keep_network_start, refined[:pairs], refined[pairs:])
 
