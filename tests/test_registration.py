@@ -4,6 +4,7 @@ pass shared by training and sampling, the head motion of the generator, MIND, an
 prefers the true field on generated pairs."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +81,64 @@ def test_warp_gradients(image):
     # first column, which no output reads as a right neighbour (0.7 only).
     np.testing.assert_allclose(grad_image[:, :, 1:], 1.0, atol=1e-6)
     np.testing.assert_allclose(grad_image[:, :, 0], 0.7, atol=1e-6)
+
+
+bicubic_warp = jax.jit(functools.partial(registration.warp, interpolation=registration.BICUBIC))
+
+
+def keys_kernel(t):
+    """Keys' cubic convolution kernel (a = -0.5) at distance t, float64."""
+    t = np.abs(t)
+    return np.where(t <= 1, 1.5 * t ** 3 - 2.5 * t ** 2 + 1,
+                    np.where(t < 2, -0.5 * t ** 3 + 2.5 * t ** 2 - 4 * t + 2, 0.0))
+
+
+def test_bicubic_integer_shift_reads_the_fill_outside(image):
+    fill = jnp.array([-1.0, 0.25, 0.5])
+    warped = np.asarray(bicubic_warp(image, constant_field(2.0, -1.0), fill))
+    expected = np.broadcast_to(np.asarray(fill), warped.shape).copy()
+    expected[:, 1:, :W - 2] = np.asarray(image)[:, :H - 1, 2:]
+    np.testing.assert_allclose(warped, expected, atol=1e-6)
+
+
+def test_bicubic_matches_a_float64_sum_over_the_kernel(image):
+    """Random sub-pixel field: each output is sum_k,l I[k, l] w(y' - k) w(x' - l) over every
+    input pixel (0 outside), the kernel evaluated by distance."""
+    field = np.random.default_rng(2).uniform(-2.5, 2.5, (2, H, W, 2))
+    warped = np.asarray(bicubic_warp(image, jnp.asarray(field, jnp.float32)))
+    img = np.asarray(image, np.float64)
+    rows, cols = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+    for b in range(2):
+        ys = rows + field[b, ..., 1]
+        xs = cols + field[b, ..., 0]
+        wy = keys_kernel(ys[..., None] - np.arange(H))  # [H, W, H]
+        wx = keys_kernel(xs[..., None] - np.arange(W))  # [H, W, W]
+        expected = np.einsum("yxk,yxl,klc->yxc", wy, wx, img[b])
+        np.testing.assert_allclose(warped[b], expected, atol=2e-5)
+
+
+def test_bicubic_is_exact_on_quadratics_and_bilinear_is_not():
+    """A quadratic image shifted by (0.3, -0.6) px: Keys' kernel reproduces it exactly away from
+    the border; the linear one is off by its curvature."""
+    rows, cols = np.meshgrid(np.arange(H, dtype=np.float64), np.arange(W, dtype=np.float64),
+                             indexing="ij")
+
+    def quadratic(y, x):
+        return 0.01 * (x - 7.0) ** 2 - 0.02 * (y - 5.0) * (x - 3.0) + 0.015 * y ** 2 + 0.1
+
+    image = jnp.asarray(np.broadcast_to(quadratic(rows, cols)[None, ..., None], (2, H, W, 3)),
+                        jnp.float32)
+    field = constant_field(0.3, -0.6)
+    expected = quadratic(rows - 0.6, cols + 0.3)
+    inner = (slice(None), slice(3, H - 2), slice(2, W - 3), 0)
+    np.testing.assert_allclose(np.asarray(bicubic_warp(image, field))[inner],
+                               np.broadcast_to(expected, (2, H, W))[inner[:3]], atol=1e-5)
+    assert np.abs(np.asarray(warp(image, field))[inner] - expected[inner[1:3]]).max() > 1e-3
+
+
+def test_unknown_interpolation_is_refused(image):
+    with pytest.raises(ValueError, match="interpolation 'nearest'"):
+        registration.warp(image, constant_field(0.0, 0.0), interpolation="nearest")
 
 
 def affine_field(matrix, offset):
@@ -327,6 +386,36 @@ def test_make_data_head_motion(tmp_path):
     assert 2.0 <= np.mean(np.linalg.norm(field, axis=-1)) <= 4.05
 
 
+def test_true_field_pairs_undo_the_motion(tmp_path):
+    """registration_check.write_true_field_pairs: B warped by its saved true field (the
+    sampler's bicubic warp) is far closer to B before the motion than the moved B is; A and the
+    field are copied unchanged."""
+    import os
+
+    from difffccf_jax.config_cli import load_config_file
+    from difffccf_jax.data import generator, layouts
+    from difffccf_jax.tools import registration_check
+
+    layout = layouts.layout_from_config(load_config_file(registration_check.TINY_CONFIG).data,
+                                        "pet")
+    roots = {name: str(tmp_path / name) for name in ("test", "aligned", "true_field")}
+    for name, moved in (("test", True), ("aligned", False)):
+        generator.write_task(roots[name], layout, 2, 96, 4, misalign_b=moved,
+                             anatomy="phantom", motion="head")
+    registration_check.write_true_field_pairs(roots["test"], roots["true_field"], layout,
+                                              registration.BICUBIC)
+    listed = {name: layouts.list_pairs(root, layout) for name, root in roots.items()}
+    for moved, aligned, undone in zip(*(listed[name] for name in ("test", "aligned", "true_field"))):
+        read = {name: layouts.read_pair_uint8(pair, layout)
+                for name, pair in (("moved", moved), ("aligned", aligned), ("undone", undone))}
+        np.testing.assert_array_equal(read["undone"][0], read["moved"][0])
+        np.testing.assert_array_equal(np.load(undone.displacement), np.load(moved.displacement))
+        target = read["aligned"][1].astype(float)
+        error = {name: np.abs(read[name][1] - target).mean() for name in ("moved", "undone")}
+        assert error["undone"] < 0.25 * error["moved"], error
+        assert os.path.basename(undone.b) == os.path.basename(moved.b)
+
+
 # ---- the similarity: MIND -----------------------------------------------------------------------
 
 def test_mind_sees_structure_not_intensity():
@@ -568,6 +657,23 @@ def test_refinement_settings_are_checked(paper_config_path):
     assert (old.steps, old.learning_rate, old.strain, old.from_no_warp) == (0, 0.05, 0.0, False)
 
 
+def test_warp_interpolation_setting(paper_config_path):
+    """sampling.warp_interpolation: the paper config's bicubic; a config saved before the key
+    gets the bilinear warp it ran with; another value is refused by name."""
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.errors import UserError
+    from difffccf_jax.inference import sampling
+
+    config = load_config(paper_config_path)
+    assert sampling.warp_interpolation_from_config(config.sampling) == registration.BICUBIC
+    config.sampling.warp_interpolation = "nearest"
+    with pytest.raises(UserError, match="sampling.warp_interpolation: expected one of bilinear, "
+                                        "bicubic, got 'nearest'"):
+        sampling.warp_interpolation_from_config(config.sampling)
+    del config.sampling["warp_interpolation"]
+    assert sampling.warp_interpolation_from_config(config.sampling) == registration.BILINEAR
+
+
 # ---- the check command's acceptance numbers -----------------------------------------------------
 
 def test_registration_summary_known_answers():
@@ -606,3 +712,4 @@ def test_check_config_trains_whole_pairs_with_cropped_diffusion_rows():
     assert config.sampling.steps == 7 and config.sampling.refine_steps == 9
     assert (config.sampling.refine_learning_rate, config.sampling.refine_strain) == (0.1, 100.0)
     assert config.sampling.refine_from_no_warp
+    assert config.sampling.warp_interpolation == registration.BICUBIC

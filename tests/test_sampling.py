@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from difffccf_jax import color
 from difffccf_jax.inference import sampling
-from difffccf_jax.model import composition, diffusion, regions, unet
+from difffccf_jax.model import composition, diffusion, registration, regions, unet
 from difffccf_jax.config_cli import load_config
 
 NUM_PAIRS = 4
@@ -283,6 +283,10 @@ def test_sampler_from_config_passes_the_sampling_rules_and_statistics(tiny_confi
                                                                    "sample")
         assert captured["task_rules"].cr.sign == 1.0 and captured["task_rules"].cr.gain == 1.0
         assert captured["statistics"] == statistics
+    for interpolation in registration.INTERPOLATIONS:
+        config = load_config(tiny_config_path, [("sampling.warp_interpolation", interpolation)])
+        sampling.sampler_from_config(config, "pet")
+        assert captured["warp_interpolation"] == interpolation
 
 
 def test_stages_split_the_schedule_in_thirds():

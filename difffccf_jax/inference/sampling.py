@@ -161,11 +161,13 @@ def final_rows(output, x, m1, rows):
     return jnp.where(per_image(rows["chroma"]), x, clean)
 
 
-def warp_b(b, deformation):
-    """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2], each pair's own
-    background outside the image (the per-channel median of its border pixels,
-    `registration.background`, as in training), clipped to [-1, 1] against rounding."""
-    return jnp.clip(registration.warp(b, deformation, registration.background(b)), -1.0, 1.0)
+def warp_b(b, deformation, interpolation=registration.BILINEAR):
+    """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2] with
+    `interpolation`, each pair's own background outside the image (the per-channel median of its
+    border pixels, `registration.background`, as in training), clipped to [-1, 1] (bicubic
+    overshoot, rounding)."""
+    return jnp.clip(registration.warp(b, deformation, registration.background(b), interpolation),
+                    -1.0, 1.0)
 
 
 def initial_noise(pair_keys, height, width):
@@ -207,7 +209,8 @@ class FusionInputs(NamedTuple):
 def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, register=True,
                  reflect_offset=0.8, statistics=regions.WHOLE_FRAME, output=OUTPUT_TRAJECTORY,
                  known_sources=False, registration_size=0,
-                 refinement=registration.Refinement(), mesh=None):
+                 refinement=registration.Refinement(),
+                 warp_interpolation=registration.BILINEAR, mesh=None):
     """The whole fusion of a batch of pairs as one jitted function
 
         sample(params, schedule, a, b, key, pair_ids) -> SampleOutput
@@ -219,7 +222,8 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     With `register`, the registration pass comes first (`registration.predict_field`, as in
     training: the network on the clean pairs [A, B_Y, A, B_Y] at t = 0, shrunk to
     `registration_size` pixels a side), refined by `refinement.steps` steps of instance
-    optimisation (`registration.refine_field`; none by default), and the field warps B; then
+    optimisation (`registration.refine_field`; none by default), and the field warps B
+    (`warp_interpolation`: registration.BILINEAR, as training warps, or BICUBIC); then
     one lax.scan runs the N reverse steps, so the network is compiled once for them (and once
     for the registration pass).
 
@@ -275,7 +279,7 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
                 registration_size)
             if refinement.steps:
                 deformation = registration.refine_field(a, b, deformation, refinement)
-            inputs = fusion_inputs(a, warp_b(b, deformation), deformation)
+            inputs = fusion_inputs(a, warp_b(b, deformation, warp_interpolation), deformation)
         else:
             inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
         rows = inputs.rows
@@ -306,6 +310,16 @@ def output_from_config(sampling):
     if output not in OUTPUTS:
         raise UserError(f"sampling.output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
     return output
+
+
+def warp_interpolation_from_config(sampling):
+    """config.sampling.warp_interpolation, checked (configs saved before it: bilinear, what they
+    ran with)."""
+    interpolation = sampling.get("warp_interpolation", registration.BILINEAR)
+    if interpolation not in registration.INTERPOLATIONS:
+        raise UserError(f"sampling.warp_interpolation: expected one of "
+                        f"{', '.join(registration.INTERPOLATIONS)}, got {interpolation!r}")
+    return interpolation
 
 
 def refinement_from_config(config):
@@ -351,7 +365,8 @@ def sampler_from_config(config, task, mesh=None, model=None):
         output=output_from_config(config.sampling),
         known_sources=bool(config.sampling.get("known_sources", False)),
         registration_size=int(config.loss.get("registration_size", 0)),
-        refinement=refinement_from_config(config), mesh=mesh)
+        refinement=refinement_from_config(config),
+        warp_interpolation=warp_interpolation_from_config(config.sampling), mesh=mesh)
     schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
                                  config.sampling.steps)
     return sample, schedule

@@ -21,13 +21,41 @@ import optax
 from difffccf_jax.data import images
 
 
-def warp(image, displacement, fill=0.0):
-    """image [B, H, W, C] sampled at (x + u_x, y + u_y): bilinear, `fill` (broadcastable to the
-    image) outside it.
+BILINEAR = "bilinear"
+BICUBIC = "bicubic"
+INTERPOLATIONS = (BILINEAR, BICUBIC)
+KEYS_A = -0.5  # the Keys cubic convolution kernel's parameter: exact on quadratics
+
+
+def interpolation_taps(fraction, interpolation):
+    """((offset, weight), ...) along one axis for a sample at floor + `fraction` (in [0, 1)):
+    the two neighbours of linear interpolation, or the four of Keys' cubic convolution (a =
+    -0.5), which keeps more of the image's sharpness (its weights sum to 1 and may be
+    negative)."""
+    if interpolation == BILINEAR:
+        return ((0, 1.0 - fraction), (1, fraction))
+    a = KEYS_A
+
+    def near(t):  # |t| <= 1
+        return ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+
+    def far(t):  # 1 < |t| < 2
+        return ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
+
+    return ((-1, far(1.0 + fraction)), (0, near(fraction)), (1, near(1.0 - fraction)),
+            (2, far(2.0 - fraction)))
+
+
+def warp(image, displacement, fill=0.0, interpolation=BILINEAR):
+    """image [B, H, W, C] sampled at (x + u_x, y + u_y): bilinear or bicubic (`interpolation`),
+    `fill` (broadcastable to the image) outside it.
 
     Images in [-1, 1] need the fill of their own background (`background`), not 0: a mid-grey
     border skews the similarity measures of section 5 towards no warp at all. Differentiable with
-    respect to the image and the displacement [B, H, W, 2] (pixels)."""
+    respect to the image and the displacement [B, H, W, 2] (pixels). Bicubic values can leave the
+    image's range by a little (the kernel's negative lobes)."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r}: expected one of {INTERPOLATIONS}")
     image = image - fill
     batch, height, width, channels = image.shape
     rows = jnp.arange(height, dtype=displacement.dtype)[None, :, None]
@@ -36,12 +64,10 @@ def warp(image, displacement, fill=0.0):
     y = rows + displacement[..., 1]
     x0 = jnp.floor(x)
     y0 = jnp.floor(y)
-    wx1 = x - x0
-    wy1 = y - y0
     flat = image.reshape(batch, height * width, channels)
     result = jnp.zeros(image.shape, image.dtype)
-    for dy, wy in ((0, 1.0 - wy1), (1, wy1)):
-        for dx, wx in ((0, 1.0 - wx1), (1, wx1)):
+    for dy, wy in interpolation_taps(y - y0, interpolation):
+        for dx, wx in interpolation_taps(x - x0, interpolation):
             xi = x0.astype(jnp.int32) + dx
             yi = y0.astype(jnp.int32) + dy
             inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)

@@ -8,8 +8,10 @@ elastic, a mean end-point error of 2-4 px) and its true field is saved; the trai
 it (the registration is unsupervised), the report compares the predicted field with it. Written
 into --out: `report.md`, `summary.json` (the same numbers), the data (and the held-out pairs
 before the motion, `data/aligned`), the checkpoint, both fused folders (with extras: the field,
-its warped grid and the warped B), the metric tables against the pairs as given and as aligned
-(with the classical rules applied to the pairs as given in both), and
+its warped grid and the warped B), two ceilings: the model's fusion of B warped by its true
+field (`data/true_field`, `fused_true_field`) and of the aligned pairs (`fused_aligned`), the
+metric tables against the pairs as given and as
+aligned (with the classical rules applied to the pairs as given in both), and
 `figures/registration.png` (per pair: A, B as given, B registered, the warped grid).
 """
 
@@ -27,6 +29,11 @@ from difffccf_jax.errors import UserError
 TINY_CONFIG = shipped_config("tiny")
 UNREGISTERED = "diff-fccf"  # B fused as given
 REGISTERED = "diff-fccf-registered"  # B warped by the predicted field first
+# Ceilings, scored only against the pairs before the motion: the model fusing B warped by its
+# true field (registration off; a perfect field, resampling included), and fusing the pairs
+# before the motion (no resampling either)
+TRUE_FIELD = "diff-fccf-true-field"
+ALIGNED = "diff-fccf-on-aligned-pairs"
 SUMMARY_NAME = "summary.json"
 # Issue 18's acceptance: the mean end-point error after warping at most this share of the error
 # before, and a Pearson correlation of true and predicted mean shifts of at least MIN_PEARSON
@@ -69,6 +76,25 @@ def generate(out, task, train_pairs, test_pairs, image_size, seed, anatomy):
         generator.write_task(roots[split], layout, count, image_size, split_seed,
                              misalign_b=moved, anatomy=anatomy, motion="head")
     return roots, layout
+
+
+def write_true_field_pairs(test_root, out_root, layout, interpolation):
+    """A copy of the held-out pairs under `out_root` with each B warped by its own true field as
+    the sampler warps (`sampling.warp_b`, `interpolation`): what a perfect registration gives B.
+    The true field is used for evaluation only."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    from difffccf_jax.data import layouts
+    from difffccf_jax.inference import sampling
+
+    shutil.copytree(test_root, out_root)
+    for pair in layouts.list_pairs(out_root, layout):
+        _, b = layouts.read_pair(pair, layout)
+        field = layouts.read_displacement(pair, b.shape[0])
+        warped = sampling.warp_b(jnp.asarray(b)[None], jnp.asarray(field)[None], interpolation)
+        files.write_files([(pair.b, np.asarray(sampling.ycrcb_unit_to_rgb_uint8(warped))[0])])
 
 
 def pearson(x, y):
@@ -214,7 +240,7 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     summary.json, with report.md)."""
     from difffccf_jax.data import generator, layouts
     from difffccf_jax.evaluation import scoring
-    from difffccf_jax.inference import fusion
+    from difffccf_jax.inference import fusion, sampling
     from difffccf_jax.tools import demo
     from difffccf_jax.training import train
 
@@ -245,6 +271,13 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     for name, folder in folders.items():
         fusion.fuse_folder(checkpoint, folder, data=roots["test"], task=task,
                            register=name == REGISTERED, save_extras=True)
+    roots["true_field"] = os.path.join(out, "data", "true_field")
+    write_true_field_pairs(roots["test"], roots["true_field"], layout,
+                           sampling.warp_interpolation_from_config(config.sampling))
+    ceilings = {TRUE_FIELD: os.path.join(out, "fused_true_field"),
+                ALIGNED: os.path.join(out, "fused_aligned")}
+    for name, data in ((TRUE_FIELD, roots["true_field"]), (ALIGNED, roots["aligned"])):
+        fusion.fuse_folder(checkpoint, ceilings[name], data=data, task=task, register=False)
     timings["fuse"] = time.perf_counter() - stage
 
     # The metrics compare the fused image with its sources: with the pair as given (B
@@ -253,10 +286,10 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     # the aligned pairs they would be an oracle.
     stage = time.perf_counter()
     tables, means = {}, {}
-    for reference in ("test", "aligned"):
+    for reference, methods in (("test", folders), ("aligned", {**folders, **ceilings})):
         evaluation_dir = os.path.join(out, f"evaluation_{reference}")
         tables[reference], _ = scoring.evaluate_folders(
-            roots[reference], layout, folders, evaluation_dir, with_baselines=True,
+            roots[reference], layout, methods, evaluation_dir, with_baselines=True,
             baseline_data=roots["test"])
         with open(os.path.join(evaluation_dir, "evaluation.json"), encoding="utf-8") as file:
             means[reference] = demo.metric_means(json.load(file))
@@ -323,7 +356,11 @@ metrics then reward a fusion that keeps B where it was):
 {tables['test']}
 
 Scored against the same pairs before the motion (B aligned with A; `data/aligned`; the rules'
-images are those of the table above, not the rules applied to the aligned pairs):
+images are those of the table above, not the rules applied to the aligned pairs). Two
+ceilings, registration off: `{TRUE_FIELD}` fuses B warped by its true field (`data/true_field`;
+a perfect registration, resampling included) and `{ALIGNED}` the pairs before the motion. A
+no-reference metric (EN, SD, SF) that is lower there than with B misaligned rewards the
+misalignment's doubled edges, not the fusion:
 
 {tables['aligned']}
 """
