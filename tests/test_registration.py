@@ -224,22 +224,38 @@ def test_sampler_warp_fills_with_bs_background_not_black():
 
 def test_training_similarity_fills_with_bs_background():
     """registration.registration_terms warps every channel with the pair's background: for a pure
-    shift its terms equal those of B warped with that fill by hand, and differ from a black
-    fill."""
+    shift and for a random sub-pixel field its terms, and their gradients with respect to the
+    field, equal the sum of each channel warped with that fill by hand; a black fill differs."""
     from difffccf_jax.training import losses
 
     b = jnp.concatenate([jet_background_b(seed=1)] * 2)
     a = b[..., :1] * 0.5
     loss_config = losses.LossConfig(mi_bins=16, similarity_blur=1.0)
-    shift = jnp.broadcast_to(jnp.array([4.0, -3.0]), (2, 24, 24, 2))
-    mi, correlation = registration.registration_terms(a, b, shift, loss_config)
     fill = registration.background(b)
-    expected = [registration.registration_similarity(a, b[..., c:c + 1], shift, fill[..., c:c + 1],
-                                               loss_config) for c in range(3)]
-    np.testing.assert_allclose(mi, sum(e[0] for e in expected), rtol=1e-6)
-    np.testing.assert_allclose(correlation, sum(e[1] for e in expected), rtol=1e-6)
+
+    def by_channel(field):
+        terms = [registration.registration_similarity(a, b[..., c:c + 1], field,
+                                                      fill[..., c:c + 1], loss_config)
+                 for c in range(3)]
+        return sum(t[0] for t in terms), sum(t[1] for t in terms)
+
+    shift = jnp.broadcast_to(jnp.array([4.0, -3.0]), (2, 24, 24, 2))
+    random_field = jnp.asarray(np.random.default_rng(3).uniform(-2, 2, (2, 24, 24, 2)),
+                               jnp.float32)
+    for field in (shift, random_field):
+        got = registration.registration_terms(a, b, field, loss_config)
+        expected = by_channel(field)
+        for term in range(2):
+            np.testing.assert_allclose(got[term], expected[term], rtol=1e-5)
+            gradients = [jax.grad(lambda f: jnp.sum(terms(f)[term]))(field)
+                         for terms in (lambda f: registration.registration_terms(a, b, f,
+                                                                                 loss_config),
+                                       by_channel)]
+            np.testing.assert_allclose(*gradients, rtol=1e-4, atol=1e-6)
+    with_fill, _ = registration.registration_similarity(a, b[..., :1], shift, fill[..., :1],
+                                                       loss_config)
     with_black, _ = registration.registration_similarity(a, b[..., :1], shift, -1.0, loss_config)
-    assert abs(float(with_black[0] - expected[0][0][0])) > 1e-3  # the fill matters
+    assert abs(float(with_black[0] - with_fill[0])) > 1e-3  # the fill matters
 
 
 # ---- the field on a grid of control points ------------------------------------------------------

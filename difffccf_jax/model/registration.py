@@ -363,11 +363,13 @@ def registration_similarity(a, b, deformation, background, loss_config):
 def registration_terms(a, b, deformation, loss_config):
     """(MI term, correlation term) per pair [B] of the field `deformation` [B, H, W, 2]: A
     against each channel of B (YCrCb [B, H, W, 3]) warped by it with B's own background as fill
-    (`background`), summed over the three channels."""
-    fill = background(b)
-    mi, correlation = zip(*(registration_similarity(a, b[..., c:c + 1], deformation,
-                                                    fill[..., c:c + 1], loss_config)
-                            for c in range(3)))
+    (`background`), summed over the three channels. The same as `registration_similarity` per
+    channel; the channels share one blur of A, one blur of B and one warp."""
+    blur = functools.partial(gaussian_blur, sigma=loss_config.similarity_blur)
+    blurred_a = blur(a)
+    warped_b = warp(blur(b), deformation, background(b))
+    mi, correlation = zip(*(similarity_loss(blurred_a, warped_b[..., c:c + 1], loss_config)
+                            for c in range(b.shape[-1])))
     return sum(mi), sum(correlation)
 
 
