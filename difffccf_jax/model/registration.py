@@ -304,8 +304,8 @@ def mind_descriptor(x, radius=MIND_RADIUS, sigma=MIND_SIGMA):
     V the mean of the four D_r, divided by its largest entry. It describes the local structure,
     not the intensities, so two modalities of one anatomy have similar descriptors."""
     offsets = ((radius, 0), (-radius, 0), (0, radius), (0, -radius))
-    distances = jnp.concatenate([gaussian_blur((x - shifted(x, dx, dy)) ** 2, sigma)
-                                 for dx, dy in offsets], axis=-1)
+    distances = gaussian_blur(jnp.concatenate([(x - shifted(x, dx, dy)) ** 2
+                                               for dx, dy in offsets], axis=-1), sigma)
     variance = jnp.mean(distances, axis=-1, keepdims=True)
     variance = variance + 1e-3 * jnp.mean(variance, axis=(1, 2, 3), keepdims=True) + LOG_EPS
     descriptor = jnp.exp(-distances / variance)
