@@ -91,6 +91,39 @@ def test_a_budget_cuts_the_repeats_after_a_slow_first_call(clock):
     assert timing.repeats == 2 and len(calls) == 3
 
 
+def test_alternating_timing_calls_in_turn_and_keeps_each_calls_own_medians(clock):
+    """Two calls: first calls apart, then rounds a, b, a, b, ...; each Timing holds the
+    medians of its own repeats, its compile time and its fastest repeat."""
+    order = []
+    costs = {"a": iter([(1.0, 0.5), (0.2, 0.1), (0.4, 0.3), (0.3, 0.2)]),
+             "b": iter([(2.0, 1.0), (0.5, 0.5), (0.7, 0.6), (0.6, 0.4)])}
+
+    def call(name):
+        order.append(name)
+        clock.spend(*next(costs[name]))
+
+    timings = measure.time_alternating({"a": lambda: call("a"), "b": lambda: call("b")},
+                                       repeats=3, compile_s={"b": 9.0})
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert tuple(timings["a"]) == pytest.approx((0.0, 1.0, 0.3, 0.2, 3, 0.2))
+    assert tuple(timings["b"]) == pytest.approx((9.0, 2.0, 0.6, 0.5, 3, 0.5))
+
+
+def test_alternating_rounds_fit_the_budget(clock):
+    order = []
+
+    def call(name):
+        order.append(name)
+        clock.spend(0.05)
+
+    timings = measure.time_alternating({"a": lambda: call("a"), "b": lambda: call("b")},
+                                       repeats=10, budget_s=0.35)
+    # a round as slow as the first calls takes 0.1 s: 3 rounds fit in 0.35 s
+    assert timings["a"].repeats == timings["b"].repeats == 3 and len(order) == 2 + 6
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        measure.time_alternating({"a": lambda: None}, repeats=0)
+
+
 def test_xla_flop_count_of_a_matmul_is_2mnk_and_buffers_hold_its_operands():
     m, k, n = 64, 32, 48
     compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()

@@ -257,9 +257,10 @@ def train_torch(case):
     return [make_row(case, "train step (stand-in L1, AdamW)", timing)]
 
 
-def time_real_step(case, config):
-    """(Timing, compiled step, train.Run, the batch, the last state) of the real training step
-    of `config` at the case's batch size, on one device, fed generated pairs."""
+def real_step(case, config):
+    """(call, compiled step, compile seconds, train.Run, the batch, the first state) of the real
+    training step of `config` at the case's batch size, on one device, fed generated pairs;
+    call() runs one step on the state of the last (waited for)."""
     import tempfile
 
     import jax
@@ -285,16 +286,18 @@ def time_real_step(case, config):
     compiled, compile_s = measure.compile_jax(step, state[0], batch, *args,
                                               fast=case.fast_compile)
 
+    first_state = state[0]
+
     def call():
         state[0] = jax.block_until_ready(compiled(state[0], batch, *args))[0]
 
-    timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
-    return timing, compiled, run, batch, state[0]
+    return call, compiled, compile_s, run, batch, first_state
 
 
 def train_full_jax(case):
     config = load_case_config(case)
-    timing, compiled, *_ = time_real_step(case, config)
+    call, compiled, compile_s, *_ = real_step(case, config)
+    timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
     row = jax_row(case, "train step (train.py, all losses)", timing, compiled,
                   note=f"network batch 3 x {case.batch} (Y, Cr, Cb)")
     return [row._replace(dtype=config.model.dtype)]
@@ -367,18 +370,20 @@ def loss_pieces(loss_config, pairs):
 
 def step_split_jax(case):
     """Rows of the whole real step and of its parts (STEP_SPLIT), each noting its share of the
-    whole step's steady wall and CPU time (CPU time is the steadier on a shared machine): the
-    rest is the other losses, the conditions and bookkeeping."""
+    whole step's steady wall and CPU time: the rest is the other losses, the conditions and
+    bookkeeping. The four programs are compiled first and then timed in alternation
+    (`measure.time_alternating`), so that the shares are fair on a shared machine."""
     import jax
+    import jax.numpy as jnp
 
     config = load_case_config(case)
-    whole, compiled, run, batch, state = time_real_step(case, config)
-    rows = [jax_row(case, STEP_SPLIT[0], whole, compiled)]
+    whole_call, whole, whole_compile_s, run, batch, state = real_step(case, config)
     loss_config = run.step_options["loss_config"]
     size = config.data.image_size
     x, t, _ = example_inputs(3 * case.batch, size, run.model.in_channels,
                              config.diffusion.steps)
-    net_state = [state.params, state.opt_state]
+    # copies: the real step donates its state's buffers
+    net_state = jax.tree.map(jnp.copy, [state.params, state.opt_state])
     net_args = (batch["a"], batch["b"], x, t, jax.random.key(1))
     net, net_compile_s = measure.compile_jax(
         network_step(run.model, run.tx, loss_config), *net_state, *net_args)
@@ -386,18 +391,23 @@ def step_split_jax(case):
     def net_call():
         net_state[:] = jax.block_until_ready(net(*net_state, *net_args))
 
-    timing = measure.time_calls(net_call, case.max_repeats, net_compile_s, case.budget_s)
-    rows.append(jax_row(case, STEP_SPLIT[1], timing, net))
+    calls, compiled, compile_s = ({STEP_SPLIT[0]: whole_call, STEP_SPLIT[1]: net_call},
+                                  {STEP_SPLIT[0]: whole, STEP_SPLIT[1]: net},
+                                  {STEP_SPLIT[0]: whole_compile_s, STEP_SPLIT[1]: net_compile_s})
     for name, (function, function_args) in loss_pieces(loss_config,
                                                        (batch["a"], batch["b"])).items():
-        timing, piece = measure.time_jax(function, function_args, case.max_repeats,
-                                         case.budget_s)
-        rows.append(jax_row(case, name, timing, piece))
-    return [row._replace(dtype=config.model.dtype,
-                         note=f"{100 * row.timing.steady_s / whole.steady_s:.0f} % of the "
-                              f"whole step's wall time, {100 * row.timing.cpu_s / whole.cpu_s:.0f}"
-                              f" % of its CPU time; network batch 3 x {case.batch}")
-            for row in rows]
+        compiled[name], compile_s[name] = measure.compile_jax(function, *function_args)
+        calls[name] = (lambda piece, piece_args: lambda: jax.block_until_ready(
+            piece(*piece_args)))(compiled[name], function_args)
+    timings = measure.time_alternating(calls, case.max_repeats, compile_s, case.budget_s)
+    whole_timing = timings[STEP_SPLIT[0]]
+    return [jax_row(case, name, timings[name], compiled[name])._replace(
+                dtype=config.model.dtype,
+                note=f"{100 * timings[name].steady_s / whole_timing.steady_s:.0f} % of the "
+                     f"whole step's wall time, "
+                     f"{100 * timings[name].cpu_s / whole_timing.cpu_s:.0f} % of its CPU time; "
+                     f"network batch 3 x {case.batch}")
+            for name in STEP_SPLIT]
 
 
 def sampling_jax(case):

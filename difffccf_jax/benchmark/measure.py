@@ -58,6 +58,35 @@ def time_calls(call, repeats, compile_s=0.0, budget_s=None):
                   min(walls))
 
 
+def time_alternating(calls, repeats, compile_s=None, budget_s=None):
+    """{name: Timing} of several calls ({name: call}, each returning once its work is done)
+    timed in alternation: each called once (its first call), then `repeats` rounds that call
+    each in turn, so that a change of the machine's load while they run (a shared machine) falls
+    on all of them alike and their ratios stay fair. With `budget_s`, fewer rounds (at least 2)
+    when a round as slow as the first calls would not fit. compile_s: {name: seconds}."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    compile_s = compile_s or {}
+    firsts = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        call()
+        firsts[name] = time.perf_counter() - start
+    if budget_s is not None:
+        repeats = repeats_within(sum(firsts.values()), budget_s, repeats, min(2, repeats))
+    walls = {name: [] for name in calls}
+    cpus = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            call()
+            walls[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - start_cpu)
+    return {name: Timing(compile_s.get(name, 0.0), firsts[name], statistics.median(walls[name]),
+                         statistics.median(cpus[name]), repeats, min(walls[name]))
+            for name in calls}
+
+
 MIN_STEADY_S = 1.0  # fast calls are repeated for at least this long (up to MAX_FAST_REPEATS)
 MAX_FAST_REPEATS = 1000
 
