@@ -384,8 +384,11 @@ NOTES = (
     "main call with dropout, under a stand-in loss, and AdamW); the registration terms (MI and "
     "the second similarity term of the three channels, smoothness, folding) forward and "
     "backward with respect to the field; the quality loss (SSIM, Sobel, intensity) forward "
-    "and backward with respect to the fused image. Each row's note gives its share of the "
-    "whole step's steady wall and CPU time (on a loaded machine the CPU share is the steadier). "
+    "and backward with respect to the fused image. The four are compiled first and then timed "
+    "in alternation (rounds of one call each; rows measured before run 9 were timed one after "
+    "the other), so that a change of load falls on all of them alike. Each row's note gives its "
+    "share of the whole step's steady wall and CPU time (on a loaded machine the CPU share is "
+    "the steadier). "
     "The rest is the other terms, the channel conditions and the "
     "bookkeeping (weighting policy, optimiser), less what XLA fuses across the parts.",
 )
