@@ -10,8 +10,8 @@ into --out: `report.md`, `summary.json` (the same numbers), the data (and the he
 before the motion, `data/aligned`), the checkpoint, both fused folders (with extras: the field,
 its warped grid and the warped B), two ceilings: the model's fusion of B warped by its true
 field (`data/true_field`, `fused_true_field`) and of the aligned pairs (`fused_aligned`), the
-metric tables against the pairs as given and as
-aligned (with the classical rules applied to the pairs as given in both), and
+metric tables against the pairs as given and as aligned (with the classical rules applied to the
+pairs as given in both), and
 `figures/registration.png` (per pair: A, B as given, B registered, the warped grid).
 """
 
