@@ -6,6 +6,7 @@ import their heavy dependencies inside `run`, so `difffccf --help` stays fast.
 
 import argparse
 import importlib
+import os
 import sys
 
 from difffccf_jax.config_cli import split_overrides
@@ -26,6 +27,24 @@ COMMAND_MODULES = (
     "difffccf_jax.commands.fuse",
     "difffccf_jax.commands.benchmark",
 )
+
+
+CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def default_cache_dir(environ):
+    """Where the command keeps JAX's persistent compilation cache:
+    $XDG_CACHE_HOME/difffccf_jax/jax, else ~/.cache/difffccf_jax/jax."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "difffccf_jax", "jax")
+
+
+def use_compilation_cache(environ):
+    """Points JAX's persistent compilation cache at `default_cache_dir` unless the user's
+    JAX_COMPILATION_CACHE_DIR is set (a folder; empty: no cache), so that the second run of a
+    command reuses the first one's compiled programs. Set in the environment, before JAX is
+    imported, so that the processes a command starts use it too."""
+    environ.setdefault(CACHE_VARIABLE, default_cache_dir(environ))
 
 
 def build_parser():
@@ -52,6 +71,7 @@ def main(argv=None):
     args.config_overrides = overrides
     if overrides and not hasattr(args, "config"):
         parser.error(f"'difffccf {args.command}' takes no --config.* overrides")
+    use_compilation_cache(os.environ)
     try:
         return int(args.run(args) or 0)
     except UserError as error:

@@ -1,5 +1,6 @@
 """The CLI entry point and config loading with command-line overrides."""
 
+import os
 import re
 import subprocess
 import sys
@@ -112,3 +113,39 @@ def test_json_round_trip_keeps_types(tiny_config_path, tmp_path):
     assert loaded.model.channel_mult == (1, 2, 4)
     assert loaded.data.tasks == config.data.tasks and isinstance(loaded.data.tasks, tuple)
     assert loaded.regions.pet.cr.train.threshold == config.regions.pet.cr.train.threshold
+
+
+# ---- the persistent compilation cache -----------------------------------------------------------
+
+def test_compilation_cache_defaults_to_the_users_cache_folder_and_respects_a_choice(tmp_path):
+    home = str(tmp_path / "xdg")
+    environ = {"XDG_CACHE_HOME": home}
+    cli.use_compilation_cache(environ)
+    assert environ[cli.CACHE_VARIABLE] == os.path.join(home, "difffccf_jax", "jax")
+    for chosen in ("/data/cache", ""):  # a folder of the user's; empty: no cache
+        environ = {"XDG_CACHE_HOME": home, cli.CACHE_VARIABLE: chosen}
+        cli.use_compilation_cache(environ)
+        assert environ[cli.CACHE_VARIABLE] == chosen
+    environ = {"HOME": str(tmp_path / "home")}
+    cli.use_compilation_cache(environ)
+    assert environ[cli.CACHE_VARIABLE].endswith(os.path.join(".cache", "difffccf_jax", "jax"))
+
+
+def test_a_command_sets_the_cache_before_it_runs(tmp_path, monkeypatch, tiny_config_path, capsys):
+    monkeypatch.delenv(cli.CACHE_VARIABLE, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cli.main(["show-config", "--config", tiny_config_path]) == 0
+    assert os.environ[cli.CACHE_VARIABLE] == str(tmp_path / "difffccf_jax" / "jax")
+
+
+def test_jax_writes_compiled_programs_where_the_cache_points(tmp_path):
+    """A fresh process: the folder set before JAX is imported receives the compiled program."""
+    environ = {name: value for name, value in os.environ.items()
+               if name not in (cli.CACHE_VARIABLE, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    environ["XDG_CACHE_HOME"] = str(tmp_path)
+    code = ("import os; from difffccf_jax import cli; cli.use_compilation_cache(os.environ); "
+            "import jax; jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+            "jax.block_until_ready(jax.jit(lambda x: x * 2.0 + 1.0)(1.0))")
+    subprocess.run([sys.executable, "-c", code], env=environ, check=True, timeout=300)
+    folder = tmp_path / "difffccf_jax" / "jax"
+    assert folder.is_dir() and any(folder.iterdir())
