@@ -24,6 +24,7 @@ prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": .
   image by the maximum rule, at the config's image size.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -368,6 +369,13 @@ def loss_pieces(loss_config, pairs):
             STEP_SPLIT[3]: (jax.jit(jax.value_and_grad(quality)), (0.5 * (rows_a + rows_b),))}
 
 
+def waited_call(program, args):
+    """program(*args), waited for."""
+    import jax
+
+    return jax.block_until_ready(program(*args))
+
+
 def step_split_jax(case):
     """Rows of the whole real step and of its parts (STEP_SPLIT), each noting its share of the
     whole step's steady wall and CPU time: the rest is the other losses, the conditions and
@@ -397,8 +405,7 @@ def step_split_jax(case):
     for name, (function, function_args) in loss_pieces(loss_config,
                                                        (batch["a"], batch["b"])).items():
         compiled[name], compile_s[name] = measure.compile_jax(function, *function_args)
-        calls[name] = (lambda piece, piece_args: lambda: jax.block_until_ready(
-            piece(*piece_args)))(compiled[name], function_args)
+        calls[name] = functools.partial(waited_call, compiled[name], function_args)
     timings = measure.time_alternating(calls, case.max_repeats, compile_s, case.budget_s)
     whole_timing = timings[STEP_SPLIT[0]]
     return [jax_row(case, name, timings[name], compiled[name])._replace(

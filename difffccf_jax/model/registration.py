@@ -350,14 +350,19 @@ def similarity_loss(a, warped_b, loss_config):
     return -mi, 1.0 - correlation
 
 
-def registration_similarity(a, b, deformation, background, loss_config):
-    """(MI term, correlation term) per image [B] of A against B warped by `deformation`, both
-    blurred by loss_config.similarity_blur first (so that the smoothing of bilinear
-    interpolation adds little); `background` (broadcastable to b) comes in from outside
-    (`background`)."""
+def blurred_and_warped(a, b, deformation, background, loss_config):
+    """(A, B warped by `deformation`), both blurred by loss_config.similarity_blur first (so that
+    the smoothing of bilinear interpolation adds little): what the similarity measures compare.
+    `background` (broadcastable to b) comes in from outside (`background`)."""
     blur = functools.partial(gaussian_blur, sigma=loss_config.similarity_blur)
-    warped_b = warp(blur(b), deformation, background)
-    return similarity_loss(blur(a), warped_b, loss_config)
+    return blur(a), warp(blur(b), deformation, background)
+
+
+def registration_similarity(a, b, deformation, background, loss_config):
+    """(MI term, correlation term) per image [B] of A against single-channel B warped by
+    `deformation` (`blurred_and_warped`)."""
+    return similarity_loss(*blurred_and_warped(a, b, deformation, background, loss_config),
+                           loss_config)
 
 
 def registration_terms(a, b, deformation, loss_config):
@@ -365,9 +370,7 @@ def registration_terms(a, b, deformation, loss_config):
     against each channel of B (YCrCb [B, H, W, 3]) warped by it with B's own background as fill
     (`background`), summed over the three channels. The same as `registration_similarity` per
     channel; the channels share one blur of A, one blur of B and one warp."""
-    blur = functools.partial(gaussian_blur, sigma=loss_config.similarity_blur)
-    blurred_a = blur(a)
-    warped_b = warp(blur(b), deformation, background(b))
+    blurred_a, warped_b = blurred_and_warped(a, b, deformation, background(b), loss_config)
     mi, correlation = zip(*(similarity_loss(blurred_a, warped_b[..., c:c + 1], loss_config)
                             for c in range(b.shape[-1])))
     return sum(mi), sum(correlation)
