@@ -1,4 +1,5 @@
-"""cpu_conv: the per-tap kernel gradient equals XLA's convolution VJP, and is used on CPU only."""
+"""cpu_conv: the kernel gradient in strips equals XLA's convolution VJP, and is used on CPU only,
+below MIN_DEPTH."""
 
 import chex
 import jax
@@ -33,7 +34,6 @@ def _vjps(x, kernel, strides, padding, cotangent):
     (1, (1, 1), ((0, 0), (0, 1))),  # an upsampling phase
 ])
 def test_gradients_equal_xla(batch, kernel_size, strides, padding, monkeypatch):
-    monkeypatch.setattr(cpu_conv, "GEMM_MIN_TAP_WORK", 1)  # these small ones take the products
     calls = []
     monkeypatch.setattr(cpu_conv, "kernel_gradient",
                         lambda *args, f=cpu_conv.kernel_gradient: calls.append(1) or f(*args))
@@ -50,19 +50,29 @@ def test_gradients_equal_xla(batch, kernel_size, strides, padding, monkeypatch):
     assert calls == ([1] if jax.default_backend() == "cpu" else [])
 
 
-def test_small_convolutions_keep_xla(monkeypatch):
+def test_batches_of_min_depth_keep_xla(monkeypatch):
     calls = []
     monkeypatch.setattr(cpu_conv, "conv", lambda *args: calls.append(args))
-    x, kernel = jnp.ones((1, 128, 128, 64)), jnp.ones((1, 1, 64, 127))  # 2^27 - 2^20 per tap
-    y = cpu_conv.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=cpu_conv.NHWC)
-    chex.assert_shape(y, (1, 128, 128, 127))
+    kernel = jnp.ones((3, 3, 2, 4))
+    y = cpu_conv.conv_general_dilated(jnp.ones((cpu_conv.MIN_DEPTH, 6, 6, 2)), kernel, (1, 1),
+                                      "SAME", dimension_numbers=cpu_conv.NHWC)
+    chex.assert_shape(y, (cpu_conv.MIN_DEPTH, 6, 6, 4))
     assert not calls
-    x, kernel = jnp.ones((1, 128, 128, 64)), jnp.ones((1, 1, 64, 128))  # 2^27 per tap
-    cpu_conv.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=cpu_conv.NHWC)
+    cpu_conv.conv_general_dilated(jnp.ones((cpu_conv.MIN_DEPTH - 1, 6, 6, 2)), kernel, (1, 1),
+                                  "SAME", dimension_numbers=cpu_conv.NHWC)
     assert len(calls) == (1 if jax.default_backend() == "cpu" else 0)
 
 
-def test_kernel_gradient_matches_xla_at_odd_sizes_with_stride_2():
+def test_strip_count_reaches_the_depth():
+    assert [cpu_conv.strip_count(b, (1, 1)) for b in (1, 2, 3, 4, 12)] == [4, 2, 2, 1, 1]
+    assert [cpu_conv.strip_count(b, (2, 2)) for b in (1, 2, 3, 4)] == [8, 4, 3, 1]
+    for batch in range(1, cpu_conv.MIN_DEPTH):
+        assert batch * cpu_conv.strip_count(batch, (1, 1)) >= cpu_conv.MIN_DEPTH
+        assert batch * cpu_conv.strip_count(batch, (2, 2)) >= cpu_conv.MIN_STRIDED_DEPTH
+
+
+@pytest.mark.parametrize("strips", [1, 2, 4, 5, 7])  # 6 output rows: uneven, and more strips
+def test_kernel_gradient_matches_xla_at_odd_sizes_with_stride_2(strips):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((3, 11, 6, 4)), jnp.float32)
     g = jnp.asarray(rng.standard_normal((3, 6, 3, 2)), jnp.float32)
@@ -73,20 +83,20 @@ def test_kernel_gradient_matches_xla_at_odd_sizes_with_stride_2():
         return jnp.sum(y * g)
 
     want = jax.grad(loss)(jnp.zeros((3, 3, 4, 2), jnp.float32))
-    got = cpu_conv.kernel_gradient(x, g, (3, 3), (2, 2), padding)
+    got = cpu_conv.kernel_gradient(x, g, (3, 3), (2, 2), padding, strips)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_path_is_per_backend():
-    assert cpu_conv.kernel_gradient_path("cpu") == "gemm"
+    assert cpu_conv.kernel_gradient_path("cpu") == "strips"
     assert cpu_conv.kernel_gradient_path("gpu") == "xla"
     assert cpu_conv.kernel_gradient_path("cuda") == "xla"
     assert cpu_conv.kernel_gradient_path("tpu") == "xla"
-    assert cpu_conv.kernel_gradient_path() == ("gemm" if jax.default_backend() == "cpu" else "xla")
+    assert cpu_conv.kernel_gradient_path() == ("strips" if jax.default_backend() == "cpu"
+                                               else "xla")
 
 
 def test_unsupported_convolutions_fall_back_to_xla(monkeypatch):
-    monkeypatch.setattr(cpu_conv, "GEMM_MIN_TAP_WORK", 1)  # only the tested property differs
     calls = []
     monkeypatch.setattr(cpu_conv, "conv", lambda *args: calls.append(args))
     x, kernel = jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 4))
@@ -104,7 +114,6 @@ def test_unsupported_convolutions_fall_back_to_xla(monkeypatch):
 
 
 def test_other_dtypes_keep_xla(monkeypatch):
-    monkeypatch.setattr(cpu_conv, "GEMM_MIN_TAP_WORK", 1)  # only the tested property differs
     calls = []
     monkeypatch.setattr(cpu_conv, "conv", lambda *args: calls.append(args))
     x, kernel = jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((3, 3, 2, 4), jnp.bfloat16)

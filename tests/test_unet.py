@@ -174,6 +174,22 @@ def test_gradient_and_dropout_in_train_mode(small):
                        small.random)
 
 
+def test_rbg_key_gives_repeatable_dropout_at_its_rate():
+    """The training step's dropout key: an 'rbg' key, the same masks for the same key, other
+    masks for another, and the configured rate of dropped units."""
+    key = unet.rbg_key(jax.random.key(7))
+    assert str(jax.random.key_impl(key)) == "rbg"
+    dropout = nn.Dropout(0.1, deterministic=False)
+    ones = jnp.ones((64, 64, 32))
+
+    def kept(key):
+        return np.asarray(dropout.apply({}, ones, rngs={"dropout": key}) != 0)
+
+    np.testing.assert_array_equal(kept(key), kept(unet.rbg_key(jax.random.key(7))))
+    assert (kept(key) != kept(unet.rbg_key(jax.random.key(8)))).mean() > 0.1
+    assert abs(kept(key).mean() - 0.9) < 0.01  # 131072 units: 12 standard deviations
+
+
 def test_bfloat16_compute_with_float32_params(small, tiny_config_path):
     model = unet.model_from_config(model_config(tiny_config_path, dtype="bfloat16", **SMALL))
     shapes = jax.eval_shape(lambda key: unet.init_params(model, key, 16), jax.random.key(0))

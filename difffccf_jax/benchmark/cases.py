@@ -139,10 +139,12 @@ def matmul_jax(case):
     import jax
     import jax.numpy as jnp
 
+    from difffccf_jax import compilation
+
     keys = jax.random.split(jax.random.key(0))
     a, b = (jax.random.normal(k, (case.size, case.size), jnp.float32) for k in keys)
-    timing, compiled = measure.time_jax(jax.jit(jnp.matmul), (a, b), case.max_repeats,
-                                             case.budget_s)
+    timing, compiled = measure.time_jax(compilation.jit(jnp.matmul), (a, b), case.max_repeats,
+                                        case.budget_s)
     return [jax_row(case, "float32 matmul", timing, compiled)]
 
 
@@ -164,6 +166,7 @@ def forward_jax(case):
     import jax
     import jax.numpy as jnp
 
+    from difffccf_jax import compilation
     from difffccf_jax.model import unet
 
     config = load_case_config(case)
@@ -171,9 +174,9 @@ def forward_jax(case):
     model = unet.model_from_config(config.model)
     params = unet.init_params(model, jax.random.key(0), size)
     x, t, _ = example_inputs(case.batch, size, model.in_channels, config.diffusion.steps)
-    apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False))
+    apply = compilation.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False))
     timing, compiled = measure.time_jax(apply, (params, jnp.asarray(x), jnp.asarray(t)),
-                                             case.max_repeats, case.budget_s)
+                                        case.max_repeats, case.budget_s)
     return [jax_row(case, "U-Net forward", timing, compiled)]
 
 
@@ -209,6 +212,7 @@ def train_jax(case):
     import jax.numpy as jnp
     import optax
 
+    from difffccf_jax import compilation
     from difffccf_jax.model import unet
 
     config = load_case_config(case)
@@ -218,7 +222,7 @@ def train_jax(case):
     tx = optax.adamw(config.optim.learning_rate, weight_decay=config.optim.weight_decay)
     x, t, noise = (jnp.asarray(v) for v in example_inputs(
         case.batch, size, model.in_channels, config.diffusion.steps))
-    dropout_key = jax.random.key(1)
+    dropout_key = unet.rbg_key(jax.random.key(1))  # as the training step draws it
 
     def step(params, opt_state, x, t, noise, key):
         def loss_fn(p):
@@ -229,7 +233,7 @@ def train_jax(case):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    jitted = jax.jit(step, donate_argnums=(0, 1))
+    jitted = compilation.jit(step, donate_argnums=(0, 1))
     state = [params, tx.init(params)]
     compiled, compile_s = measure.compile_jax(jitted, *state, x, t, noise, dropout_key)
 
@@ -318,6 +322,7 @@ def network_step(model, tx, loss_config):
     import jax.numpy as jnp
     import optax
 
+    from difffccf_jax import compilation
     from difffccf_jax.model import registration
 
     mean_abs = lambda v: jnp.mean(jnp.abs(v))  # noqa: E731
@@ -337,7 +342,7 @@ def network_step(model, tx, loss_config):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return compilation.jit(step, donate_argnums=(0, 1))
 
 
 def loss_pieces(loss_config, pairs):
@@ -348,6 +353,7 @@ def loss_pieces(loss_config, pairs):
     import jax
     import jax.numpy as jnp
 
+    from difffccf_jax import compilation
     from difffccf_jax.model import registration
     from difffccf_jax.training import losses
 
@@ -365,8 +371,9 @@ def loss_pieces(loss_config, pairs):
         return jnp.sum(losses.quality_loss(fused, rows_a, rows_b, loss_config.quality_weights))
 
     field = jnp.full(a.shape[:3] + (2,), 0.25, jnp.float32)
-    return {STEP_SPLIT[2]: (jax.jit(jax.value_and_grad(registration_loss)), (field,)),
-            STEP_SPLIT[3]: (jax.jit(jax.value_and_grad(quality)), (0.5 * (rows_a + rows_b),))}
+    return {STEP_SPLIT[2]: (compilation.jit(jax.value_and_grad(registration_loss)), (field,)),
+            STEP_SPLIT[3]: (compilation.jit(jax.value_and_grad(quality)),
+                            (0.5 * (rows_a + rows_b),))}
 
 
 def waited_call(program, args):
@@ -384,6 +391,8 @@ def step_split_jax(case):
     import jax
     import jax.numpy as jnp
 
+    from difffccf_jax.model import unet
+
     config = load_case_config(case)
     whole_call, whole, whole_compile_s, run, batch, state = real_step(case, config)
     loss_config = run.step_options["loss_config"]
@@ -392,7 +401,7 @@ def step_split_jax(case):
                              config.diffusion.steps)
     # copies: the real step donates its state's buffers
     net_state = jax.tree.map(jnp.copy, [state.params, state.opt_state])
-    net_args = (batch["a"], batch["b"], x, t, jax.random.key(1))
+    net_args = (batch["a"], batch["b"], x, t, unet.rbg_key(jax.random.key(1)))
     net, net_compile_s = measure.compile_jax(
         network_step(run.model, run.tx, loss_config), *net_state, *net_args)
 
@@ -510,6 +519,7 @@ def graph_jax(case):
     import jax
     import jax.numpy as jnp
 
+    from difffccf_jax import compilation
     from difffccf_jax.model import graph
 
     m = load_case_config(case).model
@@ -534,13 +544,14 @@ def graph_jax(case):
         args = (z, *matrices)
         name = f"graph operators (A z, T_0..T_{m.cheb_order - 1}(L) z), {case.variant}"
     else:
-        params = jax.jit(lambda k: layer(matrices).init(k, z))(jax.random.key(1))
+        params = compilation.jit(lambda k: layer(matrices).init(k, z))(jax.random.key(1))
 
         def run(params, z, *matrices):
             return layer(matrices).apply(params, z)
         args = (params, z, *matrices)
         name = f"Graformer layer, {case.variant}"
-    timing, compiled = measure.time_jax(jax.jit(run), args, case.max_repeats, case.budget_s)
+    timing, compiled = measure.time_jax(compilation.jit(run), args, case.max_repeats,
+                                        case.budget_s)
     row = jax_row(case, name, timing, compiled,
                   note=f"{case.size} x {case.size} x {channels} grid, N = {case.size ** 2}")
     return [row._replace(config=f"{case.label} {case.size}x{case.size}")]

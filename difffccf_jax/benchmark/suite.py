@@ -318,7 +318,10 @@ NOTES = (
     "cache off); 'first call s' is the first call after that (for eager PyTorch, which compiles "
     "nothing, the first call). 'steady s' is the median wall time of the repeated calls that "
     "followed (2 to the max repeats, as many as fit the time budget), each waited for "
-    "(`jax.block_until_ready`); calls under 0.2 s are repeated for at least a second.",
+    "(`jax.block_until_ready`); calls under 0.2 s are repeated for at least a second. "
+    "JAX programs are compiled as the project compiles them (`compilation.jit`: on the CPU "
+    "backend without XLA's YNNPACK calls, from run 12 on; convolutions' kernel gradients in "
+    "strips below batch 4, `cpu_conv.py`, from run 12 on).",
     "'CPU s/call': process CPU time of all threads per steady call. On a shared machine wall "
     "times grow with other processes' load (column 'load': the 1-minute load average when "
     "the case started); CPU time shows the work itself. PyTorch's OpenMP threads spin while "

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax import color, parallel
+from difffccf_jax import color, compilation, parallel
 from difffccf_jax.model import composition, diffusion, regions, registration, unet
 from difffccf_jax.errors import UserError
 
@@ -293,9 +293,9 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
                             region=channels_to_last(inputs.rows["region"]),
                             deformation=inputs.deformation, warped_b=inputs.b)
 
-    return jax.jit(sample_pairs,
-                   in_shardings=(replicated, replicated, split, split, replicated, split),
-                   out_shardings=split)
+    return compilation.jit(sample_pairs,
+                           in_shardings=(replicated, replicated, split, split, replicated, split),
+                           out_shardings=split)
 
 
 def registers(config):

@@ -153,9 +153,9 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
     refine_from_no_warp, the better by loss of this start and no warp), and, each refined from
     one start only, 'N refinement steps from the network alone' and 'N refinement steps from no
     warp'."""
-    import jax
     import jax.numpy as jnp
 
+    from difffccf_jax import compilation
     from difffccf_jax.data import layouts
     from difffccf_jax.inference import sampling
     from difffccf_jax.model import checkpoints, registration, unet
@@ -166,14 +166,14 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
     loaded = layouts.load_pairs(root, layout, image_size)
     a, b = jnp.asarray(loaded.a), jnp.asarray(loaded.b)
 
-    @jax.jit
+    @compilation.jit
     def network(a, b):
         return registration.predict_field(
             lambda x, t: model.apply({"params": params}, x, t, train=False), a, b,
             int(config.loss.get("registration_size", 0)))
 
     one_start = dataclasses.replace(refinement, from_no_warp=False)
-    refine = jax.jit(registration.refine_field, static_argnums=3)
+    refine = compilation.jit(registration.refine_field, static_argnums=3)
     predicted = network(a, b)
     variants = {"network alone": np.asarray(predicted),
                 f"network + {refine_steps} refinement steps": np.asarray(

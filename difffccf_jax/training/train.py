@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from difffccf_jax import parallel
+from difffccf_jax import compilation, parallel
 from difffccf_jax.model import checkpoints, diffusion, regions, unet
 from difffccf_jax.training import losses, weighting
 from difffccf_jax.errors import UserError
@@ -147,6 +147,7 @@ def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss
     """
     rng = jax.random.fold_in(state.rng, state.step)
     policy_key, loss_key, dropout_key = jax.random.split(rng, 3)
+    dropout_key = unet.rbg_key(dropout_key)
     terms_order = policy_settings.terms
     log_weights = weighting.sample_log_weights(policy_settings, state.policy, policy_key,
                                                state.step)
@@ -185,9 +186,9 @@ def make_train_step(mesh, state_sharding, **static):
     static: the keyword arguments of train_step (model, schedule, ...)."""
     replicated = parallel.replicated(mesh)
     batch_sharding = parallel.batch_sharded(mesh)
-    return jax.jit(functools.partial(train_step, **static),
-                   in_shardings=(state_sharding, batch_sharding, replicated, replicated),
-                   out_shardings=(state_sharding, replicated), donate_argnums=0)
+    return compilation.jit(functools.partial(train_step, **static),
+                           in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+                           out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
 # ---- logging -------------------------------------------------------------------------------------
@@ -302,9 +303,9 @@ def initial_params(run, config, mesh):
 def new_state(run, config, mesh):
     """A fresh TrainState replicated over `mesh` (config.train.init_params when set)."""
     params = initial_params(run, config, mesh)
-    return jax.jit(lambda k, p: run.create(k, params=p),
-                   out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(config.seed),
-                                                            params)
+    create = compilation.jit(lambda k, p: run.create(k, params=p),
+                             out_shardings=parallel.replicated(mesh))
+    return create(jax.random.PRNGKey(config.seed), params)
 
 
 def compile_step(step_fn, args, fast):
