@@ -30,7 +30,7 @@ def test_expand_resolves_each_run(repo_root):
     assert {(r.config.train.max_minutes, r.config.train.epochs) for r in demo_runs} == {(0.0, 60)}
     paper_runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps",
                                             "sampling_steps.py") + ":paper")
-    assert [r.config.sampling.steps for r in paper_runs] == [25, 50, 100, 250, 2000]
+    assert [r.config.sampling.steps for r in paper_runs] == [10, 30, 60, 100, 250, 2000]
     assert all(r.config.model.model_channels == 64 for r in paper_runs)
 
 

@@ -19,5 +19,5 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
     if get_config(arg).diffusion.steps >= 2000:
-        return zipped(("sampling.steps", [25, 50, 100, 250, 2000]))
+        return zipped(("sampling.steps", [10, 30, 60, 100, 250, 2000]))
     return zipped(("sampling.steps", [6, 12, 24, 48]))
