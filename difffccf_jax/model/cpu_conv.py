@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-# From this batch on XLA:CPU's kernel gradient is as fast as it gets (paper shapes, 256 px at
-# 64 channels, batch 4: 0.24 s, PyTorch 0.25 s; batch 1: 0.15 s, in 4 strips 0.07 s).
+# From this batch on XLA:CPU's kernel gradient (compiled by `compilation.jit`) is as fast as it
+# gets (256 px at 64 channels, batch 4: 0.24 s, PyTorch 0.25 s; batch 1: 0.15 s, in 4 strips
+# 0.07 s).
 MIN_DEPTH = 4
 # Strided convolutions gained up to 8 strips at batch 1 (128 px, 128 channels: 0.050 s, in 8
 # strips 0.016 s).
