@@ -513,5 +513,6 @@ def test_accelerator_preset_cpu_form_writes_the_throughput_table(tmp_path, tiny_
     for row, cells in zip(rows[:2], named[:2]):
         assert row.flops > 0
         assert cells["TFLOP/s"] == f"{row.flops / row.timing.steady_s / 1e12:.3f}"
-    # bfloat16 compute is the same program plus conversions (7 % more counted FLOPs at 32 px)
-    assert rows[0].flops < rows[1].flops < 1.15 * rows[0].flops
+    # bfloat16 compute is the same network plus conversions (7 % more counted FLOPs at 32 px);
+    # on CPU, float32 kernel gradients below batch 4 run in strips whose padding rows count too
+    assert 0.85 * rows[0].flops < rows[1].flops < 1.15 * rows[0].flops

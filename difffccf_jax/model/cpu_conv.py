@@ -107,11 +107,13 @@ def kernel_gradient(x, g, kernel_size, strides, padding, strips):
     output rows cut into `strips` strips stacked on the batch axis.
 
     x [B, H, W, C]; g [B, Ho, Wo, F], the output gradient; padding ((lo, hi), (lo, hi)) >= 0.
-    The last strip is completed with zero gradient rows, which add nothing.
+    The last strip is completed with zero gradient rows, which add nothing; an output of fewer
+    rows than `strips` gets one strip per row.
     """
     (kh, _), (sh, _) = kernel_size, strides
     batch, out_rows = g.shape[:2]
     rows = -(-out_rows // strips)  # output rows per strip
+    strips = -(-out_rows // rows)  # none left empty where there are fewer rows than strips
     span = (rows - 1) * sh + kh  # the input rows one strip reads
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     short = (strips * rows - 1) * sh + kh - xp.shape[1]
