@@ -28,12 +28,13 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        # the generator's template anatomy: the MNI152 template ships in nilearn's wheel and is
+        # read with nibabel (docs/data.md)
+        "nilearn>=0.10.3",
+        "nibabel>=5.2",
     ],
     extras_require={
-        # the template anatomy of the generator: the MNI152 template ships in nilearn's wheel
-        # and is read with nibabel (docs/data.md)
-        "realistic": ["nilearn>=0.10.3", "nibabel>=5.2"],
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "nilearn>=0.10.3", "nibabel>=5.2"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
         "torch": ["torch==2.13.0"],
     },
     entry_points={"console_scripts": ["difffccf=difffccf_jax.cli:main"]},

@@ -344,7 +344,7 @@ def test_generator_and_metrics_cases_time_one_pair_per_call(tiny_config_path):
                   max_repeats=2, budget_s=0.3)
     for case, name, note in [
             (cases.Case("generator", task="ct", variant="misaligned", **common),
-             f"generator, ct pair ({generator.default_anatomy()}), B misaligned",
+             f"generator, ct pair ({generator.DEFAULT_ANATOMY}), B misaligned",
              "per CPU second; PNG files and the "
              "displacement field"),
             (cases.Case("metrics", task="pet", **common),

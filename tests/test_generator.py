@@ -1,6 +1,6 @@
 """The paired-data generator: the five tasks, their physics on the template anatomy and on the
 phantom, the clinical colour maps, determinism, misalignment fields, atomic writes, the
-make-data command and its fallback to the phantom without the `realistic` extra."""
+make-data command, which refuses the template anatomy clearly when nilearn is missing."""
 
 import importlib.util
 import os
@@ -464,27 +464,20 @@ def test_template_pairs_are_deterministic_per_seed_and_index():
     assert np.abs(first.a.astype(int) - other_index.a).mean() > 5
 
 
-def test_without_the_extra_the_phantom_is_the_fallback(tmp_path, capsys, monkeypatch):
-    """nilearn missing (simulated): the template is refused with the install hint, and
-    make-data falls back to the phantom, saying so."""
+def test_without_nilearn_the_template_is_refused_not_replaced(tmp_path, capsys, monkeypatch):
+    """nilearn missing (a broken install, simulated): make-data stops with the reinstall hint
+    and a non-zero exit, writing nothing; it never falls back to the phantom on its own."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *args: None if name == "nilearn" else find_spec(name, *args))
-    assert not template.available() and generator.default_anatomy() == "phantom"
-    with pytest.raises(UserError, match=r"difffccf-jax\[realistic\]"):
+    assert not template.available() and generator.DEFAULT_ANATOMY == "template"
+    with pytest.raises(UserError, match="nilearn"):
         generator.make_pair("pet", SIZE, 0, 0, anatomy="template")
     out = str(tmp_path / "data")
     assert cli.main(["make-data", "--task", "pet", "--num", "1", "--size", "32",
-                     "--out", out]) == 0
-    printed = capsys.readouterr().out
-    assert "using the phantom anatomy" in printed and "on the phantom anatomy" in printed
-    np.testing.assert_array_equal(
-        images.read_image(os.path.join(out, "HARVARD-PET-MRI", "PET", "1.png")),
-        generator.make_pair("pet", 32, 0, 0, anatomy="phantom").b)
-    assert cli.main(["make-data", "--task", "pet", "--num", "1", "--anatomy", "template",
-                     "--out", str(tmp_path / "refused")]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "needs the MNI152 template" in error
+                     "--out", out]) != 0
+    assert "reinstall difffccf-jax" in capsys.readouterr().err
+    assert not os.path.exists(out)
 
 
 def test_make_data_uses_the_template_when_installed(tmp_path, capsys):

@@ -472,7 +472,7 @@ def head_motion_pairs():
     sets = {}
     for task in ("pet", "spect"):
         pairs = [generator.make_pair(task, 128, seed=5, index=i, misalign_b=True, motion="head",
-                                     anatomy=generator.default_anatomy()) for i in range(6)]
+                                     anatomy=generator.DEFAULT_ANATOMY) for i in range(6)]
         a = np.stack([color.to_unit(p.a.astype(np.float32)) for p in pairs])[..., None]
         b = np.stack([color.to_unit(color.rgb_to_ycrcb(p.b.astype(np.float32))) for p in pairs])
         sets[task] = (jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),

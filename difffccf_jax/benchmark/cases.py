@@ -560,7 +560,7 @@ def graph_jax(case):
 def generator_name(case):
     from difffccf_jax.data import generator
 
-    return f"generator, {case.task} pair ({generator.default_anatomy()}), B {case.variant}"
+    return f"generator, {case.task} pair ({generator.DEFAULT_ANATOMY}), B {case.variant}"
 
 
 def generator_numpy(case):
@@ -580,7 +580,7 @@ def generator_numpy(case):
             seed = next(seeds)
             generator.write_task(os.path.join(root, str(seed)), layout, 1, size, seed,
                                  misalign_b=case.variant == "misaligned",
-                                 anatomy=generator.default_anatomy())
+                                 anatomy=generator.DEFAULT_ANATOMY)
 
         timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
     note = (f"{1 / timing.steady_s:.3g} pairs/s, {1 / max(timing.cpu_s, 1e-9):.3g} per CPU "

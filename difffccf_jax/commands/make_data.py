@@ -3,7 +3,7 @@
 import os
 
 from difffccf_jax.commands.common import add_config_argument, config_from_args
-from difffccf_jax.data.generator import ANATOMIES, MOTIONS, TASKS
+from difffccf_jax.data.generator import ANATOMIES, DEFAULT_ANATOMY, MOTIONS, TASKS
 from difffccf_jax.config_cli import shipped_config
 
 PAPER_CONFIG = shipped_config("paper")
@@ -18,7 +18,7 @@ def register(subparsers):
                     "moved by a small random affine plus elastic motion and the field that "
                     "realigns it goes to <task folder>/displacement/<n>.npy ([H, W, 2] pixels, "
                     "x then y; sampling B at (x + dx, y + dy) realigns it). Brain anatomy comes "
-                    "from the MNI152 template (the `realistic` extra) or a synthetic phantom. "
+                    "from the MNI152 template (default) or a synthetic phantom. "
                     "With --clean-twins DIR, the clean twin of every pair (the same pair "
                     "without scanner noise, the same names and displacement fields) goes to DIR "
                     "in the same layout: the reference of `difffccf evaluate-denoising`.")
@@ -37,9 +37,9 @@ def register(subparsers):
                              "of --motion-strength) or 'head' (rigid head motion plus an elastic "
                              "part, a mean misalignment of 2-4 px at any size; `difffccf "
                              "registration` trains and tests on it)")
-    parser.add_argument("--anatomy", choices=ANATOMIES, default=None,
-                        help="brain tasks: slices of the MNI152 template (needs the realistic "
-                             "extra) or the synthetic phantom (default: template when installed)")
+    parser.add_argument("--anatomy", choices=ANATOMIES, default=DEFAULT_ANATOMY,
+                        help="brain tasks: slices of the MNI152 template (default) or the "
+                             "synthetic phantom")
     parser.add_argument("--clean-twins", default=None, metavar="DIR",
                         help="also write the clean twin of every pair (no scanner noise, the "
                              "same anatomy, uptake, colours and misalignment) under this data "
@@ -49,19 +49,15 @@ def register(subparsers):
 
 
 def run(args):
-    from difffccf_jax.data import generator, layouts, template
+    from difffccf_jax.data import generator, layouts
 
     config = config_from_args(args)
     layout = layouts.layout_from_config(config.data, args.task)
-    anatomy = args.anatomy or generator.default_anatomy()
-    if args.anatomy is None and anatomy == "phantom" and args.task != "gfp":
-        print("the MNI152 template is not installed: using the phantom anatomy ("
-              f"{template.INSTALL_HINT} for the template)")
     folder = generator.write_task(args.out, layout, args.num, args.size, args.seed,
                                   misalign_b=args.misalign,
-                                  motion_strength=args.motion_strength, anatomy=anatomy,
+                                  motion_strength=args.motion_strength, anatomy=args.anatomy,
                                   clean_twins_out=args.clean_twins, motion=args.motion)
-    brain = "" if args.task == "gfp" else f" on the {anatomy} anatomy"
+    brain = "" if args.task == "gfp" else f" on the {args.anatomy} anatomy"
     print(f"wrote {args.num} {args.task} pairs of {args.size} x {args.size}{brain}"
           f"{' with misaligned B' if args.misalign else ''} to {folder}")
     if args.clean_twins is not None:

@@ -10,7 +10,7 @@
 | gfp   | phase contrast            | GFP fluorescence, green                       |
 
 Brain tasks share one anatomy per pair, cut from a real MRI template (data/template.py; the
-`realistic` extra) or drawn as a synthetic phantom (data/phantom.py, the fallback); GFP one cell
+default) or drawn as a synthetic phantom (data/phantom.py, on request); GFP one cell
 culture (data/cells.py). With the template, emission images are coloured as clinics show them
 (data/colormaps.py): PET through the hot map, SPECT through the rainbow or the hot map (drawn per
 pair); the phantom keeps its JET-on-black PET and hot SPECT.
@@ -64,9 +64,9 @@ def _grey(values):
     return values
 
 
-def default_anatomy():
-    """'template' when the realistic extra is installed, else 'phantom'."""
-    return "template" if template.available() else "phantom"
+# The MNI152 template ships with a core dependency (nilearn); the phantom is a choice, never a
+# silent fallback.
+DEFAULT_ANATOMY = "template"
 
 
 # Each task renders (A, B's signal, how the signal is shown): A and the signal [S, S] on 0..1.

@@ -2,8 +2,8 @@
 
 The anatomy is the MNI ICBM152 2009a nonlinear symmetric template at 1 mm: its grey- and
 white-matter probability maps and its (skull-stripped) T1 image, whose support is the brain mask,
-as shipped inside nilearn's wheel under nilearn/datasets/data/ (the `realistic` extra installs
-it). The files are read with nibabel, without importing nilearn, once per process
+as shipped inside nilearn's wheel under nilearn/datasets/data/ (nilearn and nibabel are
+dependencies of the package). The files are read with nibabel, without importing nilearn, once per process
 (`load_template`). Copyright notice and references: docs/data.md.
 
 `random_slice` cuts one axial slice at a random level from the midbrain (12 mm below the MNI
@@ -40,7 +40,7 @@ TEMPLATE_FILES = dict(
     white="mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
     t1="mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
 )
-INSTALL_HINT = "pip install 'difffccf-jax[realistic]' (nilearn, which ships it, and nibabel)"
+INSTALL_HINT = "reinstall difffccf-jax with its dependencies (nilearn, which ships it, and nibabel)"
 HULL_GRID = 3  # voxels per step of the coarse grid of the hull's distance map
 
 # Slice geometry, in MNI millimetres and degrees.
@@ -110,7 +110,7 @@ def template_folder():
 
 
 def available():
-    """Whether the template can be loaded (the `realistic` extra is installed)."""
+    """Whether the template can be loaded (nilearn and nibabel are installed)."""
     return template_folder() is not None
 
 

@@ -415,7 +415,7 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
 
     from difffccf_jax.data import generator
 
-    anatomy = generator.default_anatomy()
+    anatomy = generator.DEFAULT_ANATOMY
     announce(0, f"{train_pairs} training and {test_pairs} held-out misaligned {task} pairs "
                 f"({anatomy} anatomy)")
     train_root, test_root, clean_root, layout = generate(

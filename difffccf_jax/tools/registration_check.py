@@ -249,7 +249,7 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     if test_pairs < 2:
         raise UserError(f"--test-pairs {test_pairs}: a correlation needs at least 2 pairs")
     timings, started = {}, time.perf_counter()
-    anatomy = generator.default_anatomy()
+    anatomy = generator.DEFAULT_ANATOMY
     print(f"[registration] generating {train_pairs} training and {test_pairs} held-out {task} "
           f"pairs of {image_size} px ({anatomy} anatomy, head motion)", flush=True)
     roots, layout = generate(out, task, train_pairs, test_pairs, image_size, seed, anatomy)
