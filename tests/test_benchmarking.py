@@ -14,6 +14,7 @@ from difffccf_jax.benchmark import cases, measure, suite
 from difffccf_jax.model import graph
 from difffccf_jax.benchmark.measure import Row, Target, Timing
 from difffccf_jax.commands import benchmark as benchmark_command
+from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator
 from difffccf_jax.data.generator import TASKS
 from difffccf_jax.errors import UserError
@@ -381,7 +382,7 @@ def test_generator_and_metrics_targets_use_the_slowest_task_and_100_pairs():
 def small_config_file(tmp_path, tiny_config_path):
     """The tiny config shrunk to 16 px with two levels of one residual block, as a config file
     (what --configs accepts), so that a case compiles quickly."""
-    from difffccf_jax.config_cli import load_config, save_json_config
+    from difffccf_jax.config_cli import save_json_config
 
     path = str(tmp_path / "tiny.json")
     save_json_config(load_config(tiny_config_path, (
@@ -399,6 +400,22 @@ def test_sampling_case_measures_the_respaced_sampler(tmp_path, tiny_config_path)
     assert (row.case, row.config, row.framework) == ("sampler, 2 steps (respaced)", "tiny",
                                                      "JAX")
     assert row.timing.repeats >= 2 and row.buffers_mib > 0 and "pairs/s" in row.note
+    assert measure.row_key(cases.failed_row(case, "timed out")) == measure.row_key(row)
+
+
+def test_a_failed_case_has_the_key_of_the_row_it_would_have_measured(tmp_path,
+                                                                     tiny_config_path):
+    """The graph cases' names and grid labels, and the full-schedule sampler's name, come from
+    the one naming function, so a failed run's row is replaced when the case runs again."""
+    config = small_config_file(tmp_path, tiny_config_path)
+    common = dict(config=config, label="tiny", max_repeats=1, budget_s=0.1, size=4, batch=1)
+    for part in ("operators", "layer"):
+        case = cases.Case("graph", part=part, variant="stencil", **common)
+        (row,) = cases.graph_jax(case)
+        assert row.config == "tiny 4x4"
+        assert measure.row_key(cases.failed_row(case, "failed: x")) == measure.row_key(row)
+    full = cases.Case("sampling", steps=load_config(config).diffusion.steps, **common)
+    assert cases.case_name(full) == f"sampler, {full.steps} steps (full)"
 
 
 def test_peak_rates_are_looked_up_by_device_kind_and_dtype():

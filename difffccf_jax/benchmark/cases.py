@@ -90,14 +90,42 @@ def example_inputs(batch, size, in_channels, diffusion_steps, seed=0):
     return x, t, noise
 
 
-def make_row(case, case_name, timing, **fields):
-    return Row(case=case_name, config=case.label, batch=case.batch,
+def sampler_name(steps, diffusion_steps):
+    return f"sampler, {steps} steps ({'full' if steps == diffusion_steps else 'respaced'})"
+
+
+def case_name(case):
+    """The name of the (first) row a case measures: one name for a measured and a failed run,
+    so that a rerun replaces the row of a failed one."""
+    from difffccf_jax.data import generator
+
+    if case.kind == "sampling":
+        return sampler_name(case.steps, load_case_config(case).diffusion.steps)
+    if case.kind == "graph" and case.part == "operators":
+        order = load_case_config(case).model.cheb_order
+        return f"graph operators (A z, T_0..T_{order - 1}(L) z), {case.variant}"
+    return {"matmul": "float32 matmul", "forward": "U-Net forward",
+            "train": "train step (stand-in L1, AdamW)",
+            "train_full": "train step (train.py, all losses)", "step_split": STEP_SPLIT[0],
+            "graph": f"Graformer layer, {case.variant}",
+            "generator": f"generator, {case.task} pair ({generator.DEFAULT_ANATOMY}), "
+                         f"B {case.variant}",
+            "metrics": f"fusion metrics (all_metrics), {case.task} pair"}[case.kind]
+
+
+def case_label(case):
+    """The config column of a case's rows: graph cases name their grid size too."""
+    return f"{case.label} {case.size}x{case.size}" if case.kind == "graph" else case.label
+
+
+def make_row(case, name, timing, **fields):
+    return Row(case=name, config=case_label(case), batch=case.batch,
                framework=FRAMEWORK_NAMES[case.framework], timing=timing, **fields)
 
 
-def jax_row(case, case_name, timing, compiled, note=""):
+def jax_row(case, name, timing, compiled, note=""):
     """A row with XLA's FLOP count and buffer size of `compiled`."""
-    return make_row(case, case_name, timing, flops=measure.xla_flops(compiled),
+    return make_row(case, name, timing, flops=measure.xla_flops(compiled),
                     buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
                     note=note)
 
@@ -145,7 +173,7 @@ def matmul_jax(case):
     a, b = (jax.random.normal(k, (case.size, case.size), jnp.float32) for k in keys)
     timing, compiled = measure.time_jax(compilation.jit(jnp.matmul), (a, b), case.max_repeats,
                                         case.budget_s)
-    return [jax_row(case, "float32 matmul", timing, compiled)]
+    return [jax_row(case, case_name(case), timing, compiled)]
 
 
 def matmul_torch(case):
@@ -159,7 +187,7 @@ def matmul_torch(case):
         torch_sync(device)
 
     timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
-    return [make_row(case, "float32 matmul", timing, flops=2.0 * case.size ** 3)]
+    return [make_row(case, case_name(case), timing, flops=2.0 * case.size ** 3)]
 
 
 def forward_jax(case):
@@ -177,7 +205,7 @@ def forward_jax(case):
     apply = compilation.jit(lambda p, x, t: model.apply({"params": p}, x, t, train=False))
     timing, compiled = measure.time_jax(apply, (params, jnp.asarray(x), jnp.asarray(t)),
                                         case.max_repeats, case.budget_s)
-    return [jax_row(case, "U-Net forward", timing, compiled)]
+    return [jax_row(case, case_name(case), timing, compiled)]
 
 
 def torch_setup(case, training):
@@ -204,7 +232,7 @@ def forward_torch(case):
         torch_sync(device)
 
     timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
-    return [make_row(case, "U-Net forward", timing)]
+    return [make_row(case, case_name(case), timing)]
 
 
 def train_jax(case):
@@ -241,7 +269,7 @@ def train_jax(case):
         state[:] = jax.block_until_ready(compiled(*state, x, t, noise, dropout_key))[:2]
 
     timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
-    return [jax_row(case, "train step (stand-in L1, AdamW)", timing, compiled)]
+    return [jax_row(case, case_name(case), timing, compiled)]
 
 
 def train_torch(case):
@@ -259,7 +287,7 @@ def train_torch(case):
         torch_sync(device)
 
     timing = measure.time_calls(call, case.max_repeats, budget_s=case.budget_s)
-    return [make_row(case, "train step (stand-in L1, AdamW)", timing)]
+    return [make_row(case, case_name(case), timing)]
 
 
 def real_step(case, config):
@@ -303,7 +331,7 @@ def train_full_jax(case):
     config = load_case_config(case)
     call, compiled, compile_s, *_ = real_step(case, config)
     timing = measure.time_calls(call, case.max_repeats, compile_s, case.budget_s)
-    row = jax_row(case, "train step (train.py, all losses)", timing, compiled,
+    row = jax_row(case, case_name(case), timing, compiled,
                   note=f"network batch 3 x {case.batch} (Y, Cr, Cb)")
     return [row._replace(dtype=config.model.dtype)]
 
@@ -450,14 +478,10 @@ def sampling_jax(case):
         return measure.time_jax(sample, args, case.max_repeats, case.budget_s,
                                 fast=case.fast_compile)
 
-    def name(steps):
-        full = steps == config.diffusion.steps
-        return f"sampler, {steps} steps ({'full' if full else 'respaced'})"
-
     if not case.estimate:
         timing, compiled = timed(case.steps)
         note = f"{case.batch / timing.steady_s:.3g} pairs/s; network batch 3 x {case.batch}"
-        return [make_row(case, name(case.steps), timing,
+        return [make_row(case, case_name(case), timing,
                          buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
                          note=note, dtype=config.model.dtype)]
     (short, _), (long, compiled) = (timed(n) for n in ESTIMATE_STEPS)
@@ -473,7 +497,7 @@ def sampling_jax(case):
         note = (f"estimated: {fixed:.3g} s + {steps} x {per_step:.3g} s/step (from "
                 f"{ESTIMATE_STEPS[0]}- and {ESTIMATE_STEPS[1]}-step runs); "
                 f"{case.batch / estimated.steady_s:.3g} pairs/s")
-        rows.append(make_row(case, name(steps), estimated, note=note,
+        rows.append(make_row(case, sampler_name(steps, config.diffusion.steps), estimated, note=note,
                              buffers_mib=measure.xla_buffer_bytes(compiled) / measure.MIB,
                              dtype=config.model.dtype))
     return rows
@@ -542,25 +566,16 @@ def graph_jax(case):
             g = grid_graph(matrices)
             return g.adjacency(z), graph.chebyshev_basis(z, g.laplacian, m.cheb_order)
         args = (z, *matrices)
-        name = f"graph operators (A z, T_0..T_{m.cheb_order - 1}(L) z), {case.variant}"
     else:
         params = compilation.jit(lambda k: layer(matrices).init(k, z))(jax.random.key(1))
 
         def run(params, z, *matrices):
             return layer(matrices).apply(params, z)
         args = (params, z, *matrices)
-        name = f"Graformer layer, {case.variant}"
     timing, compiled = measure.time_jax(compilation.jit(run), args, case.max_repeats,
                                         case.budget_s)
-    row = jax_row(case, name, timing, compiled,
-                  note=f"{case.size} x {case.size} x {channels} grid, N = {case.size ** 2}")
-    return [row._replace(config=f"{case.label} {case.size}x{case.size}")]
-
-
-def generator_name(case):
-    from difffccf_jax.data import generator
-
-    return f"generator, {case.task} pair ({generator.DEFAULT_ANATOMY}), B {case.variant}"
+    return [jax_row(case, case_name(case), timing, compiled,
+                    note=f"{case.size} x {case.size} x {channels} grid, N = {case.size ** 2}")]
 
 
 def generator_numpy(case):
@@ -586,11 +601,7 @@ def generator_numpy(case):
     note = (f"{1 / timing.steady_s:.3g} pairs/s, {1 / max(timing.cpu_s, 1e-9):.3g} per CPU "
             "second; PNG files" + (" and the displacement field" if case.variant == "misaligned"
                                    else ""))
-    return [make_row(case, generator_name(case), timing, note=note)]
-
-
-def metrics_name(case):
-    return f"fusion metrics (all_metrics), {case.task} pair"
+    return [make_row(case, case_name(case), timing, note=note)]
 
 
 def metrics_numpy(case):
@@ -610,7 +621,7 @@ def metrics_numpy(case):
     timing = measure.time_calls(lambda: metrics.all_metrics(*next(cycle)), case.max_repeats,
                                 budget_s=case.budget_s)
     note = f"{100 * timing.steady_s:.3g} s per 100 pairs; fused image by the maximum rule"
-    return [make_row(case, metrics_name(case), timing, note=note)]
+    return [make_row(case, case_name(case), timing, note=note)]
 
 
 CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
@@ -704,13 +715,7 @@ def run_in_subprocess(case, timeout_s=None):
 
 
 def failed_row(case, note):
-    names = {"matmul": "float32 matmul", "forward": "U-Net forward",
-             "train": "train step (stand-in L1, AdamW)",
-             "train_full": "train step (train.py, all losses)", "step_split": STEP_SPLIT[0],
-             "sampling": f"sampler, {case.steps} steps", "graph": f"graph {case.part}, "
-             f"{case.variant} {case.size}x{case.size}", "generator": generator_name(case),
-             "metrics": metrics_name(case)}
-    return make_row(case, names[case.kind], None, note=note)
+    return make_row(case, case_name(case), None, note=note)
 
 
 def main(argv=None):

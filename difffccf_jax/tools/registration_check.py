@@ -35,7 +35,7 @@ REGISTERED = "diff-fccf-registered"  # B warped by the predicted field first
 TRUE_FIELD = "diff-fccf-true-field"
 ALIGNED = "diff-fccf-on-aligned-pairs"
 SUMMARY_NAME = "summary.json"
-# Issue 18's acceptance: the mean end-point error after warping at most this share of the error
+# The check's targets: the mean end-point error after warping at most this share of the error
 # before, and a Pearson correlation of true and predicted mean shifts of at least MIN_PEARSON
 MAX_ERROR_RATIO = {"pet": 0.5, "spect": 0.6}
 MIN_PEARSON = 0.8
@@ -108,7 +108,7 @@ def pearson(x, y):
 def registration_summary(rows, task):
     """The acceptance numbers of `demo.registration_rows` rows: mean end-point error before and
     after, their ratio, the Pearson correlation of true and predicted mean shifts in x and in y,
-    and whether issue 18's thresholds are met (MAX_ERROR_RATIO for the task, MIN_PEARSON)."""
+    and whether the check's targets are met (MAX_ERROR_RATIO for the task, MIN_PEARSON)."""
     from difffccf_jax.tools import demo
 
     before, after = demo.registration_errors(rows)
@@ -143,7 +143,7 @@ def summary_lines(summary):
             f"({summary['ratio']:.2f} x; at most {summary['max_ratio']} x required). Pearson "
             f"correlation of true and predicted mean shift: {summary['pearson_x']:.2f} in x, "
             f"{summary['pearson_y']:.2f} in y (at least {MIN_PEARSON} required). This run "
-            f"{verdict} issue 18's thresholds.")
+            f"{verdict} the check's targets.")
 
 
 def field_variants(checkpoint, root, layout, image_size, refine_steps):
