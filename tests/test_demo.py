@@ -25,7 +25,7 @@ SMALL = (("model.channel_mult", "(1, 2)"), ("model.num_res_blocks", "1"),
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("demo") / "out")
-    report = demo.run_demo(out, task="pet", minutes=0.001, image_size=SIZE, train_pairs=8,
+    report = demo.run_demo(out, task="pet", train_steps=2, image_size=SIZE, train_pairs=8,
                            test_pairs=TEST_PAIRS, sampling_steps=6, seed=3,
                            motion_strength=4.0, overrides=SMALL)
     return out, report
@@ -348,6 +348,7 @@ def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--image-size", "96",
                      "--crop-size", "48"]) == 0
     assert calls[0]["image_size"] == 96 and calls[0]["crop_size"] == 48
+    assert calls[0]["train_steps"] == demo.TRAIN_STEPS
     assert calls[0]["config_spec"] == demo.TINY_CONFIG and calls[0]["overrides"] == []
     assert cli.main(["demo", "--out", str(tmp_path), "--config", "configs/paper.py",
                      "--config.model.num_res_blocks=1", "--config.train.max_minutes=2"]) == 0
@@ -359,13 +360,15 @@ def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
     assert not os.path.exists(tmp_path / "new")  # refused before anything was written
 
     root = str(tmp_path / "data")
-    config = demo.demo_config("pet", SIZE, 1.0, root, 8, 6, crop_size=16)
+    config = demo.demo_config("pet", SIZE, 5, root, 8, 6, crop_size=16)
     assert config.data.image_size == SIZE and config.data.crop_size == 16
+    # a step count, not a time budget: 5 steps of 2 per epoch (8 pairs, batch 4) are 3 epochs
+    assert (config.train.steps_per_epoch, config.train.epochs) == (2, 3)
+    assert config.train.max_minutes == 0 and not config.train.fast_compile
     # overrides come after the demo's own settings, so they win over them
-    overridden = demo.demo_config("pet", SIZE, 1.0, root, 8, 6, crop_size=16, overrides=(
-        ("train.max_minutes", "2.5"), ("model.num_res_blocks", "1")))
-    assert (overridden.train.max_minutes, overridden.model.num_res_blocks) == (2.5, 1)
-    assert config.train.max_minutes == 1.0
+    overridden = demo.demo_config("pet", SIZE, 5, root, 8, 6, crop_size=16, overrides=(
+        ("train.epochs", "7"), ("model.num_res_blocks", "1")))
+    assert (overridden.train.epochs, overridden.model.num_res_blocks) == (7, 1)
     from difffccf_jax.data import generator
 
     generator.write_task(root, _layout(), 4, SIZE, seed=0)

@@ -44,13 +44,15 @@ BUDGET_CHECK_STEPS = 8  # training steps between two checks of the time budget
 
 def check_config(task, image_size, minutes, data_root, diffusion_crop,
                  registration_size, sampling_steps, refine_steps):
-    """The demo's config (`demo.demo_config`) set up for the check: whole pairs reach the step
+    """The demo's config (`demo.demo_config`) set up for the check and a training time budget
+    of `minutes` (checked every BUDGET_CHECK_STEPS steps): whole pairs reach the step
     (data.crop_size 0), the registration pass sees them shrunk to registration_size, the
     diffusion rows a random diffusion_crop window; refine_steps of refinement at sampling."""
     from difffccf_jax.tools import demo
 
-    config = demo.demo_config(task, image_size, minutes, data_root, train_pairs=1,
+    config = demo.demo_config(task, image_size, 1, data_root, train_pairs=1,
                               sampling_steps=sampling_steps)
+    config.train.max_minutes = float(minutes)
     config.loss.diffusion_crop = diffusion_crop
     config.loss.registration_size = registration_size
     # The time budget ends training, checked after every epoch: short epochs end it on time.
