@@ -311,15 +311,16 @@ def functional_region(b):
 
 def colour_fidelity(fused, a, b):
     """{'dE00-B': mean CIEDE2000 of F from B inside B's functional region, 'dE00-A': mean
-    CIEDE2000 of F from A's rounded grey outside it}; None where the region (or its complement)
-    is empty. F and B grey or RGB, A grey (or RGB, taken as its grey), all [H, W] on 0..255."""
+    CIEDE2000 of F from A's rounded grey outside it}; dE00-B is None when the region is empty
+    (the outside never is: it holds the background pixel). F and B grey or RGB, A grey (or RGB,
+    taken as its grey), all [H, W] on 0..255."""
     region = functional_region(b)
     lab_f, lab_a, lab_b = (colour_difference.srgb_to_lab(rgb_image(x))
                            for x in (fused, grey_image(a), b))
     to_b = colour_difference.ciede2000(lab_f, lab_b)
     to_a = colour_difference.ciede2000(lab_f, lab_a)
     return {"dE00-B": float(np.mean(to_b[region])) if region.any() else None,
-            "dE00-A": float(np.mean(to_a[~region])) if not region.all() else None}
+            "dE00-A": float(np.mean(to_a[~region]))}
 
 
 # ---------------------------------------------------------------- all at once
