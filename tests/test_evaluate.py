@@ -219,7 +219,8 @@ def test_evaluate_writes_three_consistent_tables(generated, evaluated):
 
 def test_fused_folder_scores_equal_direct_metrics(generated, evaluated):
     """A method's values are the metrics of its files against the sources; the folder of
-    maximum-rule images scores exactly like the maximum baseline computed on the fly."""
+    maximum-rule images scores exactly like the maximum baseline computed on the fly. The grey
+    metrics see the files' grey levels, the colour fidelity their colours."""
     root, pairs, folders = generated
     report = json.loads((evaluated / "evaluation.json").read_text())
     for pair in pairs:
@@ -227,6 +228,9 @@ def test_fused_folder_scores_equal_direct_metrics(generated, evaluated):
         a = np.asarray(Image.open(pair.a).convert("L"), np.float64)
         b = _grey_of_file(pair.b)
         expected = metrics.all_metrics(fused, a, b)
+        expected.update(metrics.colour_fidelity(
+            np.asarray(Image.open(folders["max"] / pair.name).convert("RGB")), a,
+            np.asarray(Image.open(pair.b).convert("RGB"))))
         got = report["per_pair"]["max"][pair.name]
         assert got == pytest.approx(expected, rel=1e-12)
         assert got == report["per_pair"]["maximum"][pair.name]

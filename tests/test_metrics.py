@@ -226,6 +226,12 @@ def test_colour_fidelity_known_answers():
         per_pixel[~region].mean(), rel=1e-9)
     # no functional region: dE00-B undefined
     assert metrics.colour_fidelity(a, a, np.zeros((16, 16, 3)))["dE00-B"] is None
+    # all_metrics reports the same two, from the colour images (not their grey versions)
+    fused[0, 0] = (0, 90, 0)
+    values = metrics.all_metrics(fused, a, b)
+    assert {name: values[name] for name in metrics.COLOUR_METRICS} == metrics.colour_fidelity(
+        fused, a, b)
+    assert values["dE00-A"] > 0 and values["dE00-B"] == 0.0
 
 
 # ---------------------------------------------------------------- oracles

@@ -330,6 +330,7 @@ def all_metrics(fused, a, b, ssim_data_range=255.0):
     """Every metric for one triple (grey or RGB images on 0..255, same height and width),
     as {name: float or None} in METRIC_NAMES order: the grey metrics on the rounded grey
     versions, the colour-fidelity ones on the colours themselves."""
+    colour_images = (fused, a, b)
     f, a, b = grey_image(fused), grey_image(a), grey_image(b)
     if not f.shape == a.shape == b.shape:
         raise ValueError(f"fused {f.shape}, A {a.shape} and B {b.shape} differ in size")
@@ -342,5 +343,5 @@ def all_metrics(fused, a, b, ssim_data_range=255.0):
         VIF=visual_information_fidelity(f, a, b), Qabf=qabf(f, a, b),
         SSIM=structural_similarity(f, a, b, ssim_data_range), AG=average_gradient(f),
         PSNR=peak_signal_to_noise_ratio(f, a, b), CC=correlation_coefficient(f, a, b),
-        MSE=mean_squared_error(f, a, b), **colour_fidelity(fused, a, b))
+        MSE=mean_squared_error(f, a, b), **colour_fidelity(*colour_images))
     return {name: values[name] for name in METRIC_NAMES}
