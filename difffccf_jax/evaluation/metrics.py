@@ -299,14 +299,18 @@ def rgb_image(image):
     return np.broadcast_to(image, image.shape[:2] + (3,))
 
 
+def _region_of_lab(lab_b):
+    """functional_region of B given as CIELAB [H, W, 3]."""
+    background = lab_b[min(BACKGROUND_PIXEL[0], lab_b.shape[0] - 1),
+                       min(BACKGROUND_PIXEL[1], lab_b.shape[1] - 1)]
+    return colour_difference.ciede2000(lab_b, background) >= FUNCTIONAL_REGION_DELTA_E
+
+
 def functional_region(b):
     """B's functional region, bool [H, W]: the pixels whose colour differs from B's background
     colour, its colour at BACKGROUND_PIXEL (row 0, column 5, or the last column of narrower
     images), by at least FUNCTIONAL_REGION_DELTA_E in CIEDE2000: where B shows its signal."""
-    lab = colour_difference.srgb_to_lab(rgb_image(b))
-    background = lab[min(BACKGROUND_PIXEL[0], lab.shape[0] - 1),
-                     min(BACKGROUND_PIXEL[1], lab.shape[1] - 1)]
-    return colour_difference.ciede2000(lab, background) >= FUNCTIONAL_REGION_DELTA_E
+    return _region_of_lab(colour_difference.srgb_to_lab(rgb_image(b)))
 
 
 def colour_fidelity(fused, a, b):
@@ -314,13 +318,13 @@ def colour_fidelity(fused, a, b):
     CIEDE2000 of F from A's rounded grey outside it}; dE00-B is None when the region is empty
     (the outside never is: it holds the background pixel). F and B grey or RGB, A grey (or RGB,
     taken as its grey), all [H, W] on 0..255."""
-    region = functional_region(b)
     lab_f, lab_a, lab_b = (colour_difference.srgb_to_lab(rgb_image(x))
                            for x in (fused, grey_image(a), b))
-    to_b = colour_difference.ciede2000(lab_f, lab_b)
-    to_a = colour_difference.ciede2000(lab_f, lab_a)
-    return {"dE00-B": float(np.mean(to_b[region])) if region.any() else None,
-            "dE00-A": float(np.mean(to_a[~region]))}
+    region = _region_of_lab(lab_b)
+    to_b = colour_difference.ciede2000(lab_f[region], lab_b[region])
+    to_a = colour_difference.ciede2000(lab_f[~region], lab_a[~region])
+    return {"dE00-B": float(np.mean(to_b)) if region.any() else None,
+            "dE00-A": float(np.mean(to_a))}
 
 
 # ---------------------------------------------------------------- all at once
