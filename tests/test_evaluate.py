@@ -78,6 +78,58 @@ def test_a_luminance_is_a_with_the_chroma_of_b():
                                   np.maximum(a, b_ycrcb[..., 0]))
 
 
+MULTI_SCALE_RULES = ("laplacian", "max-low-a-detail")
+
+
+def _checkerboard(shape, mean, amplitude):
+    rows, cols = np.indices(shape)
+    return mean + amplitude * np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("name", MULTI_SCALE_RULES)
+def test_multi_scale_rules_give_identical_inputs_back(name):
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (33, 40)).astype(np.uint8)
+    grey_b = np.repeat(a[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(baselines.BASELINES[name](a, grey_b), grey_b)
+
+
+def _with_chroma(y, b_colour):
+    """The RGB image of luma y [H, W] and the chroma of the colour b_colour, as uint8."""
+    chroma = color.rgb_to_ycrcb(np.asarray(b_colour, np.float64))[1:]
+    return color.to_uint8(color.ycrcb_to_rgb(
+        np.concatenate([y[..., None], np.broadcast_to(chroma, y.shape + (2,))], axis=-1)))
+
+
+def test_multi_scale_rules_on_a_constant_b_and_a_textured_a():
+    """A checkerboard A (mean 60, +-20: all its detail in the finest band, docs/metrics.md) and
+    a constant coloured B: a brighter B (luma 124.2) gives Y = 124.2 + (A - 60) under both
+    rules, B's base with A's detail; a darker B (luma 24.8) gives A back; the chroma is B's."""
+    a = _checkerboard((16, 20), 60.0, 20.0)
+    for b_colour, expected_y in (((200.0, 100.0, 50.0), 124.2 + a - 60.0),
+                                 ((40.0, 20.0, 10.0), a)):
+        b = np.broadcast_to(np.array(b_colour), a.shape + (3,))
+        for name in MULTI_SCALE_RULES:
+            np.testing.assert_allclose(baselines.LUMA_RULES[name](a, b), expected_y, rtol=0,
+                                       atol=1e-9)
+            np.testing.assert_array_equal(baselines.BASELINES[name](a, b),
+                                          _with_chroma(expected_y, b_colour))
+
+
+def test_laplacian_takes_the_larger_detail_and_max_low_a_detail_only_a_s():
+    """A constant A (60) and a grey checkerboard B (120 +- 30): the Laplacian rule keeps B's
+    larger detail on B's larger base (B itself); the maximum's low frequencies plus A's details
+    give B's mean, 120, since A has no detail."""
+    a = np.full((16, 16), 60.0)
+    b_y = _checkerboard(a.shape, 120.0, 30.0)
+    b = np.repeat(b_y[..., None], 3, axis=-1)
+    np.testing.assert_allclose(baselines.LUMA_RULES["laplacian"](a, b), b_y, atol=1e-9)
+    np.testing.assert_allclose(baselines.LUMA_RULES["max-low-a-detail"](a, b), 120.0, atol=1e-9)
+    # and with an A of smaller detail (+-10) around the same mean as B, B's detail wins
+    a = _checkerboard(a.shape, 120.0, -10.0)
+    np.testing.assert_allclose(baselines.LUMA_RULES["laplacian"](a, b), b_y, atol=1e-9)
+
+
 def test_summary_skips_undefined_values():
     per_pair = {"1.png": dict.fromkeys(metrics.METRIC_NAMES, 1.0),
                 "2.png": dict.fromkeys(metrics.METRIC_NAMES, 3.0),
@@ -167,7 +219,8 @@ def test_evaluate_writes_three_consistent_tables(generated, evaluated):
 
 def test_fused_folder_scores_equal_direct_metrics(generated, evaluated):
     """A method's values are the metrics of its files against the sources; the folder of
-    maximum-rule images scores exactly like the maximum baseline computed on the fly."""
+    maximum-rule images scores exactly like the maximum baseline computed on the fly. The grey
+    metrics see the files' grey levels, the colour fidelity their colours."""
     root, pairs, folders = generated
     report = json.loads((evaluated / "evaluation.json").read_text())
     for pair in pairs:
@@ -175,6 +228,9 @@ def test_fused_folder_scores_equal_direct_metrics(generated, evaluated):
         a = np.asarray(Image.open(pair.a).convert("L"), np.float64)
         b = _grey_of_file(pair.b)
         expected = metrics.all_metrics(fused, a, b)
+        expected.update(metrics.colour_fidelity(
+            np.asarray(Image.open(folders["max"] / pair.name).convert("RGB")), a,
+            np.asarray(Image.open(pair.b).convert("RGB"))))
         got = report["per_pair"]["max"][pair.name]
         assert got == pytest.approx(expected, rel=1e-12)
         assert got == report["per_pair"]["maximum"][pair.name]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from difffccf_jax.evaluation import metrics
+from difffccf_jax.evaluation import colour_difference, metrics
 
 
 def _two_level(shape=(8, 8), low=0.0, high=255.0):
@@ -165,12 +165,73 @@ def test_all_metrics_on_a_triple(triple):
     assert tuple(values) == metrics.METRIC_NAMES
     assert values["EN"] == metrics.entropy(f) and values["VIF"] == (
         metrics.vif_pair(a, f) + metrics.vif_pair(b, f))
+    assert {name: values[name] for name in metrics.COLOUR_METRICS} == metrics.colour_fidelity(
+        f, a, b)
     assert all(isinstance(v, float) and math.isfinite(v) for v in values.values())
     flat = metrics.all_metrics(np.full_like(f, 90.0), a, b)
     assert flat["CC"] is None and flat["EN"] == 0.0 and flat["SD"] == 0.0
     assert all(v is None or math.isfinite(v) for v in flat.values())
     with pytest.raises(ValueError, match="differ in size"):
         metrics.all_metrics(f, a[:-1], b)
+
+
+# ---------------------------------------------------------------- colour fidelity
+
+
+def _colour_triple():
+    """A [16, 16] grey texture; B black with a red patch (the functional region) and a dim red
+    patch (ΔE00 about 5 from black, below the region's threshold); F is A's grey outside the red
+    patch and B's red inside it."""
+    rows, cols = np.mgrid[0:16, 0:16]
+    a = np.round(100 + 60 * np.sin(rows / 2.0) * np.cos(cols / 3.0))
+    b = np.zeros((16, 16, 3))
+    b[4:10, 6:12] = (255, 0, 0)
+    b[12:15, 1:4] = (20, 0, 0)
+    region = np.zeros((16, 16), bool)
+    region[4:10, 6:12] = True
+    fused = np.where(region[..., None], b, a[..., None])
+    return fused, a, b, region
+
+
+def test_functional_region_is_where_b_differs_visibly_from_its_background():
+    _, _, b, region = _colour_triple()
+    np.testing.assert_array_equal(metrics.functional_region(b), region)
+    # the background is B's colour at row 0, column 5, not black: a JET-like dark blue frame
+    blue = np.where(region[..., None], b, np.array([0.0, 0.0, 128.0]))
+    np.testing.assert_array_equal(metrics.functional_region(blue), region)
+    assert not metrics.functional_region(np.full((8, 8, 3), 90.0)).any()
+
+
+def test_colour_fidelity_known_answers():
+    fused, a, b, region = _colour_triple()
+    assert metrics.colour_fidelity(fused, a, b) == {"dE00-B": 0.0, "dE00-A": 0.0}
+    # B itself: exact inside; outside, black and dim red against A's grey
+    assert metrics.colour_fidelity(b, a, b)["dE00-B"] == 0.0
+    # a grey F of level 255 (white) inside the region: the red-to-white difference there
+    grey_inside = np.where(region[..., None], 255.0, fused)
+    expected = colour_difference.ciede2000(colour_difference.srgb_to_lab(np.array([255.0, 0, 0])),
+                                           [100.0, 0.0, 0.0])
+    values = metrics.colour_fidelity(grey_inside, a, b)
+    assert values["dE00-B"] == pytest.approx(float(expected), rel=1e-12)
+    assert values["dE00-A"] == 0.0
+    # half the outside pixels one grey level up: the mean of those pixels' L* differences / S_L
+    lifted = fused.copy()
+    lifted[::2][~region[::2]] += 1
+    lab_a = colour_difference.srgb_to_lab(np.repeat(a[..., None], 3, axis=-1))
+    lab_lifted = colour_difference.srgb_to_lab(lifted)
+    l_mean = (lab_a[..., 0] + lab_lifted[..., 0]) / 2
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / np.sqrt(20 + (l_mean - 50) ** 2)
+    per_pixel = np.abs(lab_lifted[..., 0] - lab_a[..., 0]) / s_l
+    assert metrics.colour_fidelity(lifted, a, b)["dE00-A"] == pytest.approx(
+        per_pixel[~region].mean(), rel=1e-9)
+    # no functional region: dE00-B undefined
+    assert metrics.colour_fidelity(a, a, np.zeros((16, 16, 3)))["dE00-B"] is None
+    # all_metrics reports the same two, from the colour images (not their grey versions)
+    fused[0, 0] = (0, 90, 0)
+    values = metrics.all_metrics(fused, a, b)
+    assert {name: values[name] for name in metrics.COLOUR_METRICS} == metrics.colour_fidelity(
+        fused, a, b)
+    assert values["dE00-A"] > 0 and values["dE00-B"] == 0.0
 
 
 # ---------------------------------------------------------------- oracles

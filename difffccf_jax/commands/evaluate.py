@@ -12,11 +12,14 @@ PAPER_CONFIG = shipped_config("paper")
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "evaluate", help="score fused images with EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, ...",
+        "evaluate", help="score fused images with EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, "
+                         "colour fidelity, ...",
         description="Score fused images against their source pairs with the standard fusion "
                     "metrics (EN, SD, SF, MI, SCD, VIF, Qabf, SSIM, AG, PSNR, CC, MSE) on 8-bit "
-                    "grey versions; one row per method, mean ± std over the pairs, written to "
-                    "--out as evaluation.md, evaluation.csv and evaluation.json.")
+                    "grey versions and two colour-fidelity numbers (dE00-B: mean CIEDE2000 from "
+                    "B inside B's functional region; dE00-A: from A's grey outside it); one row "
+                    "per method, mean ± std over the pairs, written to --out as evaluation.md, "
+                    "evaluation.csv and evaluation.json.")
     parser.add_argument("--task", required=True, help="task key: pet, spect, ct, gfp or adni")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="data root holding the task's folder in the published layout")
@@ -25,8 +28,10 @@ def register(subparsers):
                              "(as `difffccf fuse` writes them); repeat for several methods")
     parser.add_argument("--baselines", action="store_true",
                         help="also score the classical rules: average, maximum, ycrcb-average, "
-                             "ycrcb-maximum, and a-luminance (A's luminance with B's chroma: "
-                             "the degenerate solution of copying A)")
+                             "ycrcb-maximum, a-luminance (A's luminance with B's chroma: the "
+                             "degenerate solution of copying A), and the multi-scale laplacian "
+                             "(Laplacian-pyramid fusion of the Y channels) and max-low-a-detail "
+                             "(the maximum's low frequencies plus A's details), with B's chroma")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the tables")
     parser.add_argument("--ssim-data-range", type=float, default=255.0, metavar="R",
                         help="SSIM's data range (255 for 8-bit images; 2 reproduces numbers of "

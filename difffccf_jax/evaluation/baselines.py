@@ -8,6 +8,7 @@ image [H, W, 3] RGB, both on 0..255 (uint8 or float), and returns the fused RGB 
 import numpy as np
 
 from difffccf_jax import color
+from difffccf_jax.evaluation import pyramid
 
 
 def _grey(a):
@@ -54,6 +55,23 @@ def a_luminance_luma(a, b):
     return _grey(a)
 
 
+def laplacian_luma(a, b, levels=pyramid.LEVELS):
+    """The fused Y [H, W] of laplacian_fusion: the Laplacian pyramids of A and of B's Y fused
+    per detail level by the larger magnitude (A's on a tie), at the base by the larger value."""
+    pyramid_a = pyramid.laplacian_pyramid(_grey(a), levels)
+    pyramid_b = pyramid.laplacian_pyramid(_luma(b), levels)
+    details = [np.where(np.abs(detail_b) > np.abs(detail_a), detail_b, detail_a)
+               for detail_a, detail_b in zip(pyramid_a[:-1], pyramid_b[:-1])]
+    return pyramid.reconstruct(details + [np.maximum(pyramid_a[-1], pyramid_b[-1])])
+
+
+def max_low_a_detail_luma(a, b, levels=pyramid.LEVELS):
+    """The fused Y [H, W] of max_low_a_detail_fusion: the low frequencies of max(A, Y of B)
+    plus A's high frequencies (A minus its low frequencies), the bands of pyramid.low_pass."""
+    a = _grey(a)
+    return pyramid.low_pass(ycrcb_maximum_luma(a, b), levels) + a - pyramid.low_pass(a, levels)
+
+
 def ycrcb_maximum_fusion(a, b):
     """Colour-preserving rule: Y = max(A, Y of B), Cr and Cb from B."""
     return _with_chroma_of_b(ycrcb_maximum_luma(a, b), b)
@@ -71,12 +89,26 @@ def a_luminance_fusion(a, b):
     return _with_chroma_of_b(a_luminance_luma(a, b), b)
 
 
+def laplacian_fusion(a, b):
+    """Multi-scale rule: Y from the Laplacian-pyramid fusion of A and Y of B (larger detail per
+    level, larger base), Cr and Cb from B."""
+    return _with_chroma_of_b(laplacian_luma(a, b), b)
+
+
+def max_low_a_detail_fusion(a, b):
+    """Multi-scale rule: Y = the maximum rule's low frequencies plus A's details, Cr and Cb
+    from B: B's bright uptake without losing the anatomy's structure inside it."""
+    return _with_chroma_of_b(max_low_a_detail_luma(a, b), b)
+
+
 BASELINES = {
     "average": average_fusion,
     "maximum": maximum_fusion,
     "ycrcb-average": ycrcb_weighted_fusion,
     "ycrcb-maximum": ycrcb_maximum_fusion,
     "a-luminance": a_luminance_fusion,
+    "laplacian": laplacian_fusion,
+    "max-low-a-detail": max_low_a_detail_fusion,
 }
 
 # The fused Y [H, W] float64 of the rules that fuse in YCrCb (Cr and Cb from B), before the
@@ -85,4 +117,6 @@ LUMA_RULES = {
     "ycrcb-average": ycrcb_weighted_luma,
     "ycrcb-maximum": ycrcb_maximum_luma,
     "a-luminance": a_luminance_luma,
+    "laplacian": laplacian_luma,
+    "max-low-a-detail": max_low_a_detail_luma,
 }

@@ -5,6 +5,8 @@ arrays [H, W] of rounded grey values on 0..255; `grey_image` makes such an array
 an RGB image. Two-source metrics are the sum of the F-versus-A and F-versus-B values, except CC
 and MSE, which are means. A metric that is undefined for an input (a Pearson correlation with a
 constant image, PSNR of a perfect fusion, Qabf of two all-black sources) returns None.
+The two colour-fidelity metrics (COLOUR_METRICS) compare the colours of F instead: with B inside
+B's functional region, with A's grey outside it.
 
 FMI and Nabf are not implemented: they are not among the published metrics and their variants
 in the field disagree.
@@ -16,10 +18,19 @@ import numpy as np
 from scipy import ndimage
 
 from difffccf_jax import color
+from difffccf_jax.evaluation import colour_difference
+from difffccf_jax.model.regions import BACKGROUND_PIXEL
 
 PUBLISHED_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
+# Mean CIEDE2000 difference of F from B inside B's functional region, and from A's grey outside
+# it (lower is better).
+COLOUR_METRICS = ("dE00-B", "dE00-A")
 EXTRA_METRICS = ("AG", "PSNR", "CC", "MSE")
-METRIC_NAMES = PUBLISHED_METRICS + EXTRA_METRICS
+METRIC_NAMES = PUBLISHED_METRICS + COLOUR_METRICS + EXTRA_METRICS
+
+# B's functional region: the pixels whose colour differs from B's background colour (its value
+# at BACKGROUND_PIXEL) by at least this CIEDE2000 difference, a clearly visible signal.
+FUNCTIONAL_REGION_DELTA_E = 20.0
 
 # Sobel kernels of Qabf, applied as true (flipped) convolutions.
 SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -274,12 +285,56 @@ def qabf(f, a, b):
     return float(np.sum(kept) / weight)
 
 
+# ---------------------------------------------------------------- colour fidelity
+
+
+def rgb_image(image):
+    """The RGB version [H, W, 3] float64 of a grey [H, W] / [H, W, 1] or an RGB [H, W, 3] image
+    on 0..255 (a grey level v becomes (v, v, v)); values are kept, not rounded."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"expected a grey [H, W] or RGB [H, W, 3] image, got shape {image.shape}")
+    return np.broadcast_to(image, image.shape[:2] + (3,))
+
+
+def _region_of_lab(lab_b):
+    """functional_region of B given as CIELAB [H, W, 3]."""
+    background = lab_b[min(BACKGROUND_PIXEL[0], lab_b.shape[0] - 1),
+                       min(BACKGROUND_PIXEL[1], lab_b.shape[1] - 1)]
+    return colour_difference.ciede2000(lab_b, background) >= FUNCTIONAL_REGION_DELTA_E
+
+
+def functional_region(b):
+    """B's functional region, bool [H, W]: the pixels whose colour differs from B's background
+    colour, its colour at BACKGROUND_PIXEL (row 0, column 5, or the last column of narrower
+    images), by at least FUNCTIONAL_REGION_DELTA_E in CIEDE2000: where B shows its signal."""
+    return _region_of_lab(colour_difference.srgb_to_lab(rgb_image(b)))
+
+
+def colour_fidelity(fused, a, b):
+    """{'dE00-B': mean CIEDE2000 of F from B inside B's functional region, 'dE00-A': mean
+    CIEDE2000 of F from A's rounded grey outside it}; dE00-B is None when the region is empty
+    (the outside never is: it holds the background pixel). F and B grey or RGB, A grey (or RGB,
+    taken as its grey), all [H, W] on 0..255."""
+    lab_f, lab_a, lab_b = (colour_difference.srgb_to_lab(rgb_image(x))
+                           for x in (fused, grey_image(a), b))
+    region = _region_of_lab(lab_b)
+    to_b = colour_difference.ciede2000(lab_f[region], lab_b[region])
+    to_a = colour_difference.ciede2000(lab_f[~region], lab_a[~region])
+    return {"dE00-B": float(np.mean(to_b)) if region.any() else None,
+            "dE00-A": float(np.mean(to_a))}
+
+
 # ---------------------------------------------------------------- all at once
 
 
 def all_metrics(fused, a, b, ssim_data_range=255.0):
     """Every metric for one triple (grey or RGB images on 0..255, same height and width),
-    as {name: float or None} in METRIC_NAMES order."""
+    as {name: float or None} in METRIC_NAMES order: the grey metrics on the rounded grey
+    versions, the colour-fidelity ones on the colours themselves."""
+    colour_images = (fused, a, b)
     f, a, b = grey_image(fused), grey_image(a), grey_image(b)
     if not f.shape == a.shape == b.shape:
         raise ValueError(f"fused {f.shape}, A {a.shape} and B {b.shape} differ in size")
@@ -292,5 +347,5 @@ def all_metrics(fused, a, b, ssim_data_range=255.0):
         VIF=visual_information_fidelity(f, a, b), Qabf=qabf(f, a, b),
         SSIM=structural_similarity(f, a, b, ssim_data_range), AG=average_gradient(f),
         PSNR=peak_signal_to_noise_ratio(f, a, b), CC=correlation_coefficient(f, a, b),
-        MSE=mean_squared_error(f, a, b))
+        MSE=mean_squared_error(f, a, b), **colour_fidelity(*colour_images))
     return {name: values[name] for name in METRIC_NAMES}
