@@ -22,7 +22,7 @@ import optax
 from flax import struct
 
 from difffccf_jax import compilation, parallel
-from difffccf_jax.model import checkpoints, diffusion, regions, unet
+from difffccf_jax.model import checkpoints, diffusion, regions, settings, unet
 from difffccf_jax.training import losses, weighting
 from difffccf_jax.errors import UserError
 
@@ -256,10 +256,10 @@ def epoch_plan(seed, epochs, tasks, steps_per_epoch, steps_per_pass):
 
 def setup_run(config, mesh):
     """The data iterators, epoch plan, model, optimiser and step options of `config`."""
-    from difffccf_jax.data import pipeline
+    from difffccf_jax.data import layouts, pipeline
 
     parallel.check_batch_size(config.data.batch_size, mesh)
-    tasks = tuple(config.data.tasks) if config.data.multi_task else (config.data.task,)
+    tasks = layouts.tasks_from_config(config.data)
     batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task),
                                             config.data.batch_size, mesh,
                                             seed=config.data.shuffle_seed,
@@ -274,11 +274,9 @@ def setup_run(config, mesh):
     step_options = dict(
         model=model, tx=tx, policy_settings=policy_settings,
         schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps),
-        loss_config=losses.LossConfig.from_config(config.loss,
-                                                  regions.statistics_from_config(config),
-                                                  compat=bool(config.model.compat)),
+        loss_config=settings.loss_settings(config),
         ema_decay=float(config.optim.ema_decay),
-        registration_lr_factor=float(config.optim.get("registration_lr_factor", 1.0)))
+        registration_lr_factor=float(config.optim.registration_lr_factor))
     rules = {task: rules_as_arrays(regions.rules_from_config(config.regions, task, "train"))
              for task in batches}
     create = functools.partial(create_train_state, model, tx, policy_settings,
