@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
 # The reference run: the tiny config's model cut to two levels of one residual block on 16 px
 # pairs (what the run's plumbing needs, compiled in half the time), pet and spect drawn per
 # epoch, a checkpoint per epoch.
-OVERRIDES = (("seed", "1"), ("data.multi_task", "True"), ("data.tasks", "('pet', 'spect')"),
+OVERRIDES = (("seed", "1"), ("data.tasks", "('pet', 'spect')"),
              ("train.epochs", "2"), ("train.steps_per_epoch", "3"),
              ("train.checkpoint_every_epochs", "1"), ("train.log_every_steps", "1"),
              ("train.fast_compile", "True"), ("model.channel_mult", "(1, 2)"),
@@ -228,7 +228,7 @@ def test_fixed_weights_and_parameter_ema_through_a_whole_run(overrides, tiny_con
     EMA on (decay 1/2): the saved EMA after 3 steps is the closed form of the saved parameter
     trajectory, and inference reads it."""
     config = load_config(tiny_config_path, overrides + (
-        ("data.multi_task", "False"), ("train.epochs", "3"), ("train.steps_per_epoch", "1"),
+        ("data.tasks", "('pet',)"), ("train.epochs", "3"), ("train.steps_per_epoch", "1"),
         ("weighting.enabled", "False"), ("optim.ema_decay", "0.5")))
     workdir = str(tmp_path / "run")
     state = train.fit(config, workdir)
