@@ -150,7 +150,8 @@ def final_rows(output, x, m1, rows):
     `settings`, published), or with OUTPUT_CLEAN the Y rows replaced by the clean fused
     estimate m1 A + (1 - m1) B_Y of the last step's mask (the image the training quality loss
     scores; it keeps no residual sampling noise, so where A and B_Y agree, as in a black
-    background, it is exactly their value). Cr/Cb rows are the trajectory either way (outside R already exactly B_c)."""
+    background, it is exactly their value). Cr/Cb rows are the trajectory either way (outside R
+    already exactly B_c)."""
     if output == method_settings.OUTPUT_TRAJECTORY:
         return x
     clean = m1 * rows["cond_a"] + (1.0 - m1) * rows["cond_b"]
