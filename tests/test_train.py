@@ -16,6 +16,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from difffccf_jax import cli, parallel
@@ -320,8 +321,11 @@ def test_training_starts_from_a_params_checkpoint(reference, config, tmp_path):
     fresh = train.new_state(train.setup_run(starting, mesh), starting, mesh)
     assert_trees_equal(fresh.params, state.params)
     assert int(fresh.step) == 0
+    opt_state = host_tree(fresh.opt_state)  # moments and counts zero, the configured rate
+    assert float(optax.tree_utils.tree_get(opt_state, "learning_rate")) == pytest.approx(
+        config.optim.learning_rate)
     assert all(float(np.abs(leaf).max()) == 0.0
-               for leaf in jax.tree.leaves(host_tree(fresh.opt_state)))
+               for leaf in jax.tree.leaves(train.set_learning_rate(opt_state, 0.0)))
 
 
 def test_cli_train_reports_a_missing_data_folder(tiny_config_path, tmp_path, capsys):
