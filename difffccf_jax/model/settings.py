@@ -7,10 +7,11 @@ registration refinement take these objects, never the config; the network is
 `unet.model_from_config(config.model)`. All are hashable: close over them or pass them as
 static arguments of jit.
 
-A new config field: set its value in configs/paper.py, add it to the dataclass of its role (or,
-for a field the command or the training loop reads directly, to the listed readers of
-tests/test_settings.py), read it in that dataclass's builder, and give configs saved before it
-the value that reproduces what they ran with in a new step of `config_versions`.
+A new config field: set its value in configs/paper.py; add it to the dataclass of its role and
+read it in that dataclass's builder here (a field that a command or the training loop reads
+directly goes into LISTED_READERS of tests/test_settings.py instead); and in
+`config_versions` bump VERSION (and config.version in configs/paper.py) with a step that gives
+configs saved before it the value that reproduces what they ran with.
 """
 
 import dataclasses
