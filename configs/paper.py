@@ -58,13 +58,14 @@ def regions():
 def get_config(arg=None):
     del arg
     config = ml_collections.ConfigDict()
+    config.version = 1  # the layout of this config (config_versions.VERSION)
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
         root="",  # folder holding one sub-folder per task (the published layout)
-        task="pet",  # single-task training and fusion
-        tasks=TASKS,  # multi-task training: one task drawn per epoch
-        multi_task=True,
+        # Training draws one of these tasks per epoch (a single task: single-task training);
+        # the first is fusion's default task.
+        tasks=TASKS,
         image_size=256,
         crop_size=0,  # 0: train on whole pairs; else the side of random square training crops
         batch_size=4,  # global batch

@@ -14,7 +14,6 @@ def get_config(arg=None):
     config = paper.get_config(arg)
     config.data.image_size = 32
     config.data.batch_size = 4
-    config.data.multi_task = False
     config.data.tasks = ("pet",)
 
     config.model.model_channels = 8

@@ -13,7 +13,7 @@ import os
 
 import ml_collections
 
-from difffccf_jax import files
+from difffccf_jax import config_versions, files
 from difffccf_jax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
@@ -36,12 +36,14 @@ def _tuples(value):
 
 
 def load_json_config(path):
-    """Returns the ConfigDict saved as JSON at `path` (see `save_json_config`)."""
+    """Returns the ConfigDict saved as JSON at `path` (see `save_json_config`), brought up to the
+    current layout if older code saved it (`config_versions.migrate`)."""
     try:
         with open(path, encoding="utf-8") as file:
-            return ml_collections.ConfigDict(_tuples(json.load(file)))
+            config = ml_collections.ConfigDict(_tuples(json.load(file)))
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"config file {path!r} is not readable JSON: {error}") from error
+    return config_versions.migrate(config, path)
 
 
 def save_json_config(config, path):

@@ -46,12 +46,12 @@ def test_override_changes_config(tiny_config_path):
                                             ("model.channel_mult", "(1, 2)"),
                                             ("optim.learning_rate", "1"),
                                             ("model.compat", "true"),
-                                            ("data.task", "spect")])
+                                            ("data.tasks", "spect")])
     assert config.train.epochs == 200
     assert tuple(config.model.channel_mult) == (1, 2)
     assert config.optim.learning_rate == 1.0 and isinstance(config.optim.learning_rate, float)
     assert config.model.compat is True
-    assert config.data.task == "spect"
+    assert config.data.tasks == ("spect",)
 
 
 def test_tiny_derives_from_paper(tiny_config_path, paper_config_path):

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from difffccf_jax import color
-from difffccf_jax.model import composition, diffusion, regions, registration, unet
+from difffccf_jax.model import composition, diffusion, regions, registration, settings, unet
 from difffccf_jax.training import losses
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
@@ -427,7 +427,7 @@ def stand_in_network(variables, x, t, train, rngs=None):
 def stand_in_losses(paper_config_path):
     """(config, jitted (params, a, b, rules) -> (terms, network input x, network t))."""
     config = load_config(paper_config_path)
-    loss_config = losses.LossConfig.from_config(config.loss)
+    loss_config = settings.loss_settings(config)
 
     @jax.jit
     def run(params, a, b, rules):
@@ -537,7 +537,7 @@ def perfect_denoiser_losses(paper_config_path):
     of training_losses with `perfect_network` on a spect batch of two 32 px pairs."""
     config = load_config(paper_config_path)
     config.loss.correlation = "ratio"  # the oracle's second term (MIND: tests/test_registration)
-    loss_config = losses.LossConfig.from_config(config.loss)
+    loss_config = settings.loss_settings(config)
     schedule = diffusion.make_schedule("cosine", PERFECT_STEPS)
     rules = as_arrays(regions.rules_from_config(config.regions, "spect", "train"))
 
@@ -648,9 +648,9 @@ def test_registration_terms_prefer_the_true_realignment(paper_config_path, misal
     """On every pair, B_Y warped (black outside) by the saved field scores better than B as
     given, than B moved by the opposite field, and than a constant half-pixel shift (which
     interpolation's smoothing would reward without the blur)."""
-    loss_config = losses.LossConfig.from_config(
+    loss_config = settings.loss_settings(
         load_config(paper_config_path, (("loss.correlation", f"'{correlation}'"),
-                                        ("loss.mi_bins", "16"))).loss)
+                                        ("loss.mi_bins", "16"))))
     assert loss_config.similarity_blur == 1.0
     a, b_y, field = misaligned_pairs
     black_y = float(color.black_ycrcb_unit()[0])
@@ -675,7 +675,7 @@ def test_a_field_optimised_for_the_configured_registration_loss_realigns_b(
 
     config = load_config(tiny_config_path)
     config.loss.correlation = "ratio"
-    loss_config = losses.LossConfig.from_config(config.loss)
+    loss_config = settings.loss_settings(config)
     a, b_y, true = misaligned_pairs
     black_y = float(color.black_ycrcb_unit()[0])
 
@@ -731,7 +731,8 @@ def test_training_losses_use_the_configured_statistics(paper_config_path):
 
     terms = {}
     for statistics in regions.STATISTICS:
-        loss_config = losses.LossConfig.from_config(config.loss, statistics)
+        config.regions_statistics = statistics
+        loss_config = settings.loss_settings(config)
         terms[statistics] = jax.jit(functools.partial(
             losses.training_losses, network, key=jax.random.PRNGKey(3),
             schedule=STAND_IN_SCHEDULE, loss_config=loss_config))({}, a, b, rules)
@@ -791,7 +792,7 @@ def test_training_losses_gradient_reaches_every_parameter_group(tiny_config_path
                           shapes)
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps)
     rules = jax.tree.map(jnp.asarray, regions.rules_from_config(config.regions, "spect", "train"))
-    loss_config = losses.LossConfig.from_config(config.loss)
+    loss_config = settings.loss_settings(config)
 
     def total(params, a, b, rules):
         terms = losses.training_losses(model.apply, params, a, b, rules, jax.random.PRNGKey(5),
@@ -810,32 +811,36 @@ def test_training_losses_gradient_reaches_every_parameter_group(tiny_config_path
         assert sum(float(jnp.sum(jnp.abs(leaf))) for leaf in leaves) > 0, group
 
 
-def test_loss_config_from_config_checks_fields(paper_config_path):
+def test_loss_settings_from_config_checks_fields(paper_config_path):
     config = load_config(paper_config_path)
-    settings = losses.LossConfig.from_config(config.loss)
-    assert settings == losses.LossConfig(
+    built = settings.loss_settings(config)
+    assert built == settings.LossSettings(
         loss_scale=128.0, quality_weights=(30.0, 40.0, 40.0),
         luma_quality_weights=(0.0, 10.0, 40.0), stage_conditions=True, mi_bins=32,
         mi_sigma=0.5, correlation="mind", ncc_window=9, similarity_blur=1.0,
-        registration_pass=True, registration_size=64)
+        region_statistics=regions.WHOLE_FRAME, registration_pass=True, registration_size=64,
+        diffusion_crop=0)
     config.loss.luma_quality_weights = (1.0, -1.0, 0.0)
     with pytest.raises(UserError, match="loss.luma_quality_weights"):
-        losses.LossConfig.from_config(config.loss)
+        settings.loss_settings(config)
     config.loss.luma_quality_weights = (0.0, 10.0, 40.0)
-    assert settings.region_statistics == regions.WHOLE_FRAME
-    settings = losses.LossConfig.from_config(config.loss, regions.statistics_from_config(
-        load_config(paper_config_path, [("regions_statistics", "in_region")])))
-    assert settings.region_statistics == regions.IN_REGION
+    config.regions_statistics = "in_region"
+    assert settings.loss_settings(config).region_statistics == regions.IN_REGION
+    config.regions_statistics = "per_batch"
     with pytest.raises(UserError, match="regions_statistics"):
-        losses.LossConfig.from_config(config.loss, "per_batch")
+        settings.loss_settings(config)
+    config.regions_statistics = "whole_frame"
+    config.model.compat = True  # the published model has no field to score
+    assert not settings.loss_settings(config).registration_pass
+    config.model.compat = False
     config.loss.correlation = "ncc"
     a = uniform(20, (1, 16, 16, 1))
-    _, correlation = registration.similarity_loss(a, 3 * a, losses.LossConfig.from_config(config.loss))
+    _, correlation = registration.similarity_loss(a, 3 * a, settings.loss_settings(config))
     assert float(correlation[0]) == pytest.approx(0.0, abs=1e-3)
     config.loss.correlation = "mse"
     with pytest.raises(UserError, match="loss.correlation"):
-        losses.LossConfig.from_config(config.loss)
+        settings.loss_settings(config)
     config.loss.correlation = "ratio"
     config.loss.similarity_blur = -1.0
     with pytest.raises(UserError, match="loss.similarity_blur"):
-        losses.LossConfig.from_config(config.loss)
+        settings.loss_settings(config)

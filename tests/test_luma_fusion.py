@@ -1,6 +1,8 @@
 """The Y (luma) fusion: the mask prior, stage-consistent training conditions, the Y rows' own
 quality weights, and the sampler's clean output (black backgrounds stay exactly black)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 
 from difffccf_jax import color
 from difffccf_jax.inference import sampling
-from difffccf_jax.model import composition, diffusion, regions, unet
+from difffccf_jax.model import composition, diffusion, regions, settings, unet
 from difffccf_jax.training import losses
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
@@ -86,7 +88,8 @@ def test_training_shows_each_row_the_conditions_of_its_sampling_stage(tiny_confi
     config, _, a, b, rules = generated_batch(tiny_config_path, count=8)
     steps = config.diffusion.steps
     schedule = diffusion.make_schedule(config.diffusion.schedule, steps)
-    loss_config = losses.LossConfig(stage_conditions=stage_conditions)
+    loss_config = dataclasses.replace(settings.loss_settings(config), registration_pass=False,
+                                      stage_conditions=stage_conditions)
     network = Recorder(jnp.full((24, SIZE, SIZE, 1), 0.5))
     losses.training_losses(network, None, a, b, rules, jax.random.PRNGKey(4), schedule,
                            loss_config)
@@ -108,9 +111,11 @@ def test_y_rows_use_the_luma_quality_weights(tiny_config_path):
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps)
     mask = jax.random.uniform(jax.random.PRNGKey(2), (6, SIZE, SIZE, 1))
     luma, chroma = (0.0, 40.0, 40.0), (30.0, 40.0, 40.0)
+    loss_config = dataclasses.replace(settings.loss_settings(config), registration_pass=False,
+                                      quality_weights=chroma)
     terms = losses.training_losses(
         Recorder(mask), None, a, b, rules, jax.random.PRNGKey(3), schedule,
-        losses.LossConfig(quality_weights=chroma, luma_quality_weights=luma))
+        dataclasses.replace(loss_config, luma_quality_weights=luma))
     # The same total from the per-row definition: Y rows F = m1 A + (1 - m1) B_Y scored with
     # the luma weights, Cr/Cb rows as published with the chroma weights.
     rows = composition.channel_batch(a, b, rules)
@@ -118,7 +123,7 @@ def test_y_rows_use_the_luma_quality_weights(tiny_config_path):
     y_quality = losses.quality_loss(y_fused, a, b[..., :1], luma)
     published = losses.training_losses(
         Recorder(mask), None, a, b, rules, jax.random.PRNGKey(3), schedule,
-        losses.LossConfig(quality_weights=chroma, luma_quality_weights=chroma))
+        dataclasses.replace(loss_config, luma_quality_weights=chroma))
     y_published = losses.quality_loss(y_fused, a, b[..., :1], chroma)
     difference = (float(terms["quality"]) - float(published["quality"])) * a.shape[0]
     np.testing.assert_allclose(difference, float(jnp.sum(y_quality - y_published)), rtol=1e-4)
@@ -155,20 +160,21 @@ def black_background_pairs(count):
     return np.stack(a).astype(np.float32), np.stack(b).astype(np.float32), outside
 
 
-@pytest.mark.parametrize("output", sampling.OUTPUTS)
+@pytest.mark.parametrize("output", settings.OUTPUTS)
 def test_black_backgrounds_fuse_to_exactly_black_with_the_clean_output(tiny_config_path, output):
     config = load_config(tiny_config_path, SMALL)
     model = unet.model_from_config(config.model)
     params = unet.init_params(model, jax.random.PRNGKey(0), SIZE)
     sample = sampling.make_sampler(
         model, regions.rules_from_config(config.regions, "pet", "sample"),
-        reflect=sampling.reflect_flags(config.sampling.reflect_channels, "pet"), output=output)
+        sampling.reflect_flags(config.sampling.reflect_channels, "pet"),
+        dataclasses.replace(settings.sampler_settings(config), output=output))
     schedule = sampling.sampling_schedule(config.diffusion.schedule, config.diffusion.steps, 6)
     a, b, outside = black_background_pairs(4)
     out = jax.device_get(sample(params, schedule, a, b, jax.random.PRNGKey(1),
                                 np.arange(4, dtype=np.int32)))
     background = out.rgb[:, outside]
-    if output == sampling.OUTPUT_CLEAN:
+    if output == settings.OUTPUT_CLEAN:
         assert np.all(background == 0)
         m1 = out.m1[..., 0]  # the Y rows' mask of the last step
         np.testing.assert_allclose(out.fused[..., 0],
@@ -180,7 +186,7 @@ def test_black_backgrounds_fuse_to_exactly_black_with_the_clean_output(tiny_conf
 def test_unknown_sampling_output_is_refused(tiny_config_path):
     config = load_config(tiny_config_path, (("sampling.output", "best"),))
     with pytest.raises(Exception, match="sampling.output"):
-        sampling.output_from_config(config.sampling)
+        settings.sampler_settings(config)
 
 
 def run_sources(known, seed=6):

@@ -44,12 +44,11 @@ class Trained(NamedTuple):
 def train_a_few_steps(config_path, root, dtype, initial=None):
     """Trained: STEPS steps of the real step on one batch, with model.dtype `dtype`, from
     `initial` (a TrainState; None: a fresh one, train.new_state)."""
-    config = load_config(config_path, SMALL + (("data.root", root), ("data.multi_task", "False"),
-                                               ("model.dtype", dtype)))
+    config = load_config(config_path, SMALL + (("data.root", root), ("model.dtype", dtype)))
     mesh = parallel.make_mesh(jax.devices()[:1])
     run = train.setup_run(config, mesh)
-    batch = next(run.batches[config.data.task])
-    rules = run.rules[config.data.task]
+    batch = next(run.batches["pet"])
+    rules = run.rules["pet"]
     learning_rate = jnp.float32(config.optim.learning_rate)
     if initial is None:
         initial = train.new_state(run, config, mesh)
@@ -71,7 +70,7 @@ def train_a_few_steps(config_path, root, dtype, initial=None):
 def runs(tmp_path_factory, tiny_config_path):
     root = str(tmp_path_factory.mktemp("pairs"))
     data = load_config(tiny_config_path, SMALL).data
-    generator.write_task(root, layouts.layout_from_config(data, data.task), data.batch_size,
+    generator.write_task(root, layouts.layout_from_config(data, "pet"), data.batch_size,
                          data.image_size, seed=0)
     full = train_a_few_steps(tiny_config_path, root, "float32")
     # the same initial state (parameters, optimiser state, keys) for both: built once

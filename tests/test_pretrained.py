@@ -25,7 +25,7 @@ def test_bundled_model_is_small_and_loads_with_this_code():
     assert 0 < size <= MAX_BYTES
     config, params = checkpoints.load_for_inference(MODEL)
     assert config.data.root == "" and config.data.eval_root == ""
-    assert config.data.task == "pet"
+    assert config.data.tasks == ("pet",)
     assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(params))
 
 

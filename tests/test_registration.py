@@ -222,15 +222,17 @@ def test_sampler_warp_fills_with_bs_background_not_black():
     assert warped[0, :, -5:, 2].min() > 0.3  # Cb of dark blue; black has Cb 0.004
 
 
-def test_training_similarity_fills_with_bs_background():
+def test_training_similarity_fills_with_bs_background(paper_config_path):
     """registration.registration_terms warps every channel with the pair's background: for a pure
     shift and for a random sub-pixel field its terms, and their gradients with respect to the
     field, equal the sum of each channel warped with that fill by hand; a black fill differs."""
-    from difffccf_jax.training import losses
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.model.settings import loss_settings
 
     b = jnp.concatenate([jet_background_b(seed=1)] * 2)
     a = b[..., :1] * 0.5
-    loss_config = losses.LossConfig(mi_bins=16, similarity_blur=1.0)
+    loss_config = loss_settings(load_config(paper_config_path, (
+        ("loss.mi_bins", "16"), ("loss.correlation", "ratio"), ("loss.similarity_blur", "1.0"))))
     fill = registration.background(b)
 
     def by_channel(field):
@@ -501,9 +503,9 @@ def test_registration_loss_prefers_the_true_field(paper_config_path, head_motion
     prefer the generator's per-pixel elastic field to no warp on every pair (strain 100 buys a
     near-rigid field: docs/method.md section 7)."""
     from difffccf_jax.config_cli import load_config
-    from difffccf_jax.inference import sampling
+    from difffccf_jax.model.settings import refinement_settings
 
-    refinement = sampling.refinement_from_config(load_config(paper_config_path))
+    refinement = refinement_settings(load_config(paper_config_path))
     a, b, true = head_motion_pairs[task]
     translation = jnp.broadcast_to(true.mean(axis=(1, 2), keepdims=True), true.shape)
     for settings, field, others in (
@@ -527,10 +529,11 @@ def test_training_registration_pass_scores_the_samplers_field(tiny_config_path):
     diffusion rows see windows of that side and the registration pass the whole pair."""
     from difffccf_jax.config_cli import load_config
     from difffccf_jax.model import diffusion, regions, unet
+    from difffccf_jax.model.settings import loss_settings
     from difffccf_jax.training import losses
 
     config = load_config(tiny_config_path)
-    loss_config = dataclasses.replace(losses.LossConfig.from_config(config.loss),
+    loss_config = dataclasses.replace(loss_settings(config),
                                       registration_pass=True, registration_size=16,
                                       diffusion_crop=24)
     rules = jax.tree.map(jnp.asarray, regions.rules_from_config(config.regions, "pet", "train"))
@@ -571,11 +574,12 @@ def test_published_model_trains_without_a_registration_pass(paper_config_path):
     """The paper config's registration pass is off in compatibility mode: the published model
     has no field and its fixed bottleneck takes 256 px pairs only."""
     from difffccf_jax.config_cli import load_config
-    from difffccf_jax.training import losses
+    from difffccf_jax.model.settings import loss_settings
 
-    loss = load_config(paper_config_path).loss
-    assert losses.LossConfig.from_config(loss).registration_pass
-    assert not losses.LossConfig.from_config(loss, compat=True).registration_pass
+    config = load_config(paper_config_path)
+    assert loss_settings(config).registration_pass
+    config.model.compat = True
+    assert not loss_settings(config).registration_pass
 
 
 # ---- the sampler's refinement of the network's field ------------------------------------------
@@ -589,9 +593,9 @@ def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_mo
     every pair's loss and brings the mean end-point error of the generated pairs below issue
     18's share of its value (0.5 x PET, 0.6 x SPECT); from the true field it stays near it."""
     from difffccf_jax.config_cli import load_config
-    from difffccf_jax.inference import sampling
+    from difffccf_jax.model.settings import refinement_settings
 
-    settings = sampling.refinement_from_config(load_config(paper_config_path))
+    settings = refinement_settings(load_config(paper_config_path))
     assert settings.steps == 50 and settings.grid == 5 and settings.correlation == "mind"
     assert settings.learning_rate == 0.1 and settings.strain == 100.0 and settings.from_no_warp
     settings = dataclasses.replace(settings, from_no_warp=False)  # each start on its own
@@ -606,14 +610,20 @@ def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_mo
     assert float(jnp.mean(jnp.linalg.norm(true - from_true, axis=-1))) < 0.35 * before
 
 
-def test_two_starts_keep_each_pairs_refined_field_of_lower_loss(head_motion_pairs):
+def test_two_starts_keep_each_pairs_refined_field_of_lower_loss(head_motion_pairs,
+                                                               paper_config_path):
     """refine_field with from_no_warp refines from the given field and from no warp in one
     batch and keeps, per pair, the result of lower loss: here the first pair starts at its
     true field (that start is kept) and the second at the opposite of it, 6 px off (the start
     from no warp is kept). Each equals the refinement from that start alone. On the pairs'
     central 64 x 64, to compile quickly."""
     a, b, true = (x[:2, 32:96, 32:96] for x in head_motion_pairs["pet"])
-    two_starts = registration.Refinement(steps=10)
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.model.settings import refinement_settings
+
+    two_starts = dataclasses.replace(refinement_settings(load_config(paper_config_path)),
+                                     steps=10)
+    assert two_starts.from_no_warp
     one_start = dataclasses.replace(two_starts, from_no_warp=False)
     start = jnp.stack([true[0], -2 * true[1]])
     kept = registration.refine_field(a, b, start, two_starts)
@@ -626,7 +636,7 @@ def test_two_starts_keep_each_pairs_refined_field_of_lower_loss(head_motion_pair
     np.testing.assert_allclose(kept[1], from_no_warp[1], atol=1e-4)
 
 
-def test_strain_term_known_answers():
+def test_strain_term_known_answers(paper_config_path):
     """registration_loss's strain term (settings.strain times the mean of (du_x/dx)^2 +
     (du_y/dy)^2 + (du_x/dy + du_y/dx)^2 / 2) on linear fields: 0 for a translation and a
     rotation to first order, 2 s^2 for a scaling by 1 + s, g^2 / 2 for a shear (g y, 0)."""
@@ -639,7 +649,11 @@ def test_strain_term_known_answers():
               "rotation": (0.05 * np.stack([-rows, cols], -1), 0.0),
               "scaling": (0.02 * np.stack([cols, rows], -1), 2 * 0.02 ** 2),
               "shear": (0.1 * np.stack([rows, np.zeros_like(rows)], -1), 0.1 ** 2 / 2)}
-    settings = registration.Refinement(strain=0.0)
+    from difffccf_jax.config_cli import load_config
+    from difffccf_jax.model.settings import refinement_settings
+
+    settings = dataclasses.replace(refinement_settings(load_config(paper_config_path)),
+                                   strain=0.0)
     with_strain = dataclasses.replace(settings, strain=7.0)
     for name, (field, expected) in fields.items():
         field = jnp.asarray(field[None])
@@ -649,45 +663,39 @@ def test_strain_term_known_answers():
 
 
 def test_refinement_settings_are_checked(paper_config_path):
-    """refinement_from_config rejects negative steps and strain weights; a config saved before
-    the refinement's keys gets what it ran with (no refinement, 0.05 px, no strain term)."""
+    """refinement_settings rejects negative steps and strain weights, a step that is not
+    positive and a refine_from_no_warp that is not a boolean, naming the field."""
     from difffccf_jax.config_cli import load_config
     from difffccf_jax.errors import UserError
-    from difffccf_jax.inference import sampling
+    from difffccf_jax.model.settings import refinement_settings
 
-    for key, value in (("refine_steps", -1), ("refine_strain", -1.0)):
+    for key, value in (("refine_steps", -1), ("refine_strain", -1.0),
+                       ("refine_learning_rate", 0.0)):
         config = load_config(paper_config_path)
         config.sampling[key] = value
-        with pytest.raises(UserError, match=f"sampling.refine_steps .*got"):
-            sampling.refinement_from_config(config)
+        with pytest.raises(UserError, match=f"sampling.{key}: expected .*got"):
+            refinement_settings(config)
     config = load_config(paper_config_path)
     with config.unlocked():  # a config file's value of another type
         del config.sampling["refine_from_no_warp"]
         config.sampling.refine_from_no_warp = "yes"
     with pytest.raises(UserError, match="sampling.refine_from_no_warp: expected True or False"):
-        sampling.refinement_from_config(config)
-    config = load_config(paper_config_path)
-    for key in ("refine_steps", "refine_learning_rate", "refine_strain", "refine_from_no_warp"):
-        del config.sampling[key]
-    old = sampling.refinement_from_config(config)
-    assert (old.steps, old.learning_rate, old.strain, old.from_no_warp) == (0, 0.05, 0.0, False)
+        refinement_settings(config)
 
 
 def test_warp_interpolation_setting(paper_config_path):
-    """sampling.warp_interpolation: the paper config's bicubic; a config saved before the key
-    gets the bilinear warp it ran with; another value is refused by name."""
+    """sampling.warp_interpolation: the paper config's bicubic; another value is refused by
+    name."""
     from difffccf_jax.config_cli import load_config
     from difffccf_jax.errors import UserError
-    from difffccf_jax.inference import sampling
+    from difffccf_jax.model.settings import sampler_settings
 
     config = load_config(paper_config_path)
-    assert sampling.warp_interpolation_from_config(config.sampling) == registration.BICUBIC
+    assert sampler_settings(config).warp_interpolation == registration.BICUBIC
     config.sampling.warp_interpolation = "nearest"
     with pytest.raises(UserError, match="sampling.warp_interpolation: expected one of bilinear, "
                                         "bicubic, got 'nearest'"):
-        sampling.warp_interpolation_from_config(config.sampling)
-    del config.sampling["warp_interpolation"]
-    assert sampling.warp_interpolation_from_config(config.sampling) == registration.BILINEAR
+        sampler_settings(config)
 
 
 # ---- the check command's acceptance numbers -----------------------------------------------------
@@ -719,8 +727,7 @@ def test_check_config_trains_whole_pairs_with_cropped_diffusion_rows():
     config = registration_check.check_config("spect", 128, 3.0, "/data", diffusion_crop=32,
                                              registration_size=32, sampling_steps=7,
                                              refine_steps=9)
-    assert (config.data.task, config.data.tasks, config.data.root) == ("spect", ("spect",),
-                                                                        "/data")
+    assert (config.data.tasks, config.data.root) == (("spect",), "/data")
     assert config.data.image_size == 128 and config.data.crop_size == 0
     assert config.loss.diffusion_crop == 32 and config.loss.registration_size == 32
     assert config.train.steps_per_epoch == registration_check.BUDGET_CHECK_STEPS

@@ -1,6 +1,7 @@
 """The hierarchical sampler: one step against a float64 NumPy oracle, the region post-step, and the
 whole compiled reverse process on the tiny model (4 simulated devices)."""
 
+import dataclasses
 import logging
 
 import jax
@@ -11,7 +12,7 @@ from scipy import ndimage
 
 from difffccf_jax import color
 from difffccf_jax.inference import sampling
-from difffccf_jax.model import composition, diffusion, registration, regions, unet
+from difffccf_jax.model import composition, diffusion, registration, regions, settings, unet
 from difffccf_jax.config_cli import load_config
 
 NUM_PAIRS = 4
@@ -58,6 +59,16 @@ class CompileCounter(logging.Handler):
         self.count += record.getMessage().startswith(self.pattern)
 
 
+def registering_published_settings(config):
+    """The sampler settings of `config` with the network's field warping B (bilinear, no
+    refinement) and the published output and source steps."""
+    built = settings.sampler_settings(config)
+    return dataclasses.replace(
+        built, register=True, output=settings.OUTPUT_TRAJECTORY, known_sources=False,
+        refinement=dataclasses.replace(built.refinement, steps=0),
+        warp_interpolation=registration.BILINEAR)
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_config_path):
     config = load_config(tiny_config_path, TEST_OVERRIDES)
@@ -66,7 +77,8 @@ def setup(tiny_config_path):
                              config.model.max_displacement)
     sample = sampling.make_sampler(
         model, regions.rules_from_config(config.regions, "pet", "sample"),
-        reflect=sampling.reflect_flags(config.sampling.reflect_channels, "pet"))
+        sampling.reflect_flags(config.sampling.reflect_channels, "pet"),
+        registering_published_settings(config))
     schedule = sampling.sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
                                           config.sampling.steps)
     a, b = synthetic_pairs(NUM_PAIRS, 32, seed=1)
@@ -271,8 +283,8 @@ def test_sampler_from_config_passes_the_sampling_rules_and_statistics(tiny_confi
                                                                       monkeypatch):
     captured = {}
 
-    def fake_make_sampler(model, task_rules, **options):
-        captured.update(task_rules=task_rules, **options)
+    def fake_make_sampler(model, task_rules, reflect, sampler, mesh=None):
+        captured.update(task_rules=task_rules, reflect=reflect, settings=sampler)
         return "sample"
 
     monkeypatch.setattr(sampling, "make_sampler", fake_make_sampler)
@@ -282,11 +294,13 @@ def test_sampler_from_config_passes_the_sampling_rules_and_statistics(tiny_confi
         assert captured["task_rules"] == regions.rules_from_config(config.regions, "gfp",
                                                                    "sample")
         assert captured["task_rules"].cr.sign == 1.0 and captured["task_rules"].cr.gain == 1.0
-        assert captured["statistics"] == statistics
+        assert captured["settings"].statistics == statistics
+        assert captured["reflect"] == (False, False)
     for interpolation in registration.INTERPOLATIONS:
         config = load_config(tiny_config_path, [("sampling.warp_interpolation", interpolation)])
         sampling.sampler_from_config(config, "pet")
-        assert captured["warp_interpolation"] == interpolation
+        assert captured["settings"].warp_interpolation == interpolation
+        assert captured["reflect"] == (True, False)  # PET Cr reflects
 
 
 def test_stages_split_the_schedule_in_thirds():

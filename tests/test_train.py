@@ -16,6 +16,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from difffccf_jax import cli, parallel
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
 # The reference run: the tiny config's model cut to two levels of one residual block on 16 px
 # pairs (what the run's plumbing needs, compiled in half the time), pet and spect drawn per
 # epoch, a checkpoint per epoch.
-OVERRIDES = (("seed", "1"), ("data.multi_task", "True"), ("data.tasks", "('pet', 'spect')"),
+OVERRIDES = (("seed", "1"), ("data.tasks", "('pet', 'spect')"),
              ("train.epochs", "2"), ("train.steps_per_epoch", "3"),
              ("train.checkpoint_every_epochs", "1"), ("train.log_every_steps", "1"),
              ("train.fast_compile", "True"), ("model.channel_mult", "(1, 2)"),
@@ -228,7 +229,7 @@ def test_fixed_weights_and_parameter_ema_through_a_whole_run(overrides, tiny_con
     EMA on (decay 1/2): the saved EMA after 3 steps is the closed form of the saved parameter
     trajectory, and inference reads it."""
     config = load_config(tiny_config_path, overrides + (
-        ("data.multi_task", "False"), ("train.epochs", "3"), ("train.steps_per_epoch", "1"),
+        ("data.tasks", "('pet',)"), ("train.epochs", "3"), ("train.steps_per_epoch", "1"),
         ("weighting.enabled", "False"), ("optim.ema_decay", "0.5")))
     workdir = str(tmp_path / "run")
     state = train.fit(config, workdir)
@@ -320,8 +321,11 @@ def test_training_starts_from_a_params_checkpoint(reference, config, tmp_path):
     fresh = train.new_state(train.setup_run(starting, mesh), starting, mesh)
     assert_trees_equal(fresh.params, state.params)
     assert int(fresh.step) == 0
+    opt_state = host_tree(fresh.opt_state)  # moments and counts zero, the configured rate
+    assert float(optax.tree_utils.tree_get(opt_state, "learning_rate")) == pytest.approx(
+        config.optim.learning_rate)
     assert all(float(np.abs(leaf).max()) == 0.0
-               for leaf in jax.tree.leaves(host_tree(fresh.opt_state)))
+               for leaf in jax.tree.leaves(train.set_learning_rate(opt_state, 0.0)))
 
 
 def test_cli_train_reports_a_missing_data_folder(tiny_config_path, tmp_path, capsys):

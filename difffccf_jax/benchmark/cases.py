@@ -306,15 +306,16 @@ def real_step(case, config):
     mesh = parallel.make_mesh(jax.devices()[:1])
     with tempfile.TemporaryDirectory() as root:
         # One task's generated pairs feed the data pipeline that training builds.
-        config.data.root, config.data.multi_task = root, False
+        task = layouts.tasks_from_config(config.data)[0]
+        config.data.root, config.data.tasks = root, (task,)
         config.data.batch_size = case.batch
-        generator.write_task(root, layouts.layout_from_config(config.data, config.data.task),
+        generator.write_task(root, layouts.layout_from_config(config.data, task),
                              case.batch, config.data.image_size, seed=0)
         run = train.setup_run(config, mesh)
-        batch = next(run.batches[config.data.task])
+        batch = next(run.batches[task])
     state = [train.new_state(run, config, mesh)]
     step = train.make_train_step(mesh, parallel.replicated(mesh), **run.step_options)
-    args = (run.rules[config.data.task],
+    args = (run.rules[task],
             jax.device_put(jnp.float32(config.optim.learning_rate), parallel.replicated(mesh)))
     compiled, compile_s = measure.compile_jax(step, state[0], batch, *args,
                                               fast=case.fast_compile)
@@ -458,6 +459,7 @@ def sampling_jax(case):
     import jax
 
     from difffccf_jax import parallel
+    from difffccf_jax.data import layouts
     from difffccf_jax.inference import sampling
     from difffccf_jax.model import unet
 
@@ -473,7 +475,8 @@ def sampling_jax(case):
 
     def timed(steps):
         config.sampling.steps = steps
-        sample, schedule = sampling.sampler_from_config(config, config.data.task, mesh)
+        sample, schedule = sampling.sampler_from_config(
+            config, layouts.tasks_from_config(config.data)[0], mesh)
         args = (params, schedule, a, b, jax.random.key(0), pair_ids)
         return measure.time_jax(sample, args, case.max_repeats, case.budget_s,
                                 fast=case.fast_compile)

@@ -30,8 +30,7 @@ def shareable_config(config):
     """A copy of `config` with the data paths of TRAINING_PATHS cleared."""
     config = config.copy_and_resolve_references()
     for field in TRAINING_PATHS:
-        if field in config.data:
-            config.data[field] = ""
+        config.data[field] = ""
     return config
 
 

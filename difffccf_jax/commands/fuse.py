@@ -21,7 +21,8 @@ def register(subparsers):
                              "`difffccf convert-torch`")
     parser.add_argument("--task", default=None,
                         help="task key (pet, spect, ct, gfp, adni) choosing the folder layout "
-                             "and the region rules; default: the checkpoint's data.task")
+                             "and the region rules; default: the first of the checkpoint's "
+                             "data.tasks")
     source = parser.add_argument_group("input (either --data, or --a-dir with --b-dir)")
     source.add_argument("--data", metavar="DIR",
                         help="data root holding the task's folder in the published layout "

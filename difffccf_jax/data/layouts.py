@@ -83,7 +83,19 @@ def layout_from_config(data_config, task):
     entry = data_config.layouts[task]
     return Layout(task=task, folder=entry.folder, a=entry.a, b=entry.b,
                   b_is_color=bool(entry.b_is_color), jet=bool(entry.jet),
-                  alternates=tuple(entry.get("alternates", ())))
+                  alternates=tuple(entry.alternates))
+
+
+def tasks_from_config(data_config):
+    """config.data.tasks, checked: the tasks training draws from, one per epoch (a single task:
+    single-task training); the first is fusion's default task."""
+    tasks = tuple(data_config.tasks)
+    if not tasks or not all(isinstance(task, str) for task in tasks):
+        raise UserError(f"config field data.tasks: expected a non-empty tuple of task names, "
+                        f"got {data_config.tasks!r}")
+    for task in tasks:
+        layout_from_config(data_config, task)
+    return tasks
 
 
 def _integer_stem_order(name):

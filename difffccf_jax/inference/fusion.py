@@ -273,7 +273,7 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
     multiple = size_multiple(config.model)
     tile = TILE_BOTTLENECK * multiple if tile is None else tile
     check_sizes(resize_to, tile, multiple)
-    task = task or config.data.task
+    task = task or layouts.tasks_from_config(config.data)[0]
     root, layout = input_layout(config, task, data, a_dir, b_dir)
     pairs = layouts.list_pairs(root, layout)
     names = [pair.name for pair in pairs]

@@ -43,6 +43,7 @@ import numpy as np
 
 from difffccf_jax import color, compilation, parallel
 from difffccf_jax.model import composition, diffusion, regions, registration, unet
+from difffccf_jax.model import settings as method_settings
 from difffccf_jax.errors import UserError
 
 
@@ -68,11 +69,6 @@ class SampleOutput(NamedTuple):
     region: jnp.ndarray
     deformation: jnp.ndarray
     warped_b: jnp.ndarray
-
-
-OUTPUT_TRAJECTORY = "trajectory"
-OUTPUT_CLEAN = "clean"
-OUTPUTS = (OUTPUT_TRAJECTORY, OUTPUT_CLEAN)
 
 
 def reflect_flags(reflect_channels, task):
@@ -150,12 +146,13 @@ def region_post_step(x, b, region, chroma, reflect, reflect_offset,
 
 
 def final_rows(output, x, m1, rows):
-    """The sampler's result rows [3B, H, W, 1]: the trajectory x (OUTPUT_TRAJECTORY, published),
-    or with OUTPUT_CLEAN the Y rows replaced by the clean fused estimate m1 A + (1 - m1) B_Y of
-    the last step's mask (the image the training quality loss scores; it keeps no residual
-    sampling noise, so where A and B_Y agree, as in a black background, it is exactly their
-    value). Cr/Cb rows are the trajectory either way (outside R already exactly B_c)."""
-    if output == OUTPUT_TRAJECTORY:
+    """The sampler's result rows [3B, H, W, 1]: the trajectory x (OUTPUT_TRAJECTORY of
+    `settings`, published), or with OUTPUT_CLEAN the Y rows replaced by the clean fused
+    estimate m1 A + (1 - m1) B_Y of the last step's mask (the image the training quality loss
+    scores; it keeps no residual sampling noise, so where A and B_Y agree, as in a black
+    background, it is exactly their value). Cr/Cb rows are the trajectory either way (outside R
+    already exactly B_c)."""
+    if output == method_settings.OUTPUT_TRAJECTORY:
         return x
     clean = m1 * rows["cond_a"] + (1.0 - m1) * rows["cond_b"]
     return jnp.where(per_image(rows["chroma"]), x, clean)
@@ -206,11 +203,7 @@ class FusionInputs(NamedTuple):
     rows: dict
 
 
-def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, register=True,
-                 reflect_offset=0.8, statistics=regions.WHOLE_FRAME, output=OUTPUT_TRAJECTORY,
-                 known_sources=False, registration_size=0,
-                 refinement=registration.Refinement(),
-                 warp_interpolation=registration.BILINEAR, mesh=None):
+def make_sampler(model, task_rules, reflect, settings, mesh=None):
     """The whole fusion of a batch of pairs as one jitted function
 
         sample(params, schedule, a, b, key, pair_ids) -> SampleOutput
@@ -219,23 +212,22 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     steps (the reverse loop runs over all of them); key a PRNG key; pair_ids [B] int32 (each pair's
     noise comes from fold_in(key, pair id)). It compiles once per input shape and N.
 
-    With `register`, the registration pass comes first (`registration.predict_field`, as in
-    training: the network on the clean pairs [A, B_Y, A, B_Y] at t = 0, shrunk to
-    `registration_size` pixels a side), refined by `refinement.steps` steps of instance
-    optimisation (`registration.refine_field`; none by default), and the field warps B
-    (`warp_interpolation`: registration.BILINEAR, as training warps, or BICUBIC); then
+    With settings.register, the registration pass comes first (`registration.predict_field`, as
+    in training: the network on the clean pairs [A, B_Y, A, B_Y] at t = 0, shrunk to
+    settings.registration_size pixels a side), refined by settings.refinement.steps steps of
+    instance optimisation (`registration.refine_field`), and the field warps B
+    (settings.warp_interpolation: registration.BILINEAR, as training warps, or BICUBIC); then
     one lax.scan runs the N reverse steps, so the network is compiled once for them (and once
     for the registration pass).
 
     model: a `unet.UNet`; task_rules: the task's sampling `regions.TaskRules` (their regions,
     signs and gains); reflect: (Cr, Cb) booleans, the PET Cr post-step (offset - x inside R)
-    instead of re-standardising; statistics: the re-standardisation of the other chroma rows,
-    regions.WHOLE_FRAME (published) or regions.IN_REGION (`region_post_step`); add_noise:
-    stochastic mode; register: warp B by the predicted deformation first; output: what the Y
-    rows return (`final_rows`); known_sources: x^A and x^B follow their known clean sources
-    (`reverse_step`); mesh: a Mesh with axis
-    'data' over which the batch (and the 3B rows) is split, params replicated; B must be a
-    multiple of its size; by default all devices.
+    instead of re-standardising (`reflect_flags`); settings: a `settings.SamplerSettings`
+    (statistics: the re-standardisation of the other chroma rows, `region_post_step`; add_noise:
+    stochastic mode; output: what the Y rows return, `final_rows`; known_sources: x^A and x^B
+    follow their known clean sources, `reverse_step`); mesh: a Mesh with axis 'data' over which
+    the batch (and the 3B rows) is split, params replicated; B must be a multiple of its size;
+    by default all devices.
     """
     mesh = mesh or parallel.make_mesh()
     replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -265,28 +257,29 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
             out = model.apply({"params": params}, network_input,
                               jnp.full((3 * num_pairs,), schedule.timesteps[index], jnp.int32),
                               train=False)
-            noise = step_noise(noise_keys, step, height, width) if add_noise else None
-            sources = (rows["cond_a"], rows["cond_b"]) if known_sources else None
+            noise = step_noise(noise_keys, step, height, width) if settings.add_noise else None
+            sources = (rows["cond_a"], rows["cond_b"]) if settings.known_sources else None
             new = reverse_step(schedule, state, out.noise, out.m1, out.m2, index,
                                rows["chroma"], rows["sign_gain"], noise, sources)
             x = region_post_step(new.x, rows["b3"], rows["region"], rows["chroma"],
-                                 reflect_rows, reflect_offset, statistics)
+                                 reflect_rows, settings.reflect_offset, settings.statistics)
             return (new._replace(x=x), out.m1, out.m2), None
 
-        if register:
+        if settings.register:
             deformation = registration.predict_field(
                 lambda x, t: model.apply({"params": params}, x, t, train=False), a, b,
-                registration_size)
-            if refinement.steps:
-                deformation = registration.refine_field(a, b, deformation, refinement)
-            inputs = fusion_inputs(a, warp_b(b, deformation, warp_interpolation), deformation)
+                settings.registration_size)
+            if settings.refinement.steps:
+                deformation = registration.refine_field(a, b, deformation, settings.refinement)
+            inputs = fusion_inputs(a, warp_b(b, deformation, settings.warp_interpolation),
+                                   deformation)
         else:
             inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
         rows = inputs.rows
         masks = jnp.zeros_like(start_noise)
         (state, m1, m2), _ = jax.lax.scan(body, (start(rows), masks, masks),
                                           jnp.arange(num_steps))
-        fused = jnp.clip(channels_to_last(final_rows(output, state.x, m1, inputs.rows)),
+        fused = jnp.clip(channels_to_last(final_rows(settings.output, state.x, m1, inputs.rows)),
                          -1.0, 1.0)
         return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
                             m1=channels_to_last(m1), m2=channels_to_last(m2),
@@ -299,74 +292,20 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
 
 
 def registers(config):
-    """Whether sampling with `config` registers B: config.sampling.register, except for the
-    published model (model.compat), whose "deformation" is [m1, m2], not a field."""
-    return bool(config.sampling.register and not config.model.compat)
-
-
-def output_from_config(sampling):
-    """config.sampling.output, checked (configs saved before it existed: the published one)."""
-    output = sampling.get("output", OUTPUT_TRAJECTORY)
-    if output not in OUTPUTS:
-        raise UserError(f"sampling.output: expected one of {', '.join(OUTPUTS)}, got {output!r}")
-    return output
-
-
-def warp_interpolation_from_config(sampling):
-    """config.sampling.warp_interpolation, checked (configs saved before it: bilinear, what they
-    ran with)."""
-    interpolation = sampling.get("warp_interpolation", registration.BILINEAR)
-    if interpolation not in registration.INTERPOLATIONS:
-        raise UserError(f"sampling.warp_interpolation: expected one of "
-                        f"{', '.join(registration.INTERPOLATIONS)}, got {interpolation!r}")
-    return interpolation
-
-
-def refinement_from_config(config):
-    """registration.Refinement of config.sampling.refine_steps / refine_learning_rate /
-    refine_strain / refine_from_no_warp, on model.deformation_grid control points (5 for a
-    per-pixel head), with config.loss's similarity and reference weights. Configs saved before
-    these keys get what they ran with: no refinement, 0.05 px, no strain term, one start."""
-    loss, sampling = config.loss, config.sampling
-    steps = int(sampling.get("refine_steps", 0))
-    learning_rate = float(sampling.get("refine_learning_rate", 0.05))
-    strain = float(sampling.get("refine_strain", 0.0))
-    from_no_warp = sampling.get("refine_from_no_warp", False)
-    if not isinstance(from_no_warp, bool):
-        raise UserError(f"sampling.refine_from_no_warp: expected True or False, got "
-                        f"{from_no_warp!r}")
-    if steps < 0 or learning_rate <= 0 or strain < 0:
-        raise UserError(f"sampling.refine_steps / refine_learning_rate / refine_strain: expected "
-                        f">= 0 steps, a positive rate and a strain weight >= 0, got {steps} / "
-                        f"{learning_rate} / {strain}")
-    return registration.Refinement(
-        steps=steps, learning_rate=learning_rate,
-        grid=int(config.model.get("deformation_grid", 0)) or 5, mi_bins=int(loss.mi_bins),
-        mi_sigma=float(loss.mi_sigma), correlation=str(loss.correlation),
-        ncc_window=int(loss.ncc_window), similarity_blur=float(loss.similarity_blur),
-        weights=tuple(float(loss.weights[name])
-                      for name in ("mi", "correlation", "smoothness", "folding")),
-        strain=strain, from_no_warp=from_no_warp)
+    """Whether sampling with `config` registers B (`settings.SamplerSettings.register`)."""
+    return method_settings.sampler_settings(config).register
 
 
 def sampler_from_config(config, task, mesh=None, model=None):
     """(sample, schedule) fusing `task` pairs with the model, region, diffusion and sampling
-    settings of `config` (the SAMPLING region rules, signs and gains of config.regions, and
-    config.regions_statistics); see `make_sampler`. model: the network, by default config.model's
-    U-Net (fusion passes it wrapped in a `tiling.TiledNetwork`)."""
+    settings of `config`: the SAMPLING region rules, signs and gains of config.regions and
+    `settings.sampler_settings(config)`; see `make_sampler`. model: the network, by default
+    config.model's U-Net (fusion passes it wrapped in a `tiling.TiledNetwork`)."""
+    sampler = method_settings.sampler_settings(config)
     sample = make_sampler(
         unet.model_from_config(config.model) if model is None else model,
         regions.rules_from_config(config.regions, task, "sample"),
-        reflect=reflect_flags(config.sampling.reflect_channels, task),
-        add_noise=bool(config.sampling.add_noise),
-        register=registers(config),
-        reflect_offset=float(config.sampling.reflect_offset),
-        statistics=regions.statistics_from_config(config),
-        output=output_from_config(config.sampling),
-        known_sources=bool(config.sampling.get("known_sources", False)),
-        registration_size=int(config.loss.get("registration_size", 0)),
-        refinement=refinement_from_config(config),
-        warp_interpolation=warp_interpolation_from_config(config.sampling), mesh=mesh)
+        reflect_flags(sampler.reflect_channels, task), sampler, mesh=mesh)
     schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
                                  config.sampling.steps)
     return sample, schedule

@@ -65,7 +65,8 @@ def write_config(directory, config):
 
 
 def read_config(directory):
-    """The ConfigDict saved in directory/config.json."""
+    """The ConfigDict saved in directory/config.json, migrated to the current layout when
+    older code saved it (`config_versions.migrate`, through `load_json_config`)."""
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
         raise UserError(f"{path} does not exist: expected a checkpoint directory written by "

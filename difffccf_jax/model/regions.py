@@ -99,7 +99,7 @@ def rules_from_config(regions, task, phase):
 def statistics_from_config(config):
     """config.regions_statistics, checked: 'whole_frame' (published) or 'in_region'. Training
     (the clean fused estimate) and sampling (the chroma post-step) both read it."""
-    value = config.get("regions_statistics")
+    value = config.regions_statistics
     if value not in STATISTICS:
         raise UserError(f"regions_statistics: expected 'whole_frame' (published) or 'in_region', "
                         f"got {value!r}")

@@ -338,8 +338,8 @@ def gaussian_profile(size, sigma):
 def similarity_loss(a, warped_b, loss_config):
     """(MI term, correlation term) per image, [B] each: -MI and 1 - correlation (ratio or NCC),
     or with correlation 'mind' the MIND distance (`mind_distance`) as the second term.
-    loss_config: any object with mi_bins, mi_sigma, correlation and ncc_window (losses.LossConfig,
-    `Refinement`)."""
+    loss_config: any object with mi_bins, mi_sigma, correlation and ncc_window
+    (settings.LossSettings, `Refinement`)."""
     mi = mutual_information(a, warped_b, loss_config.mi_bins, loss_config.mi_sigma)
     if loss_config.correlation == "mind":
         return -mi, mind_distance(a, warped_b)
@@ -380,29 +380,27 @@ def registration_terms(a, b, deformation, loss_config):
 
 @dataclasses.dataclass(frozen=True)
 class Refinement:
-    """How the sampler refines the registration pass's field (hashable; a static argument).
+    """How the sampler refines the registration pass's field (hashable; a static argument;
+    built by `settings.refinement_settings`).
 
     steps: Adam steps (0: the network's field as it is); learning_rate: Adam's step, pixels per
     step on the control points; grid: control points a side (`field_to_grid`); mi_bins,
     mi_sigma, correlation, ncc_window, similarity_blur: the similarity, as training's
-    (losses.LossConfig's fields of the same names); weights: (mi, correlation, smoothness,
+    (settings.LossSettings's fields of the same names); weights: (mi, correlation, smoothness,
     folding), training's reference weights; strain: the weight of the field's strain energy
     (`registration_loss`), the refinement's own term; from_no_warp: also refine from no warp
-    and keep, per pair, the refined field of lower loss (`refine_field`). The defaults other
-    than steps are the paper configuration's (`sampling.refinement_from_config`);
-    learning_rate 0.1, strain 100 and from_no_warp were chosen on validation pairs
-    (docs/method.md section 7)."""
-    steps: int = 0
-    learning_rate: float = 0.1
-    grid: int = 5
-    mi_bins: int = 32
-    mi_sigma: float = 0.5
-    correlation: str = "mind"
-    ncc_window: int = 9
-    similarity_blur: float = 1.0
-    weights: tuple = (1.0, 1.0, 3.0, 1.0)
-    strain: float = 100.0
-    from_no_warp: bool = True
+    and keep, per pair, the refined field of lower loss (`refine_field`)."""
+    steps: int
+    learning_rate: float
+    grid: int
+    mi_bins: int
+    mi_sigma: float
+    correlation: str
+    ncc_window: int
+    similarity_blur: float
+    weights: tuple
+    strain: float
+    from_no_warp: bool
 
 
 def registration_loss(a, b, field, settings):

@@ -120,27 +120,28 @@ class UNet(nn.Module):
     bottleneck tokens, a 32 x 32 x 512 bottleneck only, deformation = [m1, m2] (no own head).
     deformation_grid: the deformation head's field on G x G control points (`deformation_field`),
     0 for one per pixel; deformation_features: the channels of the deformation head's own
-    encoder (`RegistrationBranch`), or () for a head on the fusion decoder's features.
+    encoder (`RegistrationBranch`), or () for a head on the fusion decoder's features. The
+    fields have no defaults: `model_from_config` builds it from config.model.
     """
-    in_channels: int = 4
-    model_channels: int = 64
-    channel_mult: Sequence[int] = (1, 2, 4, 8)
-    num_res_blocks: int = 2
-    dropout: float = 0.1
-    time_embed_mult: int = 4
-    norm_groups: int = 32
-    norm_eps: float = 1e-5
-    attention_reduction: int = 8
-    graph_heads: int = 4
-    graph_ffn_width: int = 256
-    cheb_order: int = 3
-    laplacian: str = "scaled"
-    max_displacement: float = 4.0
-    deformation_grid: int = 0
-    deformation_features: Sequence[int] = ()
-    mask_prior: float = 0.0
-    compat: bool = False
-    dtype: Any = jnp.float32
+    in_channels: int
+    model_channels: int
+    channel_mult: Sequence[int]
+    num_res_blocks: int
+    dropout: float
+    time_embed_mult: int
+    norm_groups: int
+    norm_eps: float
+    attention_reduction: int
+    graph_heads: int
+    graph_ffn_width: int
+    cheb_order: int
+    laplacian: str
+    max_displacement: float
+    deformation_grid: int
+    deformation_features: Sequence[int]
+    mask_prior: float
+    compat: bool
+    dtype: Any
 
     @nn.compact
     def __call__(self, x, t, train=False):
@@ -256,9 +257,9 @@ def model_from_config(model_config):
            c.laplacian)
     _check(c.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}", c.dtype)
     _check(0.0 <= c.dropout < 1.0, "dropout", "a rate in [0, 1)", c.dropout)
-    mask_prior = float(c.get("mask_prior", 0.0))  # configs saved before it existed: published
+    mask_prior = float(c.mask_prior)
     _check(mask_prior >= 0.0, "mask_prior", "a slope >= 0", mask_prior)
-    deformation_grid = int(c.get("deformation_grid", 0))  # configs saved before it: per pixel
+    deformation_grid = int(c.deformation_grid)
     _check(deformation_grid == 0 or deformation_grid >= 2, "deformation_grid",
            "0 (a field per pixel) or at least 2 control points a side", deformation_grid)
     return UNet(
@@ -270,7 +271,7 @@ def model_from_config(model_config):
         graph_ffn_width=c.graph_ffn_width, cheb_order=c.cheb_order,
         laplacian="unnormalized" if c.compat else c.laplacian,
         max_displacement=c.max_displacement, deformation_grid=deformation_grid,
-        deformation_features=tuple(c.get("deformation_features", ())),
+        deformation_features=tuple(c.deformation_features),
         mask_prior=0.0 if c.compat else mask_prior,
         compat=c.compat, dtype=DTYPES[c.dtype])
 

@@ -44,9 +44,7 @@ def demo_config(task, image_size, train_steps, data_root, train_pairs, sampling_
 
     config = load_config_file(config_spec)
     config.data.root = data_root
-    config.data.task = task
     config.data.tasks = (task,)
-    config.data.multi_task = False
     config.data.image_size = image_size
     config.data.crop_size = crop_size
     config.train.steps_per_epoch = max(1, train_pairs // config.data.batch_size)

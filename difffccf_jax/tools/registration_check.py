@@ -159,12 +159,11 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
 
     from difffccf_jax import compilation
     from difffccf_jax.data import layouts
-    from difffccf_jax.inference import sampling
-    from difffccf_jax.model import checkpoints, registration, unet
+    from difffccf_jax.model import checkpoints, registration, settings, unet
 
     config, params = checkpoints.load_for_inference(checkpoint)
     model = unet.model_from_config(config.model)
-    refinement = sampling.refinement_from_config(config)
+    refinement = settings.refinement_settings(config)
     loaded = layouts.load_pairs(root, layout, image_size)
     a, b = jnp.asarray(loaded.a), jnp.asarray(loaded.b)
 
@@ -172,7 +171,7 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
     def network(a, b):
         return registration.predict_field(
             lambda x, t: model.apply({"params": params}, x, t, train=False), a, b,
-            int(config.loss.get("registration_size", 0)))
+            settings.loss_settings(config).registration_size)
 
     one_start = dataclasses.replace(refinement, from_no_warp=False)
     refine = compilation.jit(registration.refine_field, static_argnums=3)
@@ -242,7 +241,8 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     summary.json, with report.md)."""
     from difffccf_jax.data import generator, layouts
     from difffccf_jax.evaluation import scoring
-    from difffccf_jax.inference import fusion, sampling
+    from difffccf_jax.inference import fusion
+    from difffccf_jax.model import settings
     from difffccf_jax.tools import demo
     from difffccf_jax.training import train
 
@@ -275,7 +275,7 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
                            register=name == REGISTERED, save_extras=True)
     roots["true_field"] = os.path.join(out, "data", "true_field")
     write_true_field_pairs(roots["test"], roots["true_field"], layout,
-                           sampling.warp_interpolation_from_config(config.sampling))
+                           settings.sampler_settings(config).warp_interpolation)
     ceilings = {TRUE_FIELD: os.path.join(out, "fused_true_field"),
                 ALIGNED: os.path.join(out, "fused_aligned")}
     for name, data in ((TRUE_FIELD, roots["true_field"]), (ALIGNED, roots["aligned"])):

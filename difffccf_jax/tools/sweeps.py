@@ -222,10 +222,11 @@ def train_and_score(config, run_dir):
 
     train.fit(config, run_dir)
     fused = os.path.join(run_dir, "fused")
-    scored_root = config.data.get("eval_root") or config.data.root
+    scored_root = config.data.eval_root or config.data.root
+    task = layouts.tasks_from_config(config.data)[0]
     fusion.fuse_folder(os.path.join(run_dir, train.CHECKPOINT_DIR), fused, data=scored_root,
-                       task=config.data.task, overwrite=True)
-    layout = layouts.layout_from_config(config.data, config.data.task)
+                       task=task, overwrite=True)
+    layout = layouts.layout_from_config(config.data, task)
     scores, _ = scoring.score_pairs(layouts.list_pairs(scored_root, layout), layout,
                                     {"run": fused}, with_baselines=False)
     summary = scoring.summarise(scores["run"])

@@ -9,102 +9,20 @@ Chroma (Cr/Cb) rows follow the published training branches: A enters with the TR
 gain of the task's rule, A is standardised to B_c's statistics over the region R before the
 network, and the clean fused estimate is re-standardised by the published whole-frame moment
 matching of the masked images, or with in-region statistics when
-LossConfig.region_statistics (config.regions_statistics) is 'in_region'
-(`regions.restandardise`).
+settings.LossSettings.region_statistics (config.regions_statistics) is 'in_region'
+(`regions.restandardise`). The functions take their settings as a `settings.LossSettings`.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from difffccf_jax.model import composition, diffusion, registration, regions
-from difffccf_jax.errors import UserError
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 TERMS = ("noise", "fusion", "quality", "mi", "correlation", "smoothness", "folding")
-
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Plain loss settings (hashable: close over it or pass it as a static argument of jit).
-
-    loss_scale: factor of the noise L1; quality_weights: (SSIM, gradient, intensity) weights of
-    the Cr/Cb rows, luma_quality_weights those of the Y rows (`quality_loss`);
-    stage_conditions: train each row with the conditions the sampler gives its noise level
-    (`stage_conditions`) instead of always (A, B);
-    mi_bins / mi_sigma: Parzen bins and kernel width in bins (also used by the correlation ratio);
-    correlation: 'ratio' (correlation ratio), 'ncc' (local NCC over ncc_window pixels) or 'mind'
-    (the distance of MIND descriptors, `registration.mind_distance`);
-    similarity_blur: standard deviation (pixels) of the Gaussian blur of A and B before the
-    similarity terms, 0 for none; region_statistics: how the clean fused chroma is
-    re-standardised, regions.WHOLE_FRAME (published) or regions.IN_REGION (`regions.restandardise`;
-    from config.regions_statistics, which the sampler reads too); registration_pass: the
-    registration terms score the field of a pass of the network on the clean pair at t = 0
-    (input [A, B_Y, A, B_Y]), the field the sampler warps B with, instead of every row's field
-    at its random t and conditions; registration_size: that pass sees the pair shrunk to this
-    many pixels a side (0: as it is; `registration.predict_field`; the sampler reads the same
-    config field); diffusion_crop: > 0, the diffusion rows (noise, fusion, quality) see a random
-    window of this side of each pair, while the registration pass sees the whole pair."""
-    loss_scale: float = 128.0
-    quality_weights: tuple = (30.0, 40.0, 40.0)
-    luma_quality_weights: tuple = (30.0, 40.0, 40.0)
-    stage_conditions: bool = False
-    mi_bins: int = 32
-    mi_sigma: float = 0.5
-    correlation: str = "ratio"
-    ncc_window: int = 9
-    similarity_blur: float = 0.0
-    region_statistics: str = regions.WHOLE_FRAME
-    registration_pass: bool = False
-    registration_size: int = 0
-    diffusion_crop: int = 0
-
-    @classmethod
-    def from_config(cls, loss, region_statistics=regions.WHOLE_FRAME, compat=False):
-        """From config.loss and the checked config.regions_statistics
-        (`regions.statistics_from_config`); unknown or invalid values raise UserError naming the
-        field. compat (model.compat): no registration pass, since the published model has no
-        field (its "deformation" is [m1, m2]) and takes 256 px pairs only."""
-        if loss.correlation not in registration.CORRELATIONS:
-            raise UserError(f"loss.correlation: expected 'ratio', 'ncc' or 'mind', "
-                            f"got {loss.correlation!r}")
-        for field in ("quality_weights", "luma_quality_weights"):
-            if len(loss[field]) != 3 or min(loss[field]) < 0:
-                raise UserError(f"loss.{field}: expected 3 numbers >= 0 (SSIM, gradient, "
-                                f"intensity), got {tuple(loss[field])}")
-        if int(loss.mi_bins) < 2 or float(loss.mi_sigma) <= 0:
-            raise UserError(f"loss.mi_bins / loss.mi_sigma: expected >= 2 bins and a positive "
-                            f"width, got {loss.mi_bins} / {loss.mi_sigma}")
-        if int(loss.ncc_window) < 1:
-            raise UserError(f"loss.ncc_window: expected a positive size, got {loss.ncc_window}")
-        if int(loss.get("registration_size", 0)) < 0:
-            raise UserError(f"loss.registration_size: expected 0 (the pair's own size) or a "
-                            f"side in pixels, got {loss.registration_size}")
-        if int(loss.get("diffusion_crop", 0)) < 0:
-            raise UserError(f"loss.diffusion_crop: expected 0 (whole pairs) or a side in pixels, "
-                            f"got {loss.diffusion_crop}")
-        if float(loss.similarity_blur) < 0:
-            raise UserError(f"loss.similarity_blur: expected a width >= 0 pixels, got "
-                            f"{loss.similarity_blur}")
-        if region_statistics not in regions.STATISTICS:
-            raise UserError(f"regions_statistics: expected 'whole_frame' or 'in_region', "
-                            f"got {region_statistics!r}")
-        return cls(loss_scale=float(loss.loss_scale),
-                   quality_weights=tuple(float(w) for w in loss.quality_weights),
-                   luma_quality_weights=tuple(float(w) for w in loss.luma_quality_weights),
-                   stage_conditions=bool(loss.stage_conditions),
-                   mi_bins=int(loss.mi_bins), mi_sigma=float(loss.mi_sigma),
-                   correlation=str(loss.correlation), ncc_window=int(loss.ncc_window),
-                   similarity_blur=float(loss.similarity_blur),
-                   region_statistics=str(region_statistics),
-                   registration_pass=bool(loss.get("registration_pass", False)) and not compat,
-                   registration_size=int(loss.get("registration_size", 0)),
-                   diffusion_crop=int(loss.get("diffusion_crop", 0)))
 
 
 # ---- fusion quality -----------------------------------------------------------------------------
@@ -244,7 +162,7 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
     task_rules: regions.TaskRules of the batch's task (numbers or arrays, so it may be traced);
     key: PRNG key for each channel's step t ~ U{0..S-1} and noise eps (shared by both sources);
     schedule: diffusion.Schedule (the network sees schedule.timesteps[t]);
-    loss_config: LossConfig (static);
+    loss_config: settings.LossSettings (static);
     dropout_key: PRNG key for dropout, or None for a deterministic forward (train=False).
 
     Reductions, as published: noise and fusion are sums over images, the other terms means over

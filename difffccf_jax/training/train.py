@@ -22,7 +22,7 @@ import optax
 from flax import struct
 
 from difffccf_jax import compilation, parallel
-from difffccf_jax.model import checkpoints, diffusion, regions, unet
+from difffccf_jax.model import checkpoints, diffusion, regions, settings, unet
 from difffccf_jax.training import losses, weighting
 from difffccf_jax.errors import UserError
 
@@ -48,12 +48,32 @@ class TrainState:
 
 # ---- optimiser -----------------------------------------------------------------------------------
 
+DEFORMATION_HEAD = "deformation_head"  # the parameters of the head's own learning rate
+
+
+def deformation_head_mask(params):
+    """True for every leaf of the deformation head, False elsewhere (the tree of `params`)."""
+    return {name: jax.tree.map(lambda _: name == DEFORMATION_HEAD, tree)
+            for name, tree in params.items()}
+
+
 def make_optimizer(optim):
-    """AdamW without its learning-rate factor (applied by the step, from `learning_rate_at`),
-    after optional global-norm clipping. optim: config.optim."""
+    """AdamW after optional global-norm clipping, the deformation head's updates times
+    optim.registration_lr_factor (its own learning rate), and the learning rate as a
+    hyperparameter of the optimiser's state that the step sets (`set_learning_rate`, from
+    `learning_rate_at`). optim: config.optim."""
     parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
-    parts += [optax.scale_by_adam(), optax.add_decayed_weights(optim.weight_decay)]
+    parts += [optax.scale_by_adam(), optax.add_decayed_weights(optim.weight_decay),
+              optax.masked(optax.scale(float(optim.registration_lr_factor)),
+                           deformation_head_mask),
+              optax.inject_hyperparams(optax.scale_by_learning_rate)(
+                  learning_rate=float(optim.learning_rate))]
     return optax.chain(*parts)
+
+
+def set_learning_rate(opt_state, learning_rate):
+    """The optimiser state of `make_optimizer` with its learning rate set to `learning_rate`."""
+    return optax.tree_utils.tree_set(opt_state, learning_rate=learning_rate)
 
 
 def learning_rate_at(optim, epoch):
@@ -114,9 +134,18 @@ def abstract_like(tree, sharding):
 
 
 def restore_state(manager, step, state_template, mesh):
-    """(TrainState, progress) of checkpoint `step`, replicated over `mesh` (any device count)."""
+    """(TrainState, progress) of checkpoint `step`, replicated over `mesh` (any device count).
+    A checkpoint whose optimiser state has another layout (written before the learning rate
+    and the deformation head's scale were part of the optimiser) is refused with UserError."""
     targets = abstract_like(state_to_items(state_template), parallel.replicated(mesh))
-    items, progress = checkpoints.restore(manager, step, targets)
+    try:
+        items, progress = checkpoints.restore(manager, step, targets)
+    except UserError as error:
+        if "opt_state" not in str(error):
+            raise
+        raise UserError(f"{error}. The optimiser state was saved in an older layout and cannot "
+                        "resume this run; start a new run from its parameters "
+                        "(--config.train.init_params=CHECKPOINT_DIR)") from error
     return state_from_items(items), progress
 
 
@@ -127,23 +156,14 @@ def ema_update(ema_params, params, decay):
 
 # ---- the step ------------------------------------------------------------------------------------
 
-def scale_deformation_head(updates, factor):
-    """The optimiser's updates with those of the deformation head times `factor` (its own
-    learning rate; config.optim.registration_lr_factor)."""
-    if factor == 1.0 or "deformation_head" not in updates:
-        return updates
-    return dict(updates, deformation_head=jax.tree.map(lambda u: factor * u,
-                                                       updates["deformation_head"]))
-
-
 def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss_config, tx,
-               policy_settings, ema_decay, registration_lr_factor=1.0):
+               policy_settings, ema_decay):
     """One optimisation step; returns (new state, dict of scalar metrics).
 
     batch: dict a [B, H, W, 1] and b [B, H, W, 3] (YCrCb) in [-1, 1]; task_rules: TaskRules of
-    the batch's task (arrays); learning_rate: [] float32, times registration_lr_factor for the
-    deformation head. A step whose loss is not finite leaves the state unchanged (its metrics
-    show which term failed).
+    the batch's task (arrays); learning_rate: [] float32, the rate of this step (`tx` of
+    `make_optimizer` scales it for the deformation head). A step whose loss is not finite
+    leaves the state unchanged (its metrics show which term failed).
     """
     rng = jax.random.fold_in(state.rng, state.step)
     policy_key, loss_key, dropout_key = jax.random.split(rng, 3)
@@ -160,9 +180,9 @@ def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss
         return total, terms
 
     (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = scale_deformation_head(updates, registration_lr_factor)
-    params = jax.tree.map(lambda p, u: p - learning_rate * u, state.params, updates)
+    updates, opt_state = tx.update(grads, set_learning_rate(state.opt_state, learning_rate),
+                                   state.params)
+    params = optax.apply_updates(state.params, updates)
     ema_params = state.ema_params
     if ema_params is not None:
         ema_params = ema_update(ema_params, params, ema_decay)
@@ -256,10 +276,10 @@ def epoch_plan(seed, epochs, tasks, steps_per_epoch, steps_per_pass):
 
 def setup_run(config, mesh):
     """The data iterators, epoch plan, model, optimiser and step options of `config`."""
-    from difffccf_jax.data import pipeline
+    from difffccf_jax.data import layouts, pipeline
 
     parallel.check_batch_size(config.data.batch_size, mesh)
-    tasks = tuple(config.data.tasks) if config.data.multi_task else (config.data.task,)
+    tasks = layouts.tasks_from_config(config.data)
     batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task),
                                             config.data.batch_size, mesh,
                                             seed=config.data.shuffle_seed,
@@ -274,11 +294,8 @@ def setup_run(config, mesh):
     step_options = dict(
         model=model, tx=tx, policy_settings=policy_settings,
         schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.steps),
-        loss_config=losses.LossConfig.from_config(config.loss,
-                                                  regions.statistics_from_config(config),
-                                                  compat=bool(config.model.compat)),
-        ema_decay=float(config.optim.ema_decay),
-        registration_lr_factor=float(config.optim.get("registration_lr_factor", 1.0)))
+        loss_config=settings.loss_settings(config),
+        ema_decay=float(config.optim.ema_decay))
     rules = {task: rules_as_arrays(regions.rules_from_config(config.regions, task, "train"))
              for task in batches}
     create = functools.partial(create_train_state, model, tx, policy_settings,
