@@ -22,7 +22,15 @@ Choices where docs/method.md section 6 leaves room:
   independent starts would give x^A - x^B of order 1 at every noise level, which training never
   shows it.
 - Reverse step i (i = 0 the noisiest, N steps in the schedule used) is in stage floor(3 i / N):
-  conditions (B, B), then (A, B), then (A, A).
+  conditions (B, B), then (A, B), then (A, A) (config.sampling.stages 'thirds'); 'published'
+  uses the published loop's boundaries instead (`composition.published_reverse_stage`).
+
+Published details that are settings (config.sampling; docs/method.md section 6 gives each its
+measured effect): stages; condition_std, how A is standardised to B_c ('published': by the
+(n - 1) std + 1e-5); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
+('opencv8': OpenCV's 8-bit routines; B's conversion happens where pairs are read,
+`layouts.read_pair`); output_levels, the fused channels rounded or truncated to whole levels;
+schedule_precision, the schedule tables computed in float64 or float32.
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
   task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
@@ -73,6 +81,9 @@ class SampleOutput(NamedTuple):
 OUTPUT_TRAJECTORY = "trajectory"
 OUTPUT_CLEAN = "clean"
 OUTPUTS = (OUTPUT_TRAJECTORY, OUTPUT_CLEAN)
+LEVELS_ROUND = "round"
+LEVELS_TRUNCATE = "truncate"  # the published cast to uint8
+OUTPUT_LEVELS = (LEVELS_ROUND, LEVELS_TRUNCATE)
 
 
 def reflect_flags(reflect_channels, task):
@@ -81,13 +92,15 @@ def reflect_flags(reflect_channels, task):
     return tuple(f"{task}.{channel}" in set(reflect_channels) for channel in ("cr", "cb"))
 
 
-def sampling_schedule(kind, diffusion_steps, sampling_steps):
+def sampling_schedule(kind, diffusion_steps, sampling_steps, precision=diffusion.TABLES_FLOAT64):
     """The schedule the reverse process runs on: the full one of `diffusion_steps` steps, or for
-    fewer `sampling_steps` a respaced one keeping evenly strided steps (both ends included)."""
-    full = diffusion.make_schedule(kind, diffusion_steps)
+    fewer `sampling_steps` a respaced one keeping evenly strided steps (both ends included);
+    tables computed in `precision` (`diffusion.schedule_from_betas`)."""
+    full = diffusion.make_schedule(kind, diffusion_steps, precision)
     if int(sampling_steps) == int(diffusion_steps):
         return full
-    return diffusion.respace(full, diffusion.respaced_steps(diffusion_steps, sampling_steps))
+    return diffusion.respace(full, diffusion.respaced_steps(diffusion_steps, sampling_steps),
+                             precision)
 
 
 def channels_to_last(rows):
@@ -170,6 +183,13 @@ def warp_b(b, deformation, interpolation=registration.BILINEAR):
                     -1.0, 1.0)
 
 
+def pair_noise_keys(key, pair_ids):
+    """(start keys, step keys) [B] of the pairs `pair_ids` [B]: each pair's key fold_in(key, id),
+    split in two (`initial_noise`, `step_noise`)."""
+    pair_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, pair_ids)
+    return tuple(jnp.moveaxis(jax.vmap(jax.random.split)(pair_keys), 1, 0))
+
+
 def initial_noise(pair_keys, height, width):
     """One N(0, I) sample per channel run, [3B, H, W, 1] (channel-major rows)."""
     draws = jax.vmap(lambda key: jax.random.normal(key, (3, height, width, 1)))(pair_keys)
@@ -192,9 +212,12 @@ def step_noise(pair_keys, step, height, width):
     return jnp.moveaxis(draws, 1, 0).reshape(-1, height, width, 1)
 
 
-def ycrcb_unit_to_rgb_uint8(fused):
-    """YCrCb in [-1, 1] [..., 3] -> RGB uint8 (0..255 YCrCb, converted, rounded and clipped)."""
-    return color.jnp_ycrcb_to_rgb_uint8(color.jnp_from_unit(fused))
+def ycrcb_unit_to_rgb_uint8(fused, truncate=False, conversion=color.CONVERSION_FLOAT):
+    """YCrCb in [-1, 1] [..., 3] -> RGB uint8: whole 0..255 levels (rounded, or with `truncate`
+    rounded down as the published cast to uint8 does), converted by `conversion`
+    (`color.ycrcb_levels_to_rgb_uint8`)."""
+    return color.jnp_ycrcb_levels_to_rgb_uint8(color.jnp_from_unit(fused, truncate=truncate),
+                                               conversion)
 
 
 class FusionInputs(NamedTuple):
@@ -210,7 +233,9 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
                  reflect_offset=0.8, statistics=regions.WHOLE_FRAME, output=OUTPUT_TRAJECTORY,
                  known_sources=False, registration_size=0,
                  refinement=registration.Refinement(),
-                 warp_interpolation=registration.BILINEAR, mesh=None):
+                 warp_interpolation=registration.BILINEAR, stages=composition.STAGES_THIRDS,
+                 condition_std=regions.POPULATION_STD, truncate_output=False,
+                 color_conversion=color.CONVERSION_FLOAT, mesh=None):
     """The whole fusion of a batch of pairs as one jitted function
 
         sample(params, schedule, a, b, key, pair_ids) -> SampleOutput
@@ -233,7 +258,11 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     regions.WHOLE_FRAME (published) or regions.IN_REGION (`region_post_step`); add_noise:
     stochastic mode; register: warp B by the predicted deformation first; output: what the Y
     rows return (`final_rows`); known_sources: x^A and x^B follow their known clean sources
-    (`reverse_step`); mesh: a Mesh with axis
+    (`reverse_step`); stages: composition.STAGES_THIRDS or STAGES_PUBLISHED, where the
+    hierarchical stages split the schedule (`composition.stage_of`); condition_std: how A is
+    standardised to B_c (`regions.standardise_in_region`); truncate_output and
+    color_conversion: how the fused YCrCb becomes RGB uint8 (`ycrcb_unit_to_rgb_uint8`); mesh:
+    a Mesh with axis
     'data' over which the batch (and the 3B rows) is split, params replicated; B must be a
     multiple of its size; by default all devices.
     """
@@ -241,15 +270,14 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
     replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
     def fusion_inputs(a, b, deformation):
-        rows = composition.channel_batch(a, b, task_rules)
+        rows = composition.channel_batch(a, b, task_rules, condition_std)
         return FusionInputs(b, deformation, jax.lax.with_sharding_constraint(rows, split))
 
     def sample_pairs(params, schedule, a, b, key, pair_ids):
         num_pairs, height, width, _ = a.shape
         num_steps = schedule.betas.shape[0]
         reflect_rows = np.repeat(np.array([False, *reflect]), num_pairs)
-        pair_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, pair_ids)
-        init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(pair_keys), 1, 0)
+        init_keys, noise_keys = pair_noise_keys(key, pair_ids)
         start_noise = initial_noise(init_keys, height, width)
 
         def start(rows):
@@ -259,8 +287,8 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
         def body(carry, step):
             state, m1, m2 = carry
             index = num_steps - 1 - step
-            conditions = composition.stage_conditions(composition.reverse_stage(step, num_steps),
-                                                      rows["cond_a"], rows["cond_b"])
+            conditions = composition.stage_conditions(
+                composition.stage_of(stages, step, num_steps), rows["cond_a"], rows["cond_b"])
             network_input = jnp.concatenate([*conditions, state.x_a, state.x_b], axis=-1)
             out = model.apply({"params": params}, network_input,
                               jnp.full((3 * num_pairs,), schedule.timesteps[index], jnp.int32),
@@ -288,7 +316,8 @@ def make_sampler(model, task_rules, *, reflect=(False, False), add_noise=False, 
                                           jnp.arange(num_steps))
         fused = jnp.clip(channels_to_last(final_rows(output, state.x, m1, inputs.rows)),
                          -1.0, 1.0)
-        return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
+        return SampleOutput(fused=fused,
+                            rgb=ycrcb_unit_to_rgb_uint8(fused, truncate_output, color_conversion),
                             m1=channels_to_last(m1), m2=channels_to_last(m2),
                             region=channels_to_last(inputs.rows["region"]),
                             deformation=inputs.deformation, warped_b=inputs.b)
@@ -320,6 +349,28 @@ def warp_interpolation_from_config(sampling):
         raise UserError(f"sampling.warp_interpolation: expected one of "
                         f"{', '.join(registration.INTERPOLATIONS)}, got {interpolation!r}")
     return interpolation
+
+
+def choice_from_config(sampling, field, choices, old):
+    """config.sampling.<field>, one of `choices`, checked (configs saved before it: `old`, what
+    they ran with)."""
+    value = sampling.get(field, old)
+    if value not in choices:
+        raise UserError(f"sampling.{field}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def truncates_output(sampling):
+    """Whether config.sampling.output_levels truncates the fused levels ('truncate', published)
+    rather than rounding them ('round'; configs saved before the field)."""
+    return choice_from_config(sampling, "output_levels", OUTPUT_LEVELS,
+                                        LEVELS_ROUND) == LEVELS_TRUNCATE
+
+
+def color_conversion_from_config(sampling):
+    """config.sampling.color_conversion, checked ('float' for configs saved before it)."""
+    return choice_from_config(sampling, "color_conversion", color.CONVERSIONS,
+                                        color.CONVERSION_FLOAT)
 
 
 def refinement_from_config(config):
@@ -366,9 +417,18 @@ def sampler_from_config(config, task, mesh=None, model=None):
         known_sources=bool(config.sampling.get("known_sources", False)),
         registration_size=int(config.loss.get("registration_size", 0)),
         refinement=refinement_from_config(config),
-        warp_interpolation=warp_interpolation_from_config(config.sampling), mesh=mesh)
-    schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
-                                 config.sampling.steps)
+        warp_interpolation=warp_interpolation_from_config(config.sampling),
+        stages=choice_from_config(config.sampling, "stages", composition.STAGE_SPLITS,
+                                            composition.STAGES_THIRDS),
+        condition_std=choice_from_config(config.sampling, "condition_std",
+                                                   regions.CONDITION_STDS,
+                                                   regions.POPULATION_STD),
+        truncate_output=truncates_output(config.sampling),
+        color_conversion=color_conversion_from_config(config.sampling), mesh=mesh)
+    schedule = sampling_schedule(
+        config.diffusion.schedule, config.diffusion.steps, config.sampling.steps,
+        choice_from_config(config.sampling, "schedule_precision",
+                                     diffusion.TABLE_PRECISIONS, diffusion.TABLES_FLOAT64))
     return sample, schedule
 
 
