@@ -25,12 +25,6 @@ Choices where docs/method.md section 6 leaves room:
   conditions (B, B), then (A, B), then (A, A) (config.sampling.stages 'thirds'); 'published'
   uses the published loop's boundaries instead (`composition.published_reverse_stage`).
 
-Published details that are settings (config.sampling; docs/method.md section 6 gives each its
-measured effect): stages; condition_std, how A is standardised to B_c ('published': by the
-(n - 1) std + 1e-5); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
-('opencv8': OpenCV's 8-bit routines; B's conversion happens where pairs are read,
-`layouts.read_pair`); output_levels, the fused channels rounded or truncated to whole levels;
-schedule_precision, the schedule tables computed in float64 or float32.
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
   task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
@@ -41,6 +35,13 @@ schedule_precision, the schedule tables computed in float64 or float32.
   through its loop never reaches the output and is left out.
 - Each pair draws its noise from fold_in(key, pair id), so a pair's result does not depend on
   the batch it is fused in.
+
+Published details that are settings (config.sampling; docs/method.md section 6 gives each its
+measured effect): stages; condition_std, how A is standardised to B_c ('published': by the
+(n - 1) std + 1e-5); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
+('opencv8': OpenCV's 8-bit routines; B's conversion happens where pairs are read,
+`layouts.read_pair`); output_levels, the fused channels rounded or truncated to whole levels;
+schedule_precision, the schedule tables computed in float64 or float32.
 """
 
 from typing import NamedTuple
