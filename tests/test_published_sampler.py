@@ -42,11 +42,10 @@ def test_opencv8_conversions_give_opencvs_values():
                                   forward)
     np.testing.assert_array_equal(np.asarray(jax.jit(color.jnp_ycrcb_to_rgb_opencv8)(triples)),
                                   inverse)
-    # Cr and Cb come from the rounded Y: (1, 2, 3) has Y 1.815 -> 2, Cr (1 - 2) 0.713 + 128
-    # rounds to 127 where the float formula's 127.42 would also, but Cb (3 - 2) 0.564 + 128 =
-    # 128.56 -> 129 where the float formula gives 128.67 -> 129; (254, 1, 127) differs by a level
+    # Cr and Cb come from the rounded Y: for (90, 3, 251) Y 57.285 -> 57 gives Cr
+    # (90 - 57) 0.713 + 128 = 151.53 -> 152, where the float formula's Cr is 151.33 -> 151
     float_levels = color.rgb_to_ycrcb_uint8(triples)
-    assert np.any(float_levels != forward)
+    assert float_levels[9, 1] == 151 and forward[9, 1] == 152
 
 
 # ---- the fake network --------------------------------------------------------------------
@@ -362,3 +361,29 @@ def test_published_settings_reach_the_sampler(tiny_config_path, monkeypatch):
     np.testing.assert_array_equal(
         np.asarray(old_schedule.posterior_mean_coef2),
         np.asarray(sampling.sampling_schedule("cosine", 50, 12).posterior_mean_coef2))
+
+
+def test_fuse_reads_b_and_writes_levels_as_configured():
+    """`difffccf fuse`'s edges: B read through OpenCV's 8-bit routine (whole levels) or the float
+    formula, and the extras' fused channels truncated like the RGB image."""
+    from difffccf_jax.data import layouts
+    from difffccf_jax.inference import fusion
+    a_grey, b_rgb = make_pair()
+    opencv = color.rgb_to_ycrcb_opencv8(b_rgb).astype(np.float64)
+    _, b8 = layouts.to_model_inputs(a_grey[..., None], b_rgb,
+                                    conversion=color.CONVERSION_OPENCV8)
+    _, b_float = layouts.to_model_inputs(a_grey[..., None], b_rgb)
+    np.testing.assert_allclose((b8 + 1) * 127.5, opencv, atol=1e-4)
+    float_levels = (b_float.astype(np.float64) + 1) * 127.5
+    assert np.abs(float_levels - np.rint(float_levels)).max() > 0.1  # the float one is not whole
+    assert 0.5 < np.abs(float_levels - opencv).max() < 1.0
+
+    fused = np.full((2, 2, 3), 0.999, np.float32)  # level 254.87
+    out = sampling.SampleOutput(fused=fused, rgb=np.zeros((2, 2, 3), np.uint8),
+                                m1=np.zeros((2, 2, 3)), m2=np.zeros((2, 2, 3)),
+                                region=np.ones((2, 2, 3), bool),
+                                deformation=np.zeros((2, 2, 2)), warped_b=fused)
+    paths = fusion.output_paths("out", "1.png", save_extras=True)
+    for truncate, level in ((False, 255), (True, 254)):
+        written = dict(fusion.pair_files(paths, out, truncate))
+        assert np.all(written[paths["fused_y"]] == level)
