@@ -160,7 +160,8 @@ def published_loop(a_grey, b_rgb, start_noise, steps, record):
                 x = np.where(region, np.clip(F32(0.8) - x, -1, 1), bc)
             elif channel == 2:  # whole-frame moment matching of the masked images
                 t, target = x * region, bc * region
-                u = (t - t.mean()) / (t.std(ddof=1) + F32(1e-5)) * target.std(ddof=1) + target.mean()
+                u = ((t - t.mean()) / (t.std(ddof=1) + F32(1e-5)) * target.std(ddof=1)
+                     + target.mean())
                 x = np.where(region, np.clip(np.where(t == bc[2, 2], t, u), -1, 1), bc)
             record("post", channel, i, x)
         fused.append(x)

@@ -24,7 +24,6 @@ Choices where docs/method.md section 6 leaves room:
 - Reverse step i (i = 0 the noisiest, N steps in the schedule used) is in stage floor(3 i / N):
   conditions (B, B), then (A, B), then (A, A) (config.sampling.stages 'thirds'); 'published'
   uses the published loop's boundaries instead (`composition.published_reverse_stage`).
-
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
   task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
@@ -365,13 +364,13 @@ def truncates_output(sampling):
     """Whether config.sampling.output_levels truncates the fused levels ('truncate', published)
     rather than rounding them ('round'; configs saved before the field)."""
     return choice_from_config(sampling, "output_levels", OUTPUT_LEVELS,
-                                        LEVELS_ROUND) == LEVELS_TRUNCATE
+                              LEVELS_ROUND) == LEVELS_TRUNCATE
 
 
 def color_conversion_from_config(sampling):
     """config.sampling.color_conversion, checked ('float' for configs saved before it)."""
     return choice_from_config(sampling, "color_conversion", color.CONVERSIONS,
-                                        color.CONVERSION_FLOAT)
+                              color.CONVERSION_FLOAT)
 
 
 def refinement_from_config(config):
@@ -420,16 +419,15 @@ def sampler_from_config(config, task, mesh=None, model=None):
         refinement=refinement_from_config(config),
         warp_interpolation=warp_interpolation_from_config(config.sampling),
         stages=choice_from_config(config.sampling, "stages", composition.STAGE_SPLITS,
-                                            composition.STAGES_THIRDS),
+                                  composition.STAGES_THIRDS),
         condition_std=choice_from_config(config.sampling, "condition_std",
-                                                   regions.CONDITION_STDS,
-                                                   regions.POPULATION_STD),
+                                         regions.CONDITION_STDS, regions.POPULATION_STD),
         truncate_output=truncates_output(config.sampling),
         color_conversion=color_conversion_from_config(config.sampling), mesh=mesh)
     schedule = sampling_schedule(
         config.diffusion.schedule, config.diffusion.steps, config.sampling.steps,
-        choice_from_config(config.sampling, "schedule_precision",
-                                     diffusion.TABLE_PRECISIONS, diffusion.TABLES_FLOAT64))
+        choice_from_config(config.sampling, "schedule_precision", diffusion.TABLE_PRECISIONS,
+                           diffusion.TABLES_FLOAT64))
     return sample, schedule
 
 

@@ -6,6 +6,10 @@ import jax.numpy as jnp
 
 from difffccf_jax.model import regions
 
+STAGES_THIRDS = "thirds"  # stage floor(3 step / N): thirds as equal as they can be
+STAGES_PUBLISHED = "published"  # the published loop's boundaries (`published_reverse_stage`)
+STAGE_SPLITS = (STAGES_THIRDS, STAGES_PUBLISHED)
+
 
 def per_image(values):
     """[B] -> [B, 1, 1, 1] for broadcasting against images."""
@@ -47,11 +51,6 @@ def channel_batch(a, b, task_rules, condition_std=regions.POPULATION_STD):
     cond_b = jnp.where(image_chroma, b3 * region, b3)
     return dict(a3=a3, b3=b3, cond_a=cond_a, cond_b=cond_b, region=region, chroma=chroma,
                 sign_gain=sign_gain)
-
-STAGES_THIRDS = "thirds"  # stage floor(3 step / N): thirds as equal as they can be
-STAGES_PUBLISHED = "published"  # the published loop's boundaries (`published_reverse_stage`)
-STAGE_SPLITS = (STAGES_THIRDS, STAGES_PUBLISHED)
-
 
 def reverse_stage(step, num_steps):
     """The hierarchical stage (0, 1, 2) of reverse step `step` (0 = the noisiest) of a reverse run
