@@ -388,3 +388,12 @@ def test_fuse_reads_b_and_writes_levels_as_configured():
     for truncate, level in ((False, 255), (True, 254)):
         written = dict(fusion.pair_files(paths, out, truncate))
         assert np.all(written[paths["fused_y"]] == level)
+
+
+@pytest.mark.parametrize("field", ["stages", "condition_std", "color_conversion",
+                                   "output_levels", "schedule_precision"])
+def test_an_unknown_setting_names_its_field(tiny_config_path, field):
+    from difffccf_jax.errors import UserError
+    config = load_config(tiny_config_path, [(f"sampling.{field}", "halves")])
+    with pytest.raises(UserError, match=rf"sampling\.{field}: expected one of .*'halves'"):
+        sampling.sampler_from_config(config, "pet")
