@@ -1,11 +1,25 @@
 """The published Diff-FCCF settings (docs/method.md sections 3-8).
 
     difffccf train --config configs/paper.py --workdir runs/paper --config.data.root=DATA
+
+`configs/paper.py:compat` is the published model and the published sampling loop together;
+`configs/paper.py:published_sampling` (or `configs/tiny.py:published_sampling`) only the loop,
+for any network (PUBLISHED_SAMPLING).
 """
 
 import ml_collections
 
 TASKS = ("pet", "spect", "ct", "gfp", "adni")
+
+# The sampler settings that make it the published loop (docs/method.md section 6): its stage
+# boundaries, A's standardisation, OpenCV's 8-bit colour conversions, truncation to uint8, float32
+# schedule tables, the trajectory output, sources from their clipped x0 estimates, no
+# registration pass, deterministic.
+PUBLISHED_SAMPLING = dict(stages="published", condition_std="published",
+                          color_conversion="opencv8", output_levels="truncate",
+                          schedule_precision="float32", output="trajectory", known_sources=False,
+                          register=False, add_noise=False)
+ARGS = ("compat", "published_sampling")
 
 
 def _layout(folder, a, b, b_is_color, jet, alternates=()):
@@ -56,9 +70,13 @@ def regions():
 
 
 def get_config(arg=None):
-    del arg
+    """The paper settings; arg 'compat': with the published model (model.compat) and sampling
+    loop; 'published_sampling': with the published sampling loop only."""
+    if arg not in (None, *ARGS):
+        raise ValueError(f"configs/paper.py: expected no argument or one of {', '.join(ARGS)}, "
+                         f"got {arg!r}")
     config = ml_collections.ConfigDict()
-    config.version = 1  # the layout of this config (config_versions.VERSION)
+    config.version = 2  # the layout of this config (config_versions.VERSION)
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
@@ -254,5 +272,23 @@ def get_config(arg=None):
         # x^A and x^B move to their posterior means from their known clean sources instead of
         # the clipped x0 estimate, which loses their difference (sampling.reverse_step).
         known_sources=True,
+        # Where the hierarchical stages split the schedule: 'thirds' (stage floor(3 i / N) of
+        # reverse step i) or 'published' (the published loop's boundaries, a first stage one
+        # step shorter; docs/method.md section 6).
+        stages="thirds",
+        # A standardised to B_c in the region: 'population' (divides by sqrt(var + 1e-10)) or
+        # 'published' (by the unbiased (n - 1) std + 1e-5).
+        condition_std="population",
+        # B's RGB -> YCrCb when pairs are read and the output's YCrCb -> RGB: 'float' (the
+        # formulas, B's YCrCb unrounded) or 'opencv8' (OpenCV's 8-bit routines, as published).
+        color_conversion="float",
+        # The fused channels to whole levels: 'round', or 'truncate' (the published uint8 cast).
+        output_levels="round",
+        # The schedule tables computed in 'float64' or, as published, 'float32'.
+        schedule_precision="float64",
     ))
+    if arg is not None:
+        config.sampling.update(PUBLISHED_SAMPLING)
+    if arg == "compat":
+        config.model.compat = True
     return config

@@ -12,7 +12,9 @@ Every function works on arrays with channels on the last axis and takes `xp`, th
 NumPy by default (file input and output), `jax.numpy` inside jit. Each also exists with a `jnp_`
 prefix (`jnp_rgb_to_ycrcb(x)` is `rgb_to_ycrcb(x, xp=jax.numpy)`); both use the same coefficient
 tables below. The `_uint8` variants round half to even and saturate like OpenCV's
-`saturate_cast` (OpenCV's own uint8 path is fixed point: the two agree within one level).
+`saturate_cast` (OpenCV's own uint8 path is fixed point: the two agree within one level); the
+`_opencv8` variants are OpenCV's 8-bit fixed-point routines themselves, integer for integer, the
+conversions the published code applies to its 8-bit images.
 
 Colour maps turn a grey image of 0..255 levels into RGB through a 256-entry lookup table built
 the way OpenCV's applyColorMap builds it (see `colormap_lut`), so 'jet' gives COLORMAP_JET.
@@ -45,6 +47,19 @@ def _inverse_matrix():
 RGB_TO_YCRCB = _forward_matrix()
 YCRCB_TO_RGB = _inverse_matrix()
 CHROMA_OFFSETS = np.array([0.0, CHROMA_OFFSET, CHROMA_OFFSET])
+
+# OpenCV's 8-bit YCrCb conversions (modules/imgproc color_yuv): the coefficients above as
+# round(c * 2^14), each sum descaled by a rounding right shift of 14 bits.
+FIXED_SHIFT = 14
+FIXED_LUMA = (4899, 9617, 1868)  # R2Y, G2Y, B2Y
+FIXED_CHROMA_GAINS = (11682, 9241)  # YCRI, YCBI
+FIXED_INVERSE_CHROMA = ((22987, 0), (-11698, -5636), (0, 29049))  # CR2RI, CR2GI / CB2GI, CB2BI
+
+# How 8-bit RGB becomes YCrCb levels and fused levels become 8-bit RGB: the float formulas
+# (unrounded YCrCb; RGB rounded half to even), or OpenCV's 8-bit routines, as published.
+CONVERSION_FLOAT = "float"
+CONVERSION_OPENCV8 = "opencv8"
+CONVERSIONS = (CONVERSION_FLOAT, CONVERSION_OPENCV8)
 
 # Piecewise-linear colour maps: per channel R, G, B the knots (position in 0..1, value in 0..1).
 # JET is MATLAB's / GNU Octave's jet, the base map of OpenCV's COLORMAP_JET.
@@ -110,16 +125,69 @@ def ycrcb_to_rgb_uint8(ycrcb, xp=np):
     return to_uint8(ycrcb_to_rgb(xp.asarray(ycrcb).astype(xp.float32), xp=xp), xp=xp)
 
 
+def _descale(x, xp):
+    """OpenCV's CV_DESCALE(x, 14) of int32 x: (x + 2^13) >> 14 (an arithmetic shift, so negative
+    values round towards -infinity)."""
+    return xp.right_shift(x + (1 << (FIXED_SHIFT - 1)), FIXED_SHIFT)
+
+
+def _saturate(x, xp):
+    return xp.clip(x, 0, 255).astype(xp.uint8)
+
+
+def rgb_to_ycrcb_opencv8(rgb, xp=np):
+    """uint8 RGB [..., 3] -> uint8 YCrCb, exactly cv2.cvtColor(rgb, COLOR_RGB2YCrCb): Y from
+    the fixed-point luma, rounded; Cr and Cb from the ROUNDED Y (so up to 0.85 of a level from
+    the float formula)."""
+    r, g, b = (xp.asarray(rgb)[..., i].astype(xp.int32) for i in range(3))
+    y = _descale(FIXED_LUMA[0] * r + FIXED_LUMA[1] * g + FIXED_LUMA[2] * b, xp)
+    offset = int(CHROMA_OFFSET) << FIXED_SHIFT
+    cr = _descale((r - y) * FIXED_CHROMA_GAINS[0] + offset, xp)
+    cb = _descale((b - y) * FIXED_CHROMA_GAINS[1] + offset, xp)
+    return _saturate(xp.stack([y, cr, cb], axis=-1), xp)
+
+
+def ycrcb_to_rgb_opencv8(ycrcb, xp=np):
+    """uint8 YCrCb [..., 3] -> uint8 RGB, exactly cv2.cvtColor(ycrcb, COLOR_YCrCb2RGB)."""
+    y, cr, cb = (xp.asarray(ycrcb)[..., i].astype(xp.int32) for i in range(3))
+    cr, cb = cr - int(CHROMA_OFFSET), cb - int(CHROMA_OFFSET)
+    rgb = [y + _descale(cr_gain * cr + cb_gain * cb, xp)
+           for cr_gain, cb_gain in FIXED_INVERSE_CHROMA]
+    return _saturate(xp.stack(rgb, axis=-1), xp)
+
+
+def rgb_uint8_to_ycrcb_levels(rgb, conversion=CONVERSION_FLOAT, xp=np):
+    """uint8 RGB [..., 3] -> float32 YCrCb on 0..255 by `conversion`: CONVERSION_FLOAT (the float
+    formula, unrounded) or CONVERSION_OPENCV8 (OpenCV's 8-bit routine, whole levels)."""
+    if conversion == CONVERSION_OPENCV8:
+        return rgb_to_ycrcb_opencv8(rgb, xp=xp).astype(xp.float32)
+    if conversion == CONVERSION_FLOAT:
+        return rgb_to_ycrcb(xp.asarray(rgb).astype(xp.float32), xp=xp)
+    raise ValueError(f"conversion: expected one of {CONVERSIONS}, got {conversion!r}")
+
+
+def ycrcb_levels_to_rgb_uint8(levels, conversion=CONVERSION_FLOAT, xp=np):
+    """YCrCb whole levels 0..255 [..., 3] -> uint8 RGB by `conversion` (CONVERSION_FLOAT:
+    `ycrcb_to_rgb_uint8`; CONVERSION_OPENCV8: OpenCV's 8-bit routine)."""
+    if conversion == CONVERSION_OPENCV8:
+        return ycrcb_to_rgb_opencv8(xp.asarray(levels).astype(xp.uint8), xp=xp)
+    if conversion == CONVERSION_FLOAT:
+        return ycrcb_to_rgb_uint8(levels, xp=xp)
+    raise ValueError(f"conversion: expected one of {CONVERSIONS}, got {conversion!r}")
+
+
 def to_unit(x, xp=np):
     """0..255 values -> [-1, 1] (x / 127.5 - 1), the scale the network sees."""
     x = xp.asarray(x)
     return x.astype(_float_dtype(x, xp)) / 127.5 - 1.0
 
 
-def from_unit(x, xp=np):
-    """[-1, 1] -> 0..255 levels, rounded half to even and clipped; stays floating point."""
+def from_unit(x, xp=np, truncate=False):
+    """[-1, 1] -> 0..255 levels, rounded half to even (or with `truncate`, rounded down, as the
+    published code's cast to uint8 does) and clipped; stays floating point."""
     x = xp.asarray(x)
-    return xp.clip(xp.rint((x + 1.0) * 127.5), 0.0, 255.0).astype(_float_dtype(x, xp))
+    levels = (xp.floor if truncate else xp.rint)((x + 1.0) * 127.5)
+    return xp.clip(levels, 0.0, 255.0).astype(_float_dtype(x, xp))
 
 
 def black_ycrcb_unit():
@@ -191,6 +259,10 @@ jnp_rgb_to_grey = _jnp_version(rgb_to_grey)
 jnp_to_uint8 = _jnp_version(to_uint8)
 jnp_rgb_to_ycrcb_uint8 = _jnp_version(rgb_to_ycrcb_uint8)
 jnp_ycrcb_to_rgb_uint8 = _jnp_version(ycrcb_to_rgb_uint8)
+jnp_rgb_to_ycrcb_opencv8 = _jnp_version(rgb_to_ycrcb_opencv8)
+jnp_ycrcb_to_rgb_opencv8 = _jnp_version(ycrcb_to_rgb_opencv8)
+jnp_rgb_uint8_to_ycrcb_levels = _jnp_version(rgb_uint8_to_ycrcb_levels)
+jnp_ycrcb_levels_to_rgb_uint8 = _jnp_version(ycrcb_levels_to_rgb_uint8)
 jnp_to_unit = _jnp_version(to_unit)
 jnp_from_unit = _jnp_version(from_unit)
 jnp_apply_colormap = _jnp_version(apply_colormap)

@@ -12,7 +12,7 @@ step `_to_version_N` to STEPS that fills it in configs of the version before.
 
 from difffccf_jax.errors import UserError
 
-VERSION = 1
+VERSION = 2
 
 
 def _fill(group, **values):
@@ -52,7 +52,15 @@ def _to_version_1(config):
         data.tasks = tasks
 
 
-STEPS = (_to_version_1,)  # STEPS[v] brings a version-v config to version v + 1
+def _to_version_2(config):
+    """The published sampling loop's five details as settings, at the values configs of version
+    1 ran with: equal thirds, the population std, float colour conversions, rounded output
+    levels, float64 schedule tables."""
+    _fill(config.sampling, stages="thirds", condition_std="population", color_conversion="float",
+          output_levels="round", schedule_precision="float64")
+
+
+STEPS = (_to_version_1, _to_version_2)  # STEPS[v] brings a version-v config to version v + 1
 
 
 def migrate(config, where="config"):

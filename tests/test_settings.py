@@ -189,7 +189,9 @@ def test_a_config_saved_before_versions_migrates_to_what_it_ran_with(paper_confi
     assert settings.sampler_settings(config) == settings.SamplerSettings(
         add_noise=False, register=False, reflect_channels=("pet.cr",), reflect_offset=0.8,
         statistics="whole_frame", output="trajectory", known_sources=False, registration_size=0,
-        refinement=old_behaviour_refinement(config), warp_interpolation="bilinear")
+        refinement=old_behaviour_refinement(config), warp_interpolation="bilinear",
+        stages="thirds", condition_std="population", color_conversion="float",
+        truncate_output=False, schedule_precision="float64")
     loss = settings.loss_settings(config)
     assert (loss.registration_pass, loss.registration_size, loss.diffusion_crop) == (False, 0, 0)
     model = unet.model_from_config(config.model)
@@ -223,7 +225,9 @@ def test_the_bundled_model_config_migrates_to_what_it_ran_with():
     assert sampler == settings.SamplerSettings(
         add_noise=False, register=False, reflect_channels=("pet.cr",), reflect_offset=0.8,
         statistics="whole_frame", output="clean", known_sources=True, registration_size=0,
-        refinement=old_behaviour_refinement(config), warp_interpolation="bilinear")
+        refinement=old_behaviour_refinement(config), warp_interpolation="bilinear",
+        stages="thirds", condition_std="population", color_conversion="float",
+        truncate_output=False, schedule_precision="float64")
     assert sampler.refinement.grid == 5 and sampler.refinement.weights == (1.0, 1.0, 30.0, 1.0)
     assert unet.model_from_config(config.model).deformation_grid == 0
     assert unet.model_from_config(config.model).mask_prior == 40.0  # saved: kept

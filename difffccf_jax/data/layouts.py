@@ -228,17 +228,18 @@ def read_pair_uint8(pair, layout, image_size=None):
     return a[..., None], b
 
 
-def to_model_inputs(a, b_rgb, xp=np):
-    """uint8 a [..., 1] grey and b_rgb [..., 3] -> float32 (a, b YCrCb) in [-1, 1]."""
+def to_model_inputs(a, b_rgb, xp=np, conversion=color.CONVERSION_FLOAT):
+    """uint8 a [..., 1] grey and b_rgb [..., 3] -> float32 (a, b YCrCb) in [-1, 1]; B converted
+    by `conversion` (`color.rgb_uint8_to_ycrcb_levels`)."""
     a = color.to_unit(xp.asarray(a).astype(xp.float32), xp=xp)
-    b = color.to_unit(color.rgb_to_ycrcb(xp.asarray(b_rgb).astype(xp.float32), xp=xp), xp=xp)
+    b = color.to_unit(color.rgb_uint8_to_ycrcb_levels(b_rgb, conversion, xp=xp), xp=xp)
     return a, b
 
 
-def read_pair(pair, layout, image_size=None):
+def read_pair(pair, layout, image_size=None, conversion=color.CONVERSION_FLOAT):
     """(a [H, W, 1], b [H, W, 3] YCrCb) float32 in [-1, 1] of one pair (sizes as in
-    `read_pair_uint8`)."""
-    return to_model_inputs(*read_pair_uint8(pair, layout, image_size))
+    `read_pair_uint8`; B's conversion as in `to_model_inputs`)."""
+    return to_model_inputs(*read_pair_uint8(pair, layout, image_size), conversion=conversion)
 
 
 def load_pairs(root, layout, image_size):

@@ -43,6 +43,7 @@ from difffccf_jax.data import images, layouts
 from difffccf_jax.errors import UserError
 from difffccf_jax.inference import sampling, tiling
 from difffccf_jax.model import checkpoints, unet
+from difffccf_jax.model import settings as method_settings
 
 EXTRAS_FOLDER = "extras"
 GRID_SPACING = 4  # pixels between the lines of the deformation picture
@@ -167,10 +168,12 @@ def deformation_grid_image(deformation, spacing=GRID_SPACING, size=GRID_PICTURE_
     return np.asarray(picture)
 
 
-def pair_files(paths, out):
-    """[(path, array)] of one pair's SampleOutput `out` (NumPy, no batch axis)."""
+def pair_files(paths, out, truncate=False):
+    """[(path, array)] of one pair's SampleOutput `out` (NumPy, no batch axis); the fused
+    channels as whole levels, truncated with `truncate` as the RGB image's are
+    (config.sampling.output_levels)."""
     def levels(values):
-        return color.from_unit(values).astype(np.uint8)
+        return color.from_unit(values, truncate=truncate).astype(np.uint8)
 
     items = [(paths["fused"], out.rgb)]
     if "deformation" in paths:
@@ -277,7 +280,9 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
     root, layout = input_layout(config, task, data, a_dir, b_dir)
     pairs = layouts.list_pairs(root, layout)
     names = [pair.name for pair in pairs]
-    inputs = [layouts.read_pair(pair, layout, resize_to) for pair in pairs]
+    sampler = method_settings.sampler_settings(config)
+    inputs = [layouts.read_pair(pair, layout, resize_to, sampler.color_conversion)
+              for pair in pairs]
     sizes = [a.shape[:2] for a, _ in inputs]
     padded = [padded_size(*size, multiple) for size in sizes]
     for name, size, padded_to in zip(names, sizes, padded):
@@ -299,11 +304,11 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
                                   disable=not show_progress):
         for path in planned[index].values():
             os.makedirs(os.path.dirname(path), exist_ok=True)
-        files.write_files(pair_files(planned[index], fused))
+        files.write_files(pair_files(planned[index], fused, sampler.truncate_output))
     return FusedFolder(out=out, task=task, names=tuple(names), outputs=tuple(planned),
                        notes=layouts.input_notes(pairs, layout),
                        steps=int(schedule.betas.shape[0]),
-                       registered=bool(sampling.registers(config)),
+                       registered=sampler.register,
                        stochastic=bool(settings.add_noise),
                        tiled=tuple(name for name, size in zip(names, padded)
                                    if len(tiling.windows(*size, tile)) > 1))

@@ -22,7 +22,8 @@ Choices where docs/method.md section 6 leaves room:
   independent starts would give x^A - x^B of order 1 at every noise level, which training never
   shows it.
 - Reverse step i (i = 0 the noisiest, N steps in the schedule used) is in stage floor(3 i / N):
-  conditions (B, B), then (A, B), then (A, A).
+  conditions (B, B), then (A, B), then (A, A) (config.sampling.stages 'thirds'); 'published'
+  uses the published loop's boundaries instead (`composition.published_reverse_stage`).
 - The conditions are those of training: A and B_Y for Y; for Cr/Cb, inside the region R (the
   task's sampling rule on B_c) A standardised to B_c's statistics in R and B_c, outside R both 0.
 - Registration: the network's deformation field for the clean pair (input [A, B_Y, A, B_Y],
@@ -33,6 +34,13 @@ Choices where docs/method.md section 6 leaves room:
   through its loop never reaches the output and is left out.
 - Each pair draws its noise from fold_in(key, pair id), so a pair's result does not depend on
   the batch it is fused in.
+
+Published details that are settings (config.sampling; docs/method.md section 6 gives each its
+measured effect): stages; condition_std, how A is standardised to B_c ('published': by the
+(n - 1) std + 1e-5); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
+('opencv8': OpenCV's 8-bit routines; B's conversion happens where pairs are read,
+`layouts.read_pair`); output_levels, the fused channels rounded or truncated to whole levels;
+schedule_precision, the schedule tables computed in float64 or float32.
 """
 
 from typing import NamedTuple
@@ -77,13 +85,15 @@ def reflect_flags(reflect_channels, task):
     return tuple(f"{task}.{channel}" in set(reflect_channels) for channel in ("cr", "cb"))
 
 
-def sampling_schedule(kind, diffusion_steps, sampling_steps):
+def sampling_schedule(kind, diffusion_steps, sampling_steps, precision=diffusion.TABLES_FLOAT64):
     """The schedule the reverse process runs on: the full one of `diffusion_steps` steps, or for
-    fewer `sampling_steps` a respaced one keeping evenly strided steps (both ends included)."""
-    full = diffusion.make_schedule(kind, diffusion_steps)
+    fewer `sampling_steps` a respaced one keeping evenly strided steps (both ends included);
+    tables computed in `precision` (`diffusion.schedule_from_betas`)."""
+    full = diffusion.make_schedule(kind, diffusion_steps, precision)
     if int(sampling_steps) == int(diffusion_steps):
         return full
-    return diffusion.respace(full, diffusion.respaced_steps(diffusion_steps, sampling_steps))
+    return diffusion.respace(full, diffusion.respaced_steps(diffusion_steps, sampling_steps),
+                             precision)
 
 
 def channels_to_last(rows):
@@ -167,6 +177,13 @@ def warp_b(b, deformation, interpolation=registration.BILINEAR):
                     -1.0, 1.0)
 
 
+def pair_noise_keys(key, pair_ids):
+    """(start keys, step keys) [B] of the pairs `pair_ids` [B]: each pair's key fold_in(key, id),
+    split in two (`initial_noise`, `step_noise`)."""
+    pair_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, pair_ids)
+    return tuple(jnp.moveaxis(jax.vmap(jax.random.split)(pair_keys), 1, 0))
+
+
 def initial_noise(pair_keys, height, width):
     """One N(0, I) sample per channel run, [3B, H, W, 1] (channel-major rows)."""
     draws = jax.vmap(lambda key: jax.random.normal(key, (3, height, width, 1)))(pair_keys)
@@ -189,9 +206,12 @@ def step_noise(pair_keys, step, height, width):
     return jnp.moveaxis(draws, 1, 0).reshape(-1, height, width, 1)
 
 
-def ycrcb_unit_to_rgb_uint8(fused):
-    """YCrCb in [-1, 1] [..., 3] -> RGB uint8 (0..255 YCrCb, converted, rounded and clipped)."""
-    return color.jnp_ycrcb_to_rgb_uint8(color.jnp_from_unit(fused))
+def ycrcb_unit_to_rgb_uint8(fused, truncate=False, conversion=color.CONVERSION_FLOAT):
+    """YCrCb in [-1, 1] [..., 3] -> RGB uint8: whole 0..255 levels (rounded, or with `truncate`
+    rounded down as the published cast to uint8 does), converted by `conversion`
+    (`color.ycrcb_levels_to_rgb_uint8`)."""
+    return color.jnp_ycrcb_levels_to_rgb_uint8(color.jnp_from_unit(fused, truncate=truncate),
+                                               conversion)
 
 
 class FusionInputs(NamedTuple):
@@ -225,7 +245,10 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
     instead of re-standardising (`reflect_flags`); settings: a `settings.SamplerSettings`
     (statistics: the re-standardisation of the other chroma rows, `region_post_step`; add_noise:
     stochastic mode; output: what the Y rows return, `final_rows`; known_sources: x^A and x^B
-    follow their known clean sources, `reverse_step`); mesh: a Mesh with axis 'data' over which
+    follow their known clean sources, `reverse_step`; stages: where the hierarchical stages split
+    the schedule, `composition.stage_of`; condition_std: how A is standardised to B_c,
+    `regions.standardise_in_region`; truncate_output and color_conversion: how the fused YCrCb
+    becomes RGB uint8, `ycrcb_unit_to_rgb_uint8`); mesh: a Mesh with axis 'data' over which
     the batch (and the 3B rows) is split, params replicated; B must be a multiple of its size;
     by default all devices.
     """
@@ -233,15 +256,14 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
     replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
     def fusion_inputs(a, b, deformation):
-        rows = composition.channel_batch(a, b, task_rules)
+        rows = composition.channel_batch(a, b, task_rules, settings.condition_std)
         return FusionInputs(b, deformation, jax.lax.with_sharding_constraint(rows, split))
 
     def sample_pairs(params, schedule, a, b, key, pair_ids):
         num_pairs, height, width, _ = a.shape
         num_steps = schedule.betas.shape[0]
         reflect_rows = np.repeat(np.array([False, *reflect]), num_pairs)
-        pair_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, pair_ids)
-        init_keys, noise_keys = jnp.moveaxis(jax.vmap(jax.random.split)(pair_keys), 1, 0)
+        init_keys, noise_keys = pair_noise_keys(key, pair_ids)
         start_noise = initial_noise(init_keys, height, width)
 
         def start(rows):
@@ -251,8 +273,8 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
         def body(carry, step):
             state, m1, m2 = carry
             index = num_steps - 1 - step
-            conditions = composition.stage_conditions(composition.reverse_stage(step, num_steps),
-                                                      rows["cond_a"], rows["cond_b"])
+            stage = composition.stage_of(settings.stages, step, num_steps)
+            conditions = composition.stage_conditions(stage, rows["cond_a"], rows["cond_b"])
             network_input = jnp.concatenate([*conditions, state.x_a, state.x_b], axis=-1)
             out = model.apply({"params": params}, network_input,
                               jnp.full((3 * num_pairs,), schedule.timesteps[index], jnp.int32),
@@ -281,7 +303,9 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
                                           jnp.arange(num_steps))
         fused = jnp.clip(channels_to_last(final_rows(settings.output, state.x, m1, inputs.rows)),
                          -1.0, 1.0)
-        return SampleOutput(fused=fused, rgb=ycrcb_unit_to_rgb_uint8(fused),
+        return SampleOutput(fused=fused,
+                            rgb=ycrcb_unit_to_rgb_uint8(fused, settings.truncate_output,
+                                                         settings.color_conversion),
                             m1=channels_to_last(m1), m2=channels_to_last(m2),
                             region=channels_to_last(inputs.rows["region"]),
                             deformation=inputs.deformation, warped_b=inputs.b)
@@ -289,11 +313,6 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
     return compilation.jit(sample_pairs,
                            in_shardings=(replicated, replicated, split, split, replicated, split),
                            out_shardings=split)
-
-
-def registers(config):
-    """Whether sampling with `config` registers B (`settings.SamplerSettings.register`)."""
-    return method_settings.sampler_settings(config).register
 
 
 def sampler_from_config(config, task, mesh=None, model=None):
@@ -307,7 +326,7 @@ def sampler_from_config(config, task, mesh=None, model=None):
         regions.rules_from_config(config.regions, task, "sample"),
         reflect_flags(sampler.reflect_channels, task), sampler, mesh=mesh)
     schedule = sampling_schedule(config.diffusion.schedule, config.diffusion.steps,
-                                 config.sampling.steps)
+                                 config.sampling.steps, sampler.schedule_precision)
     return sample, schedule
 
 

@@ -6,6 +6,10 @@ import jax.numpy as jnp
 
 from difffccf_jax.model import regions
 
+STAGES_THIRDS = "thirds"  # stage floor(3 step / N): thirds as equal as they can be
+STAGES_PUBLISHED = "published"  # the published loop's boundaries (`published_reverse_stage`)
+STAGE_SPLITS = (STAGES_THIRDS, STAGES_PUBLISHED)
+
 
 def per_image(values):
     """[B] -> [B, 1, 1, 1] for broadcasting against images."""
@@ -19,7 +23,7 @@ def fuse(x_a, x_b, m1, m2, chroma, sign_gain):
     chroma_fused = x_b + per_image(sign_gain) * m2 * x_a
     return jnp.where(per_image(chroma), chroma_fused, luma)
 
-def channel_batch(a, b, task_rules):
+def channel_batch(a, b, task_rules, condition_std=regions.POPULATION_STD):
     """The three channel problems of a batch as one batch of 3B, channel-major (Y, Cr, Cb).
 
     a [B, H, W, 1], b [B, H, W, 3] YCrCb. Returns a dict: sources a3 and b3 [3B, H, W, 1] (A and
@@ -27,7 +31,8 @@ def channel_batch(a, b, task_rules):
     B_c * R, zero outside R), region bool [3B, H, W, 1] (all true for Y), chroma bool [3B] and
     sign_gain [3B], sign * gain of each row (0 for Y). task_rules is the rule set of one phase
     (`regions.rules_from_config(..., 'train' or 'sample')`), so training rows carry the training
-    sign and gain and sampler rows the sampling ones."""
+    sign and gain and sampler rows the sampling ones. condition_std: how A is standardised to
+    B_c (`regions.standardise_in_region`)."""
     batch = a.shape[0]
     b_y, b_cr, b_cb = jnp.split(b, 3, axis=-1)
     region = jnp.concatenate([jnp.ones_like(b_y, dtype=bool),
@@ -41,7 +46,8 @@ def channel_batch(a, b, task_rules):
         jnp.asarray(task_rules.cr.sign * task_rules.cr.gain, jnp.float32),
         jnp.asarray(task_rules.cb.sign * task_rules.cb.gain, jnp.float32)]), batch)
     image_chroma = per_image(chroma)
-    cond_a = jnp.where(image_chroma, regions.standardise_in_region(a3, b3, region), a3)
+    cond_a = jnp.where(image_chroma, regions.standardise_in_region(a3, b3, region, condition_std),
+                       a3)
     cond_b = jnp.where(image_chroma, b3 * region, b3)
     return dict(a3=a3, b3=b3, cond_a=cond_a, cond_b=cond_b, region=region, chroma=chroma,
                 sign_gain=sign_gain)
@@ -50,6 +56,24 @@ def reverse_stage(step, num_steps):
     """The hierarchical stage (0, 1, 2) of reverse step `step` (0 = the noisiest) of a reverse run
     of `num_steps` steps: floor(3 step / num_steps); scalar or array."""
     return (3 * step) // num_steps
+
+
+def published_reverse_stage(step, num_steps):
+    """The stage of reverse step `step` as the published loop splits it: with i = N - 1 - step
+    its step index counting down, (B, B) (stage 0) where i > N - floor(N/3), (A, A) (stage 2)
+    where i < floor(N/3), (A, B) otherwise; so stage 0 is one step shorter than stage 2 (empty at
+    N = 4). Scalar or array."""
+    index, third = num_steps - 1 - step, num_steps // 3
+    return jnp.where(index > num_steps - third, 0, jnp.where(index < third, 2, 1))
+
+
+def stage_of(split, step, num_steps):
+    """The stage of reverse step `step` under `split` (STAGES_THIRDS or STAGES_PUBLISHED)."""
+    if split == STAGES_PUBLISHED:
+        return published_reverse_stage(step, num_steps)
+    if split == STAGES_THIRDS:
+        return reverse_stage(step, num_steps)
+    raise ValueError(f"stage split: expected one of {STAGE_SPLITS}, got {split!r}")
 
 def stage_conditions(stage, cond_a, cond_b):
     """The network's two conditions in stage `stage` (a scalar, or one per row [R]) for the

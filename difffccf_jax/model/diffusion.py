@@ -1,8 +1,9 @@
 """Gaussian diffusion maths (docs/method.md section 4): schedules, forward noising, x0 and the
 posterior.
 
-Tables are computed in float64 with NumPy and stored as float32 arrays in a `Schedule`; every
-function below is a pure function of arrays and works under jit. `t` is always an index into the
+Tables are computed in float64 with NumPy (or, as the published code computes them, in float32:
+`precision` TABLES_FLOAT32) and stored as float32 arrays in a `Schedule`; every function below is
+a pure function of arrays and works under jit. `t` is always an index into the
 schedule's tables; for a respaced schedule `schedule.timesteps[t]` is the original step index,
 which is what the network must be called with.
 """
@@ -18,6 +19,9 @@ from difffccf_jax.errors import UserError
 MAX_BETA = 0.999
 COSINE_OFFSET = 0.008
 LOG_VARIANCE_FLOOR = 1e-20
+TABLES_FLOAT64 = "float64"  # every table computed in float64, then stored in float32
+TABLES_FLOAT32 = "float32"  # betas rounded to float32 first, every table computed in float32
+TABLE_PRECISIONS = (TABLES_FLOAT64, TABLES_FLOAT32)
 
 
 class Schedule(NamedTuple):
@@ -54,13 +58,18 @@ def linear_betas(num_steps):
                       MAX_BETA)
 
 
-def schedule_from_betas(betas, timesteps=None):
-    """Builds every table from float64 betas [S]; `timesteps` [S] defaults to 0..S-1."""
-    betas = np.asarray(betas, dtype=np.float64)
+def schedule_from_betas(betas, timesteps=None, precision=TABLES_FLOAT64):
+    """Builds every table from betas [S], computed in `precision` (TABLES_FLOAT64 or
+    TABLES_FLOAT32); `timesteps` [S] defaults to 0..S-1."""
+    if precision not in TABLE_PRECISIONS:
+        raise UserError(f"schedule table precision: expected one of {', '.join(TABLE_PRECISIONS)}, "
+                        f"got {precision!r}")
+    betas = np.asarray(betas, dtype=np.float64).astype(precision)
     if timesteps is None:
         timesteps = np.arange(len(betas))
-    alphas_cumprod = np.cumprod(1.0 - betas)
-    alphas_cumprod_prev = np.concatenate([[1.0], alphas_cumprod[:-1]])
+    one = betas.dtype.type(1.0)
+    alphas_cumprod = np.cumprod(one - betas)
+    alphas_cumprod_prev = np.concatenate([[one], alphas_cumprod[:-1]])
     posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
     tables = dict(
         betas=betas,
@@ -68,32 +77,35 @@ def schedule_from_betas(betas, timesteps=None):
         alphas_cumprod=alphas_cumprod,
         alphas_cumprod_prev=alphas_cumprod_prev,
         sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
-        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
-        sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
-        sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1.0),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(one - alphas_cumprod),
+        sqrt_recip_alphas_cumprod=np.sqrt(one / alphas_cumprod),
+        sqrt_recipm1_alphas_cumprod=np.sqrt(one / alphas_cumprod - one),
         posterior_variance=posterior_variance,
-        posterior_log_variance_clipped=np.log(np.maximum(posterior_variance, LOG_VARIANCE_FLOOR)),
-        posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
-        posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas)
-        / (1.0 - alphas_cumprod),
+        posterior_log_variance_clipped=np.log(
+            np.maximum(posterior_variance, betas.dtype.type(LOG_VARIANCE_FLOOR))),
+        posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (one - alphas_cumprod),
+        posterior_mean_coef2=(one - alphas_cumprod_prev) * np.sqrt(one - betas)
+        / (one - alphas_cumprod),
     )
     tables = {name: jnp.asarray(value, dtype=jnp.float32) for name, value in tables.items()}
     return Schedule(**tables, timesteps=jnp.asarray(timesteps, dtype=jnp.int32))
 
 
-def make_schedule(kind, num_steps):
-    """The full schedule of `num_steps` steps; kind is 'cosine' (paper preset) or 'linear'."""
+def make_schedule(kind, num_steps, precision=TABLES_FLOAT64):
+    """The full schedule of `num_steps` steps; kind is 'cosine' (paper preset) or 'linear';
+    tables computed in `precision` (`schedule_from_betas`)."""
     makers = dict(cosine=cosine_betas, linear=linear_betas)
     if kind not in makers:
         raise UserError(f"diffusion schedule: expected 'cosine' or 'linear', got {kind!r}")
     if int(num_steps) < 1:
         raise UserError(f"diffusion steps: expected a positive number, got {num_steps}")
-    return schedule_from_betas(makers[kind](int(num_steps)))
+    return schedule_from_betas(makers[kind](int(num_steps)), precision=precision)
 
 
-def respace(schedule, use_steps):
+def respace(schedule, use_steps, precision=TABLES_FLOAT64):
     """The schedule restricted to the entries `use_steps` (strictly increasing indices into
-    `schedule`, i.e. original steps for a full schedule), with recomputed betas.
+    `schedule`, i.e. original steps for a full schedule), with recomputed betas (their tables
+    computed in `precision`, `schedule_from_betas`).
 
     Keeping steps k_0 < k_1 < ... gives beta_i = 1 - abar(k_i) / abar(k_{i-1}) (abar(k_{-1}) = 1),
     so every kept step has the same abar as before and the reverse process can jump between them.
@@ -110,7 +122,8 @@ def respace(schedule, use_steps):
     log_alphas_cumprod = np.cumsum(np.asarray(schedule.log_alphas, dtype=np.float64))
     merged_log_alphas = np.diff(log_alphas_cumprod[steps], prepend=0.0)
     original = np.asarray(schedule.timesteps)[steps]
-    return schedule_from_betas(-np.expm1(merged_log_alphas), timesteps=original)
+    return schedule_from_betas(-np.expm1(merged_log_alphas), timesteps=original,
+                               precision=precision)
 
 
 def respaced_steps(num_steps, count):

@@ -11,7 +11,9 @@ arguments.
 
 Two statistics (docs/method.md section 5, "Re-standardisation"):
 - A before the network is standardised to B_c's mean and std over the pixels of R
-  (`standardise_in_region`, per image), in training and sampling alike.
+  (`standardise_in_region`, per image), in training and sampling alike; dividing by the
+  population std (POPULATION_STD) or, as published, by the (n - 1) std + 1e-5 (PUBLISHED_STD,
+  config.sampling.condition_std).
 - The clean fused estimate (training) and the per-step chroma post-step (sampling) are
   re-standardised by `restandardise`: by default (config.regions_statistics = 'whole_frame') the
   published whole-frame moment matching of the masked images (`moment_match_masked`); the option
@@ -40,7 +42,12 @@ BACKGROUND_PIXEL = (0, 5)
 # `moment_match_masked`).
 REFERENCE_PIXEL = (2, 2)
 STD_FLOOR = 1e-10  # added to variances: the std of a constant region is 1e-5, never 0
-STD_EPS = 1e-5  # the published whole-frame re-standardisation divides by std + 1e-5
+STD_EPS = 1e-5  # the published standardisations divide by std + 1e-5
+# How A's condition is standardised (`standardise_in_region`): by sqrt(variance + STD_FLOOR),
+# or as published by the unbiased (n - 1) std + STD_EPS.
+POPULATION_STD = "population"
+PUBLISHED_STD = "published"
+CONDITION_STDS = (POPULATION_STD, PUBLISHED_STD)
 
 
 class RegionRule(NamedTuple):
@@ -142,24 +149,33 @@ def region_mask(values, rule):
     return jnp.where(jnp.asarray(rule.above), values >= threshold, values <= threshold)
 
 
-def region_moments(x, region):
+def region_moments(x, region, std=POPULATION_STD):
     """Per-image mean and standard deviation of x [B, H, W, C] over the pixels where region is
-    true, each [B, 1, 1, 1]; an empty region gives mean 0."""
+    true, each [B, 1, 1, 1]; an empty region gives mean 0. std POPULATION_STD: sqrt(variance +
+    STD_FLOOR); PUBLISHED_STD: the unbiased (n - 1) std, as torch's default."""
     weight = region.astype(x.dtype)
-    count = jnp.maximum(jnp.sum(weight, axis=(1, 2, 3), keepdims=True), 1.0)
-    mean = jnp.sum(weight * x, axis=(1, 2, 3), keepdims=True) / count
-    variance = jnp.sum(weight * (x - mean) ** 2, axis=(1, 2, 3), keepdims=True) / count
-    return mean, jnp.sqrt(variance + STD_FLOOR)
+    count = jnp.sum(weight, axis=(1, 2, 3), keepdims=True)
+    mean = jnp.sum(weight * x, axis=(1, 2, 3), keepdims=True) / jnp.maximum(count, 1.0)
+    squares = jnp.sum(weight * (x - mean) ** 2, axis=(1, 2, 3), keepdims=True)
+    if std == PUBLISHED_STD:
+        return mean, jnp.sqrt(squares / jnp.maximum(count - 1.0, 1.0))
+    return mean, jnp.sqrt(squares / jnp.maximum(count, 1.0) + STD_FLOOR)
 
 
-def standardise_in_region(x, target, region):
-    """x shifted and scaled to target's mean and std inside region (per image), 0 outside.
+def standardise_in_region(x, target, region, std=POPULATION_STD):
+    """x shifted and scaled to target's mean and std inside region (per image), 0 outside:
+    (x - mean_x) / std_x * std_t + mean_t, or with std PUBLISHED_STD the published
+    (x - mean_x) / (std_x + 1e-5) * std_t + mean_t with unbiased stds (`region_moments`).
 
     x, target [B, H, W, C], region bool [B, H, W, C]. Used for A -> B_c before the network and,
     with config.regions_statistics = 'in_region', to bring the fused chroma back to B_c's
     statistics (`restandardise`)."""
-    x_mean, x_std = region_moments(x, region)
-    target_mean, target_std = region_moments(target, region)
+    if std not in CONDITION_STDS:
+        raise ValueError(f"std: expected one of {CONDITION_STDS}, got {std!r}")
+    x_mean, x_std = region_moments(x, region, std)
+    target_mean, target_std = region_moments(target, region, std)
+    if std == PUBLISHED_STD:
+        x_std = x_std + STD_EPS
     return jnp.where(region, (x - x_mean) / x_std * target_std + target_mean, 0.0)
 
 

@@ -16,12 +16,16 @@ configs saved before it the value that reproduces what they ran with.
 
 import dataclasses
 
+from difffccf_jax import color
 from difffccf_jax.errors import UserError
-from difffccf_jax.model import regions, registration
+from difffccf_jax.model import composition, diffusion, regions, registration
 
 OUTPUT_TRAJECTORY = "trajectory"  # the reverse run's x, as published
 OUTPUT_CLEAN = "clean"  # Y rows: the clean fused estimate of the last step
 OUTPUTS = (OUTPUT_TRAJECTORY, OUTPUT_CLEAN)
+LEVELS_ROUND = "round"
+LEVELS_TRUNCATE = "truncate"  # the published cast to uint8
+OUTPUT_LEVELS = (LEVELS_ROUND, LEVELS_TRUNCATE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +76,13 @@ class SamplerSettings:
     and x^B move to their posterior means from their known clean sources; registration_size: the
     registration pass's side (config.loss.registration_size, as training); refinement: the
     instance optimisation of the field (`registration.Refinement`); warp_interpolation: how the
-    field warps B (registration.INTERPOLATIONS)."""
+    field warps B (registration.INTERPOLATIONS). The published loop's details (docs/method.md
+    section 6): stages, where the hierarchical stages split the schedule
+    (composition.STAGE_SPLITS); condition_std, how A is standardised to B_c
+    (regions.CONDITION_STDS); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
+    (color.CONVERSIONS); truncate_output, the fused levels floored (config.sampling
+    .output_levels 'truncate') rather than rounded; schedule_precision, the schedule tables'
+    precision (diffusion.TABLE_PRECISIONS)."""
     add_noise: bool
     register: bool
     reflect_channels: tuple
@@ -83,11 +93,21 @@ class SamplerSettings:
     registration_size: int
     refinement: registration.Refinement
     warp_interpolation: str
+    stages: str
+    condition_std: str
+    color_conversion: str
+    truncate_output: bool
+    schedule_precision: str
 
 
 def _require(condition, field, expected, value):
     if not condition:
         raise UserError(f"config field {field}: expected {expected}, got {value!r}")
+
+
+def _choice(value, field, choices):
+    _require(value in choices, field, f"one of {', '.join(choices)}", value)
+    return str(value)
 
 
 def _flag(value, field):
@@ -153,19 +173,24 @@ def sampler_settings(config):
     """SamplerSettings of `config` (config.sampling, with the registration pass's size and the
     similarity of config.loss, and config.regions_statistics), checked."""
     sampling = config.sampling
-    _require(sampling.output in OUTPUTS, "sampling.output", f"one of {', '.join(OUTPUTS)}",
-             sampling.output)
-    _require(sampling.warp_interpolation in registration.INTERPOLATIONS,
-             "sampling.warp_interpolation", f"one of {', '.join(registration.INTERPOLATIONS)}",
-             sampling.warp_interpolation)
     return SamplerSettings(
         add_noise=_flag(sampling.add_noise, "sampling.add_noise"),
         register=_flag(sampling.register, "sampling.register") and not config.model.compat,
         reflect_channels=tuple(str(channel) for channel in sampling.reflect_channels),
         reflect_offset=float(sampling.reflect_offset),
         statistics=regions.statistics_from_config(config),
-        output=str(sampling.output),
+        output=_choice(sampling.output, "sampling.output", OUTPUTS),
         known_sources=_flag(sampling.known_sources, "sampling.known_sources"),
         registration_size=loss_settings(config).registration_size,
         refinement=refinement_settings(config),
-        warp_interpolation=str(sampling.warp_interpolation))
+        warp_interpolation=_choice(sampling.warp_interpolation, "sampling.warp_interpolation",
+                                   registration.INTERPOLATIONS),
+        stages=_choice(sampling.stages, "sampling.stages", composition.STAGE_SPLITS),
+        condition_std=_choice(sampling.condition_std, "sampling.condition_std",
+                              regions.CONDITION_STDS),
+        color_conversion=_choice(sampling.color_conversion, "sampling.color_conversion",
+                                 color.CONVERSIONS),
+        truncate_output=_choice(sampling.output_levels, "sampling.output_levels",
+                                OUTPUT_LEVELS) == LEVELS_TRUNCATE,
+        schedule_precision=_choice(sampling.schedule_precision, "sampling.schedule_precision",
+                                   diffusion.TABLE_PRECISIONS))
