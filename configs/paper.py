@@ -246,8 +246,8 @@ def get_config(arg=None):
         # training loss (registration.refine_field; 0: the network's field as it is), their
         # step in pixels, and the weight of the refinement's own strain term, which keeps the
         # field near a rigid motion without holding back its rotation (registration_loss):
-        # 0.1 px and 100 chosen on validation pairs (docs/method.md section 7: 0.05 px and no
-        # strain term left SPECT's error at 0.49 x). refine_from_no_warp:
+        # 0.1 px and 100 chosen on validation pairs (docs/method.md section 7 compares them with
+        # 0.05 px and no strain term). refine_from_no_warp:
         # also refine from no warp and keep, per pair, the result of lower loss (twice the
         # refinement's time; chosen on the same validation pairs).
         refine_steps=50,
