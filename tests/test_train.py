@@ -8,6 +8,7 @@ persistent compilation cache compiles it once per device layout.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from difffccf_jax import cli, parallel
 from difffccf_jax.model import checkpoints
-from difffccf_jax.training import losses, train, weighting
+from difffccf_jax.training import losses, stopping, train, weighting
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 
@@ -273,6 +274,59 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(reference, config, 
     assert sorted(got) == [4, 5, 6]
     for step in (4, 5, 6):
         assert got[step] == expected[step]
+
+
+def signal_after_step(monkeypatch, step, signum=signal.SIGTERM):
+    """Makes the training loop send `signum` to this process once `step` is dispatched."""
+    add = train.StepReporter.add
+
+    def add_then_signal(self, host_step, *args):
+        add(self, host_step, *args)
+        if host_step == step:
+            os.kill(os.getpid(), signum)
+    monkeypatch.setattr(train.StepReporter, "add", add_then_signal)
+
+
+def progress_at(checkpoint_dir, step):
+    manager = checkpoints.open_manager(checkpoint_dir, read_only=True)
+    return manager.restore(step, args=checkpoints.ocp.args.Composite(
+        progress=checkpoints.ocp.args.JsonRestore()))["progress"]
+
+
+def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_bit_equal(
+        reference, config, tmp_path, monkeypatch):
+    """SIGTERM during step 5 (epoch 1's second step) with a checkpoint due every check: steps 4
+    (timed) and 5 (the stop) are saved, `Preempted` names the step, the handlers are put back;
+    resuming ends with the uninterrupted run's state, bit for bit."""
+    state, workdir = reference
+    timed = config.copy_and_resolve_references()
+    timed.train.checkpoint_every_minutes = 1e-9
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        signal_after_step(patch, 5)
+        with pytest.raises(stopping.Preempted) as stopped:
+            train.fit(timed, run_dir)
+    assert (stopped.value.signum, stopped.value.step) == (signal.SIGTERM, 5)
+    assert "SIGTERM after step 5" in str(stopped.value)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    checkpoint_dir = os.path.join(run_dir, train.CHECKPOINT_DIR)
+    assert list(checkpoints.open_manager(checkpoint_dir, read_only=True).all_steps()) == [3, 4, 5]
+    assert {k: v for k, v in progress_at(checkpoint_dir, 5).items() if k != "data"} == dict(
+        epoch=1, epoch_step=2, step=5)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5]
+    assert_trees_equal(train.fit(timed, run_dir), state)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+
+
+def test_time_budget_stops_at_the_first_check_with_a_checkpoint(reference, config, tmp_path):
+    _, workdir = reference
+    budget = config.copy_and_resolve_references()
+    budget.train.max_minutes = 1e-9
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    assert int(train.fit(budget, run_dir).step) == 4
+    manager = checkpoints.open_manager(os.path.join(run_dir, train.CHECKPOINT_DIR))
+    assert list(manager.all_steps()) == [3, 4]
 
 
 def test_restore_onto_two_and_one_devices(reference, config):
