@@ -1,10 +1,12 @@
-"""Sweep expansion, the SLURM array script and the sweep report."""
+"""Sweep expansion, validation, launching through submitit (SLURM stand-ins and the local
+executor) and the sweep report."""
 
 import json
 import os
-import subprocess
+import signal
 
 import pytest
+import submitit
 
 from difffccf_jax.tools import sweeps
 from difffccf_jax.errors import UserError
@@ -44,32 +46,84 @@ def test_expand_refuses_unknown_field(tmp_path, repo_root):
         sweeps.expand(str(sweep))
 
 
+def fake_slurm(monkeypatch, tmp_path):
+    """srun and sbatch stand-ins on PATH; sbatch keeps a copy of the script it is given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        f'#!/usr/bin/env bash\ncp "$1" {tmp_path / "submitted.sh"}\n'
+        'echo "Submitted batch job 4242"\n')
+    for tool in ("srun", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "submitted.sh"
+
+
 @pytest.mark.multiprocess
-def test_slurm_script(tmp_path, repo_root):
+def test_slurm_launch_is_one_submitit_job_array(tmp_path, repo_root, monkeypatch):
+    from difffccf_jax import cli
+
+    script_copy = fake_slurm(monkeypatch, tmp_path)
+    workdir = tmp_path / "sweep"
+    data = tmp_path / "data"
+    data.mkdir()
+    assert cli.main([
+        "sweep", "--sweep", os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py"),
+        "--workdir", str(workdir), "--launcher", "slurm", "--nodes", "2", "--gpus-per-node", "8",
+        "--time", "1-12:00:00", "--parallel", "3", "--partition", "gpu", "--account", "lab",
+        "--qos", "high", "--mem", "400G", "--constraint", "a100", "--setup", "module load cuda",
+        "--slurm.exclude=gpu007", "--slurm.cpus_per_task=16", "--config.data.batch_size=16",
+        f"--config.data.root={data}"]) == 0
+    script = script_copy.read_text()
+    for line in ("#SBATCH --array=0-5%3", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --time=2160", "#SBATCH --partition=gpu",
+                 "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --mem=400G",
+                 "#SBATCH --constraint=a100", "#SBATCH --exclude=gpu007",
+                 "#SBATCH --cpus-per-task=16", "#SBATCH --signal=USR2@90", "module load cuda"):
+        assert line in script.splitlines(), line
+    assert "srun --unbuffered" in script and "-m submitit.core._submit" in script
+    # Each array task's pickled job is the run folder's RunJob; each folder holds its config.
     runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py"))
-    workdir = str(tmp_path / "sweep")
-    sweeps.write_runs(runs, workdir)
-    script = sweeps.slurm_script(runs, workdir, nodes=2, gpus_per_node=8)
-    path = tmp_path / "sweep.sbatch"
-    path.write_text(script)
-    subprocess.run(["bash", "-n", str(path)], check=True)
-    assert "#SBATCH --array=0-5\n" in script and "#SBATCH --nodes=2\n" in script
-    assert "#SBATCH --gpus-per-node=8\n" in script
-    assert 'srun difffccf sweep-run --run-dir "$RUN_DIR" --config.train.distributed=True' in script
-    # The array index picks each run's folder, and each folder holds its resolved config.
-    names = script.split("RUNS=(")[1].split(")")[0].split()
-    assert names == [r.name for r in runs]
-    for run in runs:
-        with open(os.path.join(workdir, run.name, "config.json"), encoding="utf-8") as file:
-            saved = json.load(file)
-        assert saved["weighting"]["enabled"] == run.config.weighting.enabled
-        assert saved["seed"] == run.config.seed
-    selected = subprocess.run(
-        ["bash", "-c", script.split("set -euo pipefail\n")[1].split("export")[0]
-         + 'echo "$RUN_DIR"'],
-        env={**os.environ, "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True, text=True,
-        check=True).stdout.strip()
-    assert selected == os.path.join(os.path.abspath(workdir), runs[2].name)
+    for index, run in enumerate(runs):
+        delayed = submitit.helpers.DelayedSubmission.load(
+            workdir / "logs" / f"4242_{index}" / f"4242_{index}_submitted.pkl")
+        assert delayed.function.run_dir == str(workdir / run.name)
+        assert delayed.function.checkpoint().function is delayed.function
+        saved = json.loads((workdir / run.name / "config.json").read_text())
+        assert (saved["weighting"]["enabled"], saved["seed"]) == (
+            run.config.weighting.enabled, run.config.seed)
+
+
+def test_sweep_refuses_a_batch_size_the_devices_do_not_split(tmp_path, repo_root, capsys,
+                                                             monkeypatch):
+    from difffccf_jax import cli
+
+    fake_slurm(monkeypatch, tmp_path)
+    workdir = tmp_path / "sweep"
+    arguments = ["sweep", "--sweep",
+                 os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py:paper"),
+                 "--workdir", str(workdir), "--launcher", "slurm", "--gpus-per-node", "8",
+                 f"--config.data.root={tmp_path}"]
+    assert cli.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert error == ("difffccf sweep: error: run 000-enabled=True-seed=0: "
+                     "config.data.batch_size=4 does not split over the 8 devices of 1 node(s) "
+                     "x 8 GPUs; use a multiple of 8 or fewer devices\n")
+    assert not workdir.exists() and not (tmp_path / "submitted.sh").exists()
+    assert cli.main(arguments[:-1] + ["--config.data.batch_size=8",
+                                      "--config.data.root=/no/such/folder"]) == 2
+    assert "config.data.root='/no/such/folder' is not a folder" in capsys.readouterr().err
+    assert cli.main(arguments + ["--launcher", "local", "--nodes", "2"]) == 2
+    assert "--nodes must be 1" in capsys.readouterr().err
+    assert not workdir.exists()
+
+
+def test_parse_minutes():
+    assert [sweeps.parse_minutes(t) for t in ("90", "10:30", "02:00:00", "1-00:00:00", "2-6",
+                                             "1-01:01")] == [90, 11, 120, 1440, 3240, 1501]
+    with pytest.raises(UserError, match="--time='soon' is not a SLURM time"):
+        sweeps.parse_minutes("soon")
 
 
 def test_report_sorts_and_skips_unfinished(tmp_path, repo_root):
@@ -91,27 +145,80 @@ def test_report_sorts_and_skips_unfinished(tmp_path, repo_root):
         sweeps.sort_rows(rows, "SSIM")
 
 
-def test_local_sweep_skips_finished_runs(tmp_path, repo_root):
+def test_runs_in_folders_skip_finished_and_keep_failures(tmp_path, repo_root):
     runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "sampling_steps.py"))
     workdir = str(tmp_path)
     sweeps.write_runs(runs, workdir)
     calls = []
 
-    def interrupted_after_two(config, run_dir):
+    def fails_on_the_third(config, run_dir):
         if len(calls) == 2:
-            raise KeyboardInterrupt
+            raise ValueError("the loss is nan")
         calls.append(os.path.basename(run_dir))
         return {"MI": float(config.sampling.steps)}
 
-    with pytest.raises(KeyboardInterrupt):
-        sweeps.run_local(runs, workdir, interrupted_after_two, log=lambda _: None)
+    run_dirs = [os.path.join(workdir, r.name) for r in runs]
+    for run, run_dir in zip(runs[:2], run_dirs):
+        sweeps.run_in_folder(run.config, run_dir, fails_on_the_third, log=lambda _: None)
+    with pytest.raises(ValueError):
+        sweeps.run_in_folder(runs[2].config, run_dirs[2], fails_on_the_third, log=lambda _: None)
     assert calls == [runs[0].name, runs[1].name]
-    assert [sweeps.is_done(os.path.join(workdir, r.name)) for r in runs] == [
-        True, True, False, False]
+    assert [sweeps.run_status(d)[0] for d in run_dirs] == ["done", "done", "failed", "unfinished"]
+    assert sweeps.status_lines(workdir) == [
+        f"failed {runs[2].name}: ValueError: the loss is nan",
+        f"unfinished {runs[3].name}: not started", "2 done, 1 failed, 1 unfinished"]
     calls.clear()
-    sweeps.run_local(runs, workdir, lambda c, d: calls.append(os.path.basename(d)) or {},
-                     log=lambda _: None)
+    for run, run_dir in zip(runs, run_dirs):
+        sweeps.run_in_folder(run.config, run_dir, lambda c, d: calls.append(
+            os.path.basename(d)) or {}, log=lambda _: None)
     assert calls == [runs[2].name, runs[3].name]
+    assert sweeps.status_lines(workdir) == ["4 done, 0 failed, 0 unfinished"]
+
+
+@pytest.mark.multiprocess
+def test_local_executor_runs_two_process_jobs_requeues_and_reports(tmp_path, repo_root,
+                                                                    monkeypatch):
+    """Through submitit's local executor, two runs of 2 processes x 2 CPU devices at once: one
+    is stopped by USR2 (as training stops), requeued by submitit and finishes on its second
+    attempt; the other fails and is reported with its error."""
+    from difffccf_jax.training import stopping
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "sampling_steps.py"))
+    workdir = str(tmp_path)
+    sweeps.write_runs(runs, workdir)
+
+    def stopped_once_or_failing(config, run_dir):
+        import jax  # pylint: disable=import-outside-toplevel
+        from difffccf_jax import parallel  # pylint: disable=import-outside-toplevel
+
+        if config.sampling.steps == 12:
+            raise ValueError("the loss is nan")
+        parallel.initialize_distributed(False)
+        attempts = os.path.join(run_dir, f"attempts.{jax.process_index()}")
+        first = not os.path.exists(attempts)
+        with open(attempts, "a", encoding="utf-8") as file:
+            file.write("x")
+        if first:
+            raise stopping.Preempted(signal.SIGUSR2, 3, run_dir)
+        return {"processes": jax.process_count(), "devices": jax.device_count()}
+
+    resources = sweeps.Resources(tasks_per_node=2, cpu_devices=2)
+    executor = sweeps.make_executor("local", os.path.join(workdir, "logs", "%j"),
+                                    sweeps.executor_parameters("local", resources, 10))
+    run_dirs = [os.path.join(workdir, run.name) for run in runs]
+    jobs = sweeps.launch(executor, run_dirs[:2], parallel=2, run_fn=stopped_once_or_failing,
+                         poll_seconds=0.2)
+    assert len(jobs) == 2
+    for process in range(2):
+        with open(os.path.join(run_dirs[0], f"attempts.{process}"), encoding="utf-8") as file:
+            assert file.read() == "xx"
+    with open(os.path.join(run_dirs[0], sweeps.RESULT_FILE), encoding="utf-8") as file:
+        assert json.load(file) == {"processes": 2, "devices": 4}
+    assert sweeps.status_lines(workdir) == [
+        f"failed {runs[1].name}: ValueError: the loss is nan",
+        f"unfinished {runs[2].name}: not started", f"unfinished {runs[3].name}: not started",
+        "1 done, 1 failed, 2 unfinished"]
 
 
 @pytest.mark.slow
