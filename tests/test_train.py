@@ -404,35 +404,95 @@ def free_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.multiprocess
-def test_two_processes_train_like_one_process_with_four_devices(
-        reference, tiny_config_path, overrides, tmp_path):
-    """Two processes with 2 devices each resume the reference run after epoch 1 and train
-    epoch 2 together; both end with the reference run's parameters."""
-    state, workdir = reference
-    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+# Sends SIGTERM to process TEST_SIGNAL_PROCESS once it has dispatched step TEST_SIGNAL_STEP,
+# then trains through the command line.
+SIGNALLED_WORKER = textwrap.dedent("""
+    import os, signal, sys
+    from difffccf_jax import cli
+    from difffccf_jax.training import train
+    step, process = int(os.environ["TEST_SIGNAL_STEP"]), int(os.environ["TEST_SIGNAL_PROCESS"])
+    add = train.StepReporter.add
+    def add_then_signal(self, host_step, *args):
+        add(self, host_step, *args)
+        if host_step == step and int(os.environ["JAX_PROCESS_ID"]) == process:
+            os.kill(os.getpid(), signal.SIGTERM)
+    train.StepReporter.add = add_then_signal
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def run_two_processes(arguments, extra_env=None):
+    """Runs `python -c ARGUMENTS[i]...` as process i of 2 (2 CPU devices each, a localhost
+    coordinator); returns their (exit status, output)."""
     port = free_port()
     workers = []
     for process_id in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu",
                    XLA_FLAGS="--xla_force_host_platform_device_count=2",
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(process_id))
-        workers.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, tiny_config_path, json.dumps(overrides), run_dir,
-             str(tmp_path / f"params{process_id}.npz")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                   JAX_PROCESS_ID=str(process_id), **(extra_env or {}))
+        workers.append(subprocess.Popen([sys.executable, "-c", *arguments[process_id]],
+                                        env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True))
     try:
         outputs = [worker.communicate(timeout=400)[0] for worker in workers]
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-    for worker, output in zip(workers, outputs):
-        assert worker.returncode == 0, output[-3000:]
-    params = [np.load(tmp_path / f"params{i}.npz") for i in range(2)]
+    return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
+
+
+def train_two_processes(tiny_config_path, overrides, run_dir, params_path):
+    """Two processes train (resume) `run_dir`; returns both processes' final parameters."""
+    results = run_two_processes([
+        (WORKER, tiny_config_path, json.dumps(overrides), run_dir, f"{params_path}{i}.npz")
+        for i in range(2)])
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    params = [np.load(f"{params_path}{i}.npz") for i in range(2)]
+    return [[p[f"arr_{i}"] for i in range(len(p.files))] for p in params]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(reference, tiny_config_path, overrides, tmp_path_factory):
+    """(both processes' final parameters, workdir) of two processes with 2 devices each that
+    resume the reference run after epoch 1 and train epoch 2 together."""
+    _, workdir = reference
+    tmp = tmp_path_factory.mktemp("two_processes")
+    run_dir = back_to_epoch_one(workdir, str(tmp / "run"))
+    return train_two_processes(tiny_config_path, overrides, run_dir, str(tmp / "params")), run_dir
+
+
+@pytest.mark.multiprocess
+def test_two_processes_train_like_one_process_with_four_devices(reference, two_process_run):
+    state, _ = reference
+    params, run_dir = two_process_run
     expected = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
-    for i, leaf in enumerate(expected):
-        np.testing.assert_array_equal(params[0][f"arr_{i}"], params[1][f"arr_{i}"])
-        np.testing.assert_allclose(params[0][f"arr_{i}"], leaf, rtol=1e-5, atol=1e-6)
+    for first, second, leaf in zip(*params, expected):
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_allclose(first, leaf, rtol=1e-5, atol=1e-6)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
+        reference, two_process_run, tiny_config_path, overrides, tmp_path):
+    """SIGTERM reaches process 1 during step 4: both processes save step 4 and exit 0 through
+    `difffccf train`; two processes resuming it end bit-equal to the uninterrupted two."""
+    _, workdir = reference
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    command = ["train", "--config", tiny_config_path, "--workdir", run_dir] + [
+        f"--config.{key}={value}" for key, value in overrides]
+    results = run_two_processes([(SIGNALLED_WORKER, *command)] * 2,
+                                dict(TEST_SIGNAL_STEP="4", TEST_SIGNAL_PROCESS="1"))
+    for status, output in results:
+        assert status == 0, output[-3000:]
+        assert "training stopped on SIGTERM after step 4" in output, output[-3000:]
+    manager = checkpoints.open_manager(os.path.join(run_dir, train.CHECKPOINT_DIR),
+                                       read_only=True)
+    assert list(manager.all_steps()) == [3, 4]
+    params = train_two_processes(tiny_config_path, overrides, run_dir, str(tmp_path / "params"))
+    for resumed, uninterrupted in zip(params[0], two_process_run[0][0]):
+        np.testing.assert_array_equal(resumed, uninterrupted)
     assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
