@@ -1,7 +1,7 @@
 """Adaptive loss weighting (docs/method.md section 8) on versus off, each with three seeds.
 
     difffccf sweep --sweep configs/sweeps/adaptive_weighting.py:paper --workdir runs/weighting \
-        --launcher slurm --config.data.root=DATA
+        --launcher slurm --gpus-per-node 8 --config.data.batch_size=32 --config.data.root=DATA
 
 `:demo` is the demo's setting (tiny model, 96 px pairs, 32 px training crops, 30 sampling steps)
 with a fixed number of training steps, so that policy on and off train equally long whatever

@@ -50,7 +50,7 @@ def register(subparsers):
     sweep.set_defaults(run=run_sweep, config=None)
 
     one = subparsers.add_parser(
-        "sweep-run", help="run one run of a sweep here (what each job of a sweep runs)",
+        "sweep-run", help="run one run of a sweep here, in this process (what each of its jobs does)",
         description="Train, fuse and score the run whose folder holds config.json.")
     one.add_argument("--run-dir", required=True, metavar="DIR")
     one.set_defaults(run=run_one, config=None)
