@@ -3,8 +3,12 @@ executor) and the sweep report."""
 
 import json
 import os
+import re
 import signal
+import time
 
+import jax
+import numpy as np
 import pytest
 import submitit
 
@@ -119,6 +123,12 @@ def test_sweep_refuses_a_batch_size_the_devices_do_not_split(tmp_path, repo_root
     assert not workdir.exists()
 
 
+def test_host_device_count_reads_xla_flags():
+    assert sweeps.host_device_count("") == 1
+    assert sweeps.host_device_count("--xla_cpu_x=1 --xla_force_host_platform_device_count=2 "
+                                    "--xla_force_host_platform_device_count=4") == 4
+
+
 def test_parse_minutes():
     assert [sweeps.parse_minutes(t) for t in ("90", "10:30", "02:00:00", "1-00:00:00", "2-6",
                                              "1-01:01")] == [90, 11, 120, 1440, 3240, 1501]
@@ -221,12 +231,43 @@ def test_local_executor_runs_two_process_jobs_requeues_and_reports(tmp_path, rep
         "1 done, 1 failed, 2 unfinished"]
 
 
+def task_processes(controller_pid):
+    """The task processes submitit's local controller `controller_pid` started."""
+    with open(f"/proc/{controller_pid}/task/{controller_pid}/children", encoding="utf-8") as file:
+        return [int(pid) for pid in file.read().split()]
+
+
+def logged_steps(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line)["step"] for line in file if '"loss"' in line]
+
+
+def wait_for(condition, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
-def test_two_run_local_sweep_on_tiny(tmp_path, repo_root, tiny_config_path):
+@pytest.mark.multiprocess
+def test_a_stopped_run_requeues_resumes_and_ends_like_one_process(tmp_path, tiny_config_path,
+                                                                   monkeypatch):
+    """Two sweep runs through submitit's local executor, each 2 processes x 2 CPU devices.
+    Run 0 gets USR2 on both processes mid-training (as SLURM's --signal sends it): every
+    process saves the same step, submitit requeues the job, the second attempt resumes, fuses
+    and scores. Both runs end DONE, and run 0's final parameters are those of an uninterrupted
+    single-process 4-device run of its config."""
+    from test_train import params_at  # pylint: disable=import-outside-toplevel
+
     from difffccf_jax import cli
+    from difffccf_jax.training import train
 
     data = str(tmp_path / "data")
-    assert cli.main(["make-data", "--task", "pet", "--num", "4", "--size", "32", "--seed", "0",
+    assert cli.main(["make-data", "--task", "pet", "--num", "4", "--size", "16", "--seed", "0",
                      "--out", data]) == 0
     sweep_file = tmp_path / "two.py"
     sweep_file.write_text(
@@ -234,20 +275,37 @@ def test_two_run_local_sweep_on_tiny(tmp_path, repo_root, tiny_config_path):
         "from difffccf_jax.tools.sweeps import zipped\n"
         f"def get_config(arg=None):\n    return load_config_file({tiny_config_path!r})\n"
         "def get_sweep(arg=None):\n    return zipped(('seed', [0, 1]))\n")
+    overrides = [("data.root", data), ("data.image_size", "16"),
+                 ("loss.registration_size", "16"), ("train.epochs", "2"),
+                 ("train.steps_per_epoch", "6"), ("train.log_every_steps", "1"),
+                 ("train.checkpoint_every_epochs", "1"), ("train.fast_compile", "True"),
+                 ("sampling.steps", "3"), ("model.channel_mult", "(1, 2)"),
+                 ("model.num_res_blocks", "1"), ("model.deformation_features", "(8, 16)")]
+    runs = sweeps.expand(str(sweep_file), overrides)
     workdir = str(tmp_path / "sweep")
-    # the tiny model cut to two levels of one residual block: the sweep is what is tested
-    overrides = ["--config.data.root", data, "--config.train.epochs=1",
-                 "--config.train.steps_per_epoch=2", "--config.train.fast_compile=True",
-                 "--config.sampling.steps=3", "--config.model.channel_mult=(1, 2)",
-                 "--config.model.num_res_blocks=1", "--config.model.deformation_features=(8, 16)"]
-    assert cli.main(["sweep", "--sweep", str(sweep_file), "--workdir", workdir,
-                     "--launcher", "local"] + overrides) == 0
-    assert cli.main(["sweep-report", "--workdir", workdir, "--sort-by", "EN"]) == 0
-    with open(os.path.join(workdir, "report.csv"), encoding="utf-8") as file:
-        lines = file.read().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("run,seed,loss,EN")
-    assert {line.split(",")[1] for line in lines[1:]} == {"0", "1"}
-    for line in lines[1:]:
-        run_dir = os.path.join(workdir, line.split(",")[0])
-        assert len([n for n in os.listdir(os.path.join(run_dir, "fused"))
-                    if n.endswith(".png")]) == 4
+    sweeps.validate(runs, sweeps.Resources(tasks_per_node=2, cpu_devices=2))
+    sweeps.write_runs(runs, workdir)
+    run_dirs = [os.path.join(workdir, run.name) for run in runs]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    executor = sweeps.make_executor("local", os.path.join(workdir, "logs", "%j"),
+                                    sweeps.executor_parameters(
+                                        "local", sweeps.Resources(tasks_per_node=2), 30))
+    jobs = [executor.submit(sweeps.RunJob(run_dir)) for run_dir in run_dirs]
+    wait_for(lambda: logged_steps(run_dirs[0]), 600, "run 0's first step")
+    for pid in task_processes(int(jobs[0].job_id)):
+        os.kill(pid, signal.SIGUSR2)
+    wait_for(lambda: all(job.done() for job in jobs), 900, "both jobs")
+    for job, run_dir in zip(jobs, run_dirs):
+        assert job.result() is None  # raises with the job's traceback when it failed
+        assert sweeps.run_status(run_dir) == ("done", "")
+    # Run 0 stopped during training on both processes, and its second attempt resumed.
+    stopped = re.findall(r"training stopped on SIGUSR2 after step (\d+)",
+                         jobs[0].task(1).stderr() or "")
+    assert stopped and 1 <= int(stopped[0]) < 12, jobs[0].task(1).stderr()
+    assert "Requeued job" in jobs[0].stderr()
+    assert logged_steps(run_dirs[0]) == list(range(1, 13))
+    reference = train.fit(runs[0].config, str(tmp_path / "reference"))
+    final = params_at(os.path.join(run_dirs[0], train.CHECKPOINT_DIR), runs[0].config)[12]
+    for got, expected in zip(jax.tree.leaves(final), jax.tree.leaves(reference.params)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected.addressable_data(0)),
+                                   rtol=1e-4, atol=1e-4)

@@ -83,10 +83,9 @@ def resources_from_args(args):
     from difffccf_jax.tools import sweeps  # pylint: disable=import-outside-toplevel
 
     cpu_devices = 1
-    if args.launcher == "local" and not args.gpus_per_node:
-        import jax  # pylint: disable=import-outside-toplevel
-
-        cpu_devices = jax.local_device_count()  # the jobs inherit this environment
+    if args.launcher == "local":
+        # The local executor hides the GPUs from jobs that ask for none; they inherit XLA_FLAGS.
+        cpu_devices = sweeps.host_device_count(os.environ.get("XLA_FLAGS", ""))
     return sweeps.Resources(nodes=args.nodes, tasks_per_node=args.tasks_per_node,
                             gpus_per_node=args.gpus_per_node, cpu_devices=cpu_devices)
 

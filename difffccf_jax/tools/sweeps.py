@@ -142,8 +142,8 @@ def run_in_folder(config, run_dir, run_fn, log=print):
     if jax.process_index() == 0:
         files.write_text(os.path.join(run_dir, RESULT_FILE), json.dumps(metrics, indent=2))
         files.write_text(os.path.join(run_dir, DONE_FILE), "")
-        for name in failure_files(run_dir):
-            os.remove(os.path.join(run_dir, name))
+        for failed in failure_files(run_dir):
+            os.remove(os.path.join(run_dir, failed))
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -202,6 +202,13 @@ class Resources:
             return f"{self.nodes} node(s) x {self.gpus_per_node} GPUs"
         return (f"{self.nodes * self.tasks_per_node} process(es) x {self.cpu_devices} "
                 "CPU device(s)")
+
+
+def host_device_count(xla_flags):
+    """The CPU devices a process started with XLA_FLAGS=`xla_flags` has (XLA's
+    --xla_force_host_platform_device_count, else 1)."""
+    counts = re.findall(r"--xla_force_host_platform_device_count=(\d+)", xla_flags)
+    return int(counts[-1]) if counts else 1
 
 
 def validate(runs, resources):
