@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from difffccf_jax import cli, parallel
+from difffccf_jax.evaluation import trained_run
 from difffccf_jax.model import checkpoints
 from difffccf_jax.training import losses, stopping, train, weighting
 from difffccf_jax.config_cli import load_config
@@ -404,6 +405,23 @@ def free_port():
         return sock.getsockname()[1]
 
 
+# Resumes (finds the run trained) and scores it as a sweep run does; process 0 writes the scores.
+SCORING_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    from difffccf_jax.evaluation import trained_run
+    from difffccf_jax.training import train
+    from difffccf_jax.config_cli import load_config
+    config = load_config(sys.argv[1], [tuple(item) for item in json.loads(sys.argv[2])])
+    train.fit(config, sys.argv[3])
+    scores = trained_run.score(config, sys.argv[3])
+    assert (scores is None) == (jax.process_index() != 0), scores
+    if scores is not None:
+        with open(sys.argv[4], "w") as file:
+            json.dump(scores, file)
+""")
+
+
 # Sends SIGTERM to process TEST_SIGNAL_PROCESS once it has dispatched step TEST_SIGNAL_STEP,
 # then trains through the command line.
 SIGNALLED_WORKER = textwrap.dedent("""
@@ -496,3 +514,29 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
     for resumed, uninterrupted in zip(params[0], two_process_run[0][0]):
         np.testing.assert_array_equal(resumed, uninterrupted)
     assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_score_a_trained_run_once_on_process_zero(
+        two_process_run, config, tiny_config_path, overrides, tmp_path):
+    """After two-process training, process 0 fuses on its 2 local devices while process 1
+    waits; the scores equal those of one process fusing on all 4 devices."""
+    _, trained_dir = two_process_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(trained_dir, run_dir)
+    scores_path = str(tmp_path / "scores.json")
+    results = run_two_processes([
+        (SCORING_WORKER, tiny_config_path, json.dumps(overrides), run_dir, scores_path)] * 2)
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    with open(scores_path, encoding="utf-8") as file:
+        scores = json.load(file)
+    one_process_dir = str(tmp_path / "one_process")
+    shutil.copytree(trained_dir, one_process_dir)
+    expected = trained_run.fuse_and_score(config, one_process_dir)
+    assert sorted(scores) == sorted(expected) and len(expected) > 3
+    for name, value in expected.items():  # None: a metric undefined at 16 px
+        assert scores[name] == (None if value is None else pytest.approx(value, rel=1e-4,
+                                                                         abs=1e-5)), name
+    assert sorted(os.listdir(os.path.join(run_dir, trained_run.FUSED_FOLDER))) == sorted(
+        os.listdir(os.path.join(one_process_dir, trained_run.FUSED_FOLDER)))
