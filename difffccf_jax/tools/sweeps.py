@@ -399,22 +399,12 @@ def write_report(rows, workdir):
 
 
 def train_and_score(config, run_dir):
-    """One sweep run: trains (resuming when interrupted), fuses the configured task's held-out
-    pairs (data.eval_root, else the training pairs) with the run's sampling settings, and
-    returns the final training loss and the mean fusion metrics, e.g. {'loss': ..., 'MI': ...}."""
-    from difffccf_jax.data import layouts
-    from difffccf_jax.evaluation import scoring
-    from difffccf_jax.inference import fusion
-    from difffccf_jax.training import train
+    """One sweep run: trains (resuming when interrupted), then fuses the configured task's
+    held-out pairs (data.eval_root, else the training pairs) with the run's sampling settings
+    and scores them, once (evaluation.trained_run). Returns the final training loss and the
+    mean fusion metrics, e.g. {'loss': ..., 'MI': ...}, on process 0; None on the others."""
+    from difffccf_jax.evaluation import trained_run  # pylint: disable=import-outside-toplevel
+    from difffccf_jax.training import train  # pylint: disable=import-outside-toplevel
 
     train.fit(config, run_dir)
-    fused = os.path.join(run_dir, "fused")
-    scored_root = config.data.get("eval_root") or config.data.root
-    fusion.fuse_folder(os.path.join(run_dir, train.CHECKPOINT_DIR), fused, data=scored_root,
-                       task=config.data.task, overwrite=True)
-    layout = layouts.layout_from_config(config.data, config.data.task)
-    scores, _ = scoring.score_pairs(layouts.list_pairs(scored_root, layout), layout,
-                                    {"run": fused}, with_baselines=False)
-    summary = scoring.summarise(scores["run"])
-    final = train.read_metrics_log(run_dir)[-1]
-    return {"loss": final["loss"], **{name: s.mean for name, s in summary.items()}}
+    return trained_run.score(config, run_dir)
