@@ -70,7 +70,9 @@ def get_config(arg=None):
         batch_size=4,  # global batch
         shuffle_seed=0,
         eval_root="",  # held-out pairs a sweep run is scored on; "" scores the root's pairs
-        tfds_dir="",  # "" reads the image folders into memory; else a tfds array_record cache
+        # A tfds array_record cache of the pairs, read at random (data/pipeline.py); "" reads the
+        # image folders into memory, or in a multi-process run caches them in WORKDIR/data_cache.
+        tfds_dir="",
         layouts=dict(
             pet=_layout("HARVARD-PET-MRI", "MRI", "PET", True, False),
             spect=_layout("HARVARD-SPECT-MRI", "MRI", "SPECT", True, False),

@@ -491,6 +491,9 @@ def test_two_processes_train_like_one_process_with_four_devices(reference, two_p
         np.testing.assert_array_equal(first, second)
         np.testing.assert_allclose(first, leaf, rtol=1e-5, atol=1e-6)
     assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+    # Without config.data.tfds_dir, the processes read the pairs from the cache process 0 built.
+    assert sorted(os.listdir(os.path.join(run_dir, train.DATA_CACHE_DIR, "difffccf_pairs"))) == [
+        "pet_16", "spect_16"]
 
 
 @pytest.mark.multiprocess

@@ -29,6 +29,7 @@ from difffccf_jax.errors import UserError
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+DATA_CACHE_DIR = "data_cache"  # the pairs' array_record cache of a multi-process run
 
 
 class NonFiniteLoss(UserError):
@@ -254,13 +255,16 @@ def epoch_plan(seed, epochs, tasks, steps_per_epoch, steps_per_pass):
     return plan
 
 
-def setup_run(config, mesh):
-    """The data iterators, epoch plan, model, optimiser and step options of `config`."""
+def setup_run(config, mesh, data_cache=""):
+    """The data iterators, epoch plan, model, optimiser and step options of `config`.
+    data_cache: where a multi-process run caches the pairs without config.data.tfds_dir
+    (`pipeline.source_from_config`)."""
     from difffccf_jax.data import pipeline
 
     parallel.check_batch_size(config.data.batch_size, mesh)
     tasks = tuple(config.data.tasks) if config.data.multi_task else (config.data.task,)
-    batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task),
+    batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task,
+                                                                        data_cache),
                                             config.data.batch_size, mesh,
                                             seed=config.data.shuffle_seed,
                                             crop_size=config.data.crop_size)
@@ -503,7 +507,7 @@ def fit(config, workdir):
     parallel.initialize_distributed(config.train.distributed)
     mesh = parallel.make_mesh()
     replicated = parallel.replicated(mesh)
-    run = setup_run(config, mesh)
+    run = setup_run(config, mesh, os.path.join(workdir, DATA_CACHE_DIR))
     checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
     lead = jax.process_index() == 0
     if lead:
