@@ -214,7 +214,8 @@ def get_config(arg=None):
         distributed=False,  # call jax.distributed.initialize() (also when SLURM asks for it)
         init_params="",  # a checkpoint directory whose parameters start training (convert-torch)
         fast_compile=False,  # XLA backend optimisation level 0: ~3x faster compiles on CPU
-        max_minutes=0.0,  # > 0: stop (with a checkpoint) at the first check past this time
+        # > 0: stop (with a checkpoint) at the first check this long after the first step
+        max_minutes=0.0,
         # Also checkpoint when this many minutes passed since the last checkpoint (0: never).
         # Time budget, timed checkpoints and stop signals (SIGTERM, USR1, USR2) are checked
         # every log_every_steps steps and at every epoch end, alike on every process.

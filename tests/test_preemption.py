@@ -46,6 +46,9 @@ def test_clocks_of_one_process():
     assert watch.decide() == (False, True, 0)
     watch.checkpointed()
     assert watch.decide() == (False, False, 0)
+    time.sleep(0.6)
+    watch.start_clocks()
+    assert watch.decide() == (False, False, 0)
     budget = stopping.StopWatch(max_minutes=1e-9, checkpoint_every_minutes=0)
     assert budget.decide() == (True, True, 0)
 

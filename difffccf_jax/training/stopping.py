@@ -76,6 +76,11 @@ class StopWatch:
             signal.signal(signum, handler)
         self.previous = {}
 
+    def start_clocks(self):
+        """Starts the budget and the checkpoint interval now (the loop's first step; compiling
+        before it is not counted)."""
+        self.started = self.last_checkpoint = time.monotonic()
+
     def checkpointed(self):
         """Restarts the checkpoint interval (call after every save)."""
         self.last_checkpoint = time.monotonic()

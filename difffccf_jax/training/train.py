@@ -527,6 +527,7 @@ def fit(config, workdir):
                 compiled = compile_train_step(config, run, mesh, state, rules, log, progress)
             reporter = StepReporter(log, progress, config.train.log_every_steps,
                                     config.data.batch_size, manager, checkpoint_dir)
+            watch.start_clocks()
             state, decision = train_epochs(config, run, compiled, state, rules, replicated,
                                            manager, reporter, watch, start)
         if decision is not None and decision.signum:
