@@ -123,6 +123,18 @@ def test_sweep_refuses_a_batch_size_the_devices_do_not_split(tmp_path, repo_root
     assert not workdir.exists()
 
 
+def test_a_sweep_changed_since_it_started_is_refused(tmp_path, repo_root):
+    path = os.path.join(repo_root, "configs", "sweeps", "sampling_steps.py")
+    runs = sweeps.expand(path)
+    sweeps.write_runs(runs, str(tmp_path))
+    sweeps.check_unchanged(runs, str(tmp_path))  # the same sweep again: nothing changed
+    sweeps.check_unchanged(sweeps.expand(path)[:1], str(tmp_path / "new"))
+    changed = sweeps.expand(path, [("train.epochs", "7"), ("seed", "3")])
+    with pytest.raises(UserError, match=r"run 000-steps=6: .*config.json was written with other "
+                                        r"values of seed, train.epochs; use another --workdir"):
+        sweeps.check_unchanged(changed, str(tmp_path))
+
+
 def test_host_device_count_reads_xla_flags():
     assert sweeps.host_device_count("") == 1
     assert sweeps.host_device_count("--xla_cpu_x=1 --xla_force_host_platform_device_count=2 "

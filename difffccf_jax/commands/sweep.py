@@ -102,6 +102,7 @@ def run_sweep(args):
         args.launcher, resources, sweeps.parse_minutes(args.time), setup=args.setup,
         parallel=args.parallel, slurm_fields=fields)
     sweeps.validate(runs, resources)
+    sweeps.check_unchanged(runs, args.workdir)
     executor = sweeps.make_executor(args.launcher, os.path.join(args.workdir, "logs", "%j"),
                                     parameters)
     sweeps.write_runs(runs, args.workdir)

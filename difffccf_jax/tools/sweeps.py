@@ -230,6 +230,30 @@ def validate(runs, resources):
                 raise UserError(f"run {run.name}: config.data.{field}={folder!r} is not a folder")
 
 
+def _flat(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def check_unchanged(runs, workdir):
+    """Raises UserError when a run's folder in `workdir` already holds another config than the
+    sweep now gives it: its checkpoints belong to the old one, so it must not resume."""
+    for run in runs:
+        path = os.path.join(workdir, run.name, "config.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as file:
+            saved = _flat(json.load(file))
+        wanted = _flat(json.loads(run.config.to_json()))
+        changed = sorted(key for key in saved.keys() | wanted.keys()
+                         if saved.get(key) != wanted.get(key))
+        if changed:
+            raise UserError(f"run {run.name}: {path} was written with other values of "
+                            f"{', '.join(changed)}; use another --workdir, or delete the run's "
+                            "folder to start it again")
+
+
 def parse_minutes(text):
     """SLURM's time formats (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes,
     rounded up."""
