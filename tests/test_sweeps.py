@@ -87,6 +87,12 @@ def test_slurm_launch_is_one_submitit_job_array(tmp_path, repo_root, monkeypatch
                  "#SBATCH --cpus-per-task=16", "#SBATCH --signal=USR2@90", "module load cuda"):
         assert line in script.splitlines(), line
     assert "srun --unbuffered" in script and "-m submitit.core._submit" in script
+    # Without --parallel every run of the array may start at once.
+    assert cli.main(["sweep", "--sweep", os.path.join(repo_root, "configs", "sweeps",
+                                                      "adaptive_weighting.py"),
+                     "--workdir", str(tmp_path / "all"), "--launcher", "slurm",
+                     f"--config.data.root={data}"]) == 0
+    assert "#SBATCH --array=0-5%6" in script_copy.read_text().splitlines()
     # Each array task's pickled job is the run folder's RunJob; each folder holds its config.
     runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "adaptive_weighting.py"))
     for index, run in enumerate(runs):

@@ -37,8 +37,9 @@ def register(subparsers):
     sweep.add_argument("--time", default="24:00:00",
                        help="time limit of one job (SLURM format); a run that needs longer "
                             "is requeued and resumes")
-    sweep.add_argument("--parallel", type=int, default=1,
-                       help="runs at a time (SLURM: the job array's throttle)")
+    sweep.add_argument("--parallel", type=int, default=None,
+                       help="runs at a time (default: 1 here; on SLURM the job array's "
+                            "throttle, default none)")
     sweep.add_argument("--setup", action="append", default=[], metavar="LINE",
                        help="shell line run before each job (repeat), e.g. 'module load cuda'")
     for field in ("partition", "account", "qos", "mem", "constraint"):
@@ -110,7 +111,7 @@ def run_sweep(args):
                if not sweeps.is_done(os.path.join(args.workdir, run.name))]
     print(f"{len(runs)} runs in {args.workdir}, {len(runs) - len(pending)} done before; "
           f"launching {len(pending)} ({args.launcher})")
-    jobs = sweeps.launch(executor, pending, parallel=args.parallel)
+    jobs = sweeps.launch(executor, pending, parallel=args.parallel or 1)
     if args.launcher == "slurm":
         if jobs:
             print(f"submitted job array {jobs[0].job_id.split('_')[0]}; progress: "

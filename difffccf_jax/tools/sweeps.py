@@ -273,11 +273,13 @@ def parse_minutes(text):
     return day_count * 1440 + hours * 60 + minutes + (1 if seconds else 0)
 
 
-def executor_parameters(launcher, resources, minutes, setup=(), parallel=1, slurm_fields=None):
+def executor_parameters(launcher, resources, minutes, setup=(), parallel=None,
+                        slurm_fields=None):
     """AutoExecutor.update_parameters arguments for `launcher` ('slurm' or 'local').
 
     slurm_fields: sbatch fields by submitit's names (partition, account, qos, mem, constraint,
-    ...); on SLURM the job array runs at most `parallel` runs at a time."""
+    ...); on SLURM the job array runs at most `parallel` runs at a time (None: submitit's
+    limit, 256)."""
     parameters = dict(name="difffccf-sweep", nodes=resources.nodes,
                       tasks_per_node=resources.tasks_per_node, timeout_min=minutes)
     if resources.gpus_per_node:
@@ -287,10 +289,12 @@ def executor_parameters(launcher, resources, minutes, setup=(), parallel=1, slur
             raise UserError(f"--launcher local runs on this machine: --nodes must be 1, "
                             f"got {resources.nodes}")
         if slurm_fields:
-            raise UserError("--slurm.* fields need --launcher slurm: "
-                            + ", ".join(sorted(slurm_fields)))
+            raise UserError(f"{', '.join(sorted(slurm_fields))}: SLURM fields, they need "
+                            "--launcher slurm")
         return dict(parameters, local_setup=list(setup))
-    return dict(parameters, slurm_array_parallelism=parallel, slurm_setup=list(setup),
+    if parallel:
+        parameters["slurm_array_parallelism"] = parallel
+    return dict(parameters, slurm_setup=list(setup),
                 **{f"slurm_{key}": value for key, value in (slurm_fields or {}).items()})
 
 
