@@ -89,7 +89,9 @@ def get_config(arg=None):
         batch_size=4,  # global batch
         shuffle_seed=0,
         eval_root="",  # held-out pairs a sweep run is scored on; "" scores the root's pairs
-        tfds_dir="",  # "" reads the image folders into memory; else a tfds array_record cache
+        # A tfds array_record cache of the pairs, read at random (data/pipeline.py); "" reads the
+        # image folders into memory, or in a multi-process run caches them in WORKDIR/data_cache.
+        tfds_dir="",
         layouts=dict(
             pet=_layout("HARVARD-PET-MRI", "MRI", "PET", True, False),
             spect=_layout("HARVARD-SPECT-MRI", "MRI", "SPECT", True, False),
@@ -231,7 +233,12 @@ def get_config(arg=None):
         distributed=False,  # call jax.distributed.initialize() (also when SLURM asks for it)
         init_params="",  # a checkpoint directory whose parameters start training (convert-torch)
         fast_compile=False,  # XLA backend optimisation level 0: ~3x faster compiles on CPU
-        max_minutes=0.0,  # > 0: stop (with a checkpoint) at the first epoch end past this time
+        # > 0: stop (with a checkpoint) at the first check this long after the first step
+        max_minutes=0.0,
+        # Also checkpoint when this many minutes passed since the last checkpoint (0: never).
+        # Time budget, timed checkpoints and stop signals (SIGTERM, USR1, USR2) are checked
+        # every log_every_steps steps and at every epoch end, alike on every process.
+        checkpoint_every_minutes=30.0,
     ))
 
     config.sampling = ml_collections.ConfigDict(dict(

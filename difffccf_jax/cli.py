@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from difffccf_jax.config_cli import split_overrides
+from difffccf_jax.config_cli import SLURM_PREFIX, split_overrides
 from difffccf_jax.errors import UserError
 
 COMMAND_MODULES = (
@@ -65,12 +65,16 @@ def main(argv=None):
     parser = build_parser()
     try:
         overrides, rest = split_overrides(argv)
+        slurm_fields, rest = split_overrides(rest, SLURM_PREFIX)
     except UserError as error:
         parser.error(str(error))
     args = parser.parse_args(rest)
     args.config_overrides = overrides
     if overrides and not hasattr(args, "config"):
         parser.error(f"'difffccf {args.command}' takes no --config.* overrides")
+    if slurm_fields and not hasattr(args, "slurm_fields"):
+        parser.error(f"'difffccf {args.command}' takes no {SLURM_PREFIX}* fields")
+    args.slurm_fields = slurm_fields
     use_compilation_cache(os.environ)
     try:
         return int(args.run(args) or 0)

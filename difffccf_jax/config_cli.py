@@ -17,6 +17,7 @@ from difffccf_jax import config_versions, files
 from difffccf_jax.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
+SLURM_PREFIX = "--slurm."  # `difffccf sweep`: any sbatch field submitit sets
 SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs")
 
@@ -134,14 +135,15 @@ def apply_override(config, dotted_key, text):
     node[leaf] = _coerce(dotted_key, old, _parse_value(text))
 
 
-def split_overrides(argv):
-    """Separates `--config.key=value` (or `--config.key value`) items from the rest of argv."""
+def split_overrides(argv, prefix=OVERRIDE_PREFIX):
+    """Separates `--config.key=value` (or `--config.key value`) items, or those of another
+    `prefix`, from the rest of argv."""
     overrides, rest = [], []
     items = list(argv)
     while items:
         item = items.pop(0)
-        if item.startswith(OVERRIDE_PREFIX):
-            key, eq, value = item[len(OVERRIDE_PREFIX):].partition("=")
+        if item.startswith(prefix):
+            key, eq, value = item[len(prefix):].partition("=")
             if not eq:
                 if not items:
                     raise UserError(f"{item} needs a value ({item}=VALUE)")

@@ -55,9 +55,10 @@ def _to_version_1(config):
 def _to_version_2(config):
     """The published sampling loop's five details as settings, at the values configs of version
     1 ran with: equal thirds, the population std, float colour conversions, rounded output
-    levels, float64 schedule tables."""
+    levels, float64 schedule tables; and no timed checkpoints."""
     _fill(config.sampling, stages="thirds", condition_std="population", color_conversion="float",
           output_levels="round", schedule_precision="float64")
+    _fill(config.train, checkpoint_every_minutes=0.0)
 
 
 STEPS = (_to_version_1, _to_version_2)  # STEPS[v] brings a version-v config to version v + 1

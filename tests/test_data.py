@@ -286,10 +286,13 @@ def test_tfds_source_and_array_source_agree(tfds_dir, root, data_config):
         np.testing.assert_array_equal(from_tfds[key], from_arrays[key])
 
 
-def test_source_from_config_reads_folders_or_tfds(tfds_dir, root, data_config):
+def test_source_from_config_reads_folders_or_tfds(tfds_dir, root, data_config, tmp_path):
+    """One process reads the folders into memory (a multi-process run's cache folder is left
+    unused; tests/test_train.py checks the multi-process cache), or the tfds_dir cache."""
     config = data_config.copy_and_resolve_references()
     config.root = root
-    in_memory = pipeline.source_from_config(config, "pet")
+    in_memory = pipeline.source_from_config(config, "pet", cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
     config.tfds_dir = tfds_dir
     through_tfds = pipeline.source_from_config(config, "pet")
     assert isinstance(in_memory, pipeline.ArraySource)

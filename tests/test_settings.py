@@ -31,7 +31,7 @@ LISTED_READERS = {
     "data.crop_size": "train.setup_run (pipeline.BatchIterator)",
     "data.batch_size": "train.setup_run (pipeline.BatchIterator)",
     "data.shuffle_seed": "train.setup_run (pipeline.BatchIterator)",
-    "data.eval_root": "tools.sweeps (the held-out pairs a run is scored on)",
+    "data.eval_root": "evaluation.trained_run (the held-out pairs a run is scored on)",
     "data.tfds_dir": "pipeline.source_from_config",
     "optim.ema_decay": "train.setup_run",
     "optim.registration_lr_factor": "train.setup_run (train_step)",
@@ -43,7 +43,8 @@ LISTED_READERS = {
     "train.distributed": "train.fit (parallel.initialize_distributed)",
     "train.init_params": "train.initial_params",
     "train.fast_compile": "train.fit",
-    "train.max_minutes": "train.fit",
+    "train.max_minutes": "train.fit (training.stopping)",
+    "train.checkpoint_every_minutes": "train.fit (training.stopping)",
     "sampling.batch_size": "fusion.sampling_settings",
     "sampling.seed": "fusion.sampling_settings",
 }

@@ -8,6 +8,7 @@ persistent compilation cache compiles it once per device layout.
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import optax
 import pytest
 
 from difffccf_jax import cli, parallel
+from difffccf_jax.evaluation import trained_run
 from difffccf_jax.model import checkpoints
-from difffccf_jax.training import losses, train, weighting
+from difffccf_jax.training import losses, stopping, train, weighting
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
 
@@ -276,6 +278,59 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(reference, config, 
         assert got[step] == expected[step]
 
 
+def signal_after_step(monkeypatch, step, signum=signal.SIGTERM):
+    """Makes the training loop send `signum` to this process once `step` is dispatched."""
+    add = train.StepReporter.add
+
+    def add_then_signal(self, host_step, *args):
+        add(self, host_step, *args)
+        if host_step == step:
+            os.kill(os.getpid(), signum)
+    monkeypatch.setattr(train.StepReporter, "add", add_then_signal)
+
+
+def progress_at(checkpoint_dir, step):
+    manager = checkpoints.open_manager(checkpoint_dir, read_only=True)
+    return manager.restore(step, args=checkpoints.ocp.args.Composite(
+        progress=checkpoints.ocp.args.JsonRestore()))["progress"]
+
+
+def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_bit_equal(
+        reference, config, tmp_path, monkeypatch):
+    """SIGTERM during step 5 (epoch 1's second step) with a checkpoint due every check: steps 4
+    (timed) and 5 (the stop) are saved, `Preempted` names the step, the handlers are put back;
+    resuming ends with the uninterrupted run's state, bit for bit."""
+    state, workdir = reference
+    timed = config.copy_and_resolve_references()
+    timed.train.checkpoint_every_minutes = 1e-9
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    handler = signal.getsignal(signal.SIGTERM)
+    with monkeypatch.context() as patch:
+        signal_after_step(patch, 5)
+        with pytest.raises(stopping.Preempted) as stopped:
+            train.fit(timed, run_dir)
+    assert (stopped.value.signum, stopped.value.step) == (signal.SIGTERM, 5)
+    assert "SIGTERM after step 5" in str(stopped.value)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    checkpoint_dir = os.path.join(run_dir, train.CHECKPOINT_DIR)
+    assert list(checkpoints.open_manager(checkpoint_dir, read_only=True).all_steps()) == [3, 4, 5]
+    assert {k: v for k, v in progress_at(checkpoint_dir, 5).items() if k != "data"} == dict(
+        epoch=1, epoch_step=2, step=5)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5]
+    assert_trees_equal(train.fit(timed, run_dir), state)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+
+
+def test_time_budget_stops_at_the_first_check_with_a_checkpoint(reference, config, tmp_path):
+    _, workdir = reference
+    budget = config.copy_and_resolve_references()
+    budget.train.max_minutes = 1e-9
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    assert int(train.fit(budget, run_dir).step) == 4
+    manager = checkpoints.open_manager(os.path.join(run_dir, train.CHECKPOINT_DIR))
+    assert list(manager.all_steps()) == [3, 4]
+
+
 def test_restore_onto_two_and_one_devices(reference, config):
     state, workdir = reference
     manager = checkpoints.open_manager(os.path.join(workdir, train.CHECKPOINT_DIR))
@@ -354,35 +409,141 @@ def free_port():
         return sock.getsockname()[1]
 
 
-@pytest.mark.multiprocess
-def test_two_processes_train_like_one_process_with_four_devices(
-        reference, tiny_config_path, overrides, tmp_path):
-    """Two processes with 2 devices each resume the reference run after epoch 1 and train
-    epoch 2 together; both end with the reference run's parameters."""
-    state, workdir = reference
-    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+# Resumes (finds the run trained) and scores it as a sweep run does; process 0 writes the scores.
+SCORING_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    from difffccf_jax.evaluation import trained_run
+    from difffccf_jax.training import train
+    from difffccf_jax.config_cli import load_config
+    config = load_config(sys.argv[1], [tuple(item) for item in json.loads(sys.argv[2])])
+    train.fit(config, sys.argv[3])
+    scores = trained_run.score(config, sys.argv[3])
+    assert (scores is None) == (jax.process_index() != 0), scores
+    if scores is not None:
+        with open(sys.argv[4], "w") as file:
+            json.dump(scores, file)
+""")
+
+
+# Sends SIGTERM to process TEST_SIGNAL_PROCESS once it has dispatched step TEST_SIGNAL_STEP,
+# then trains through the command line.
+SIGNALLED_WORKER = textwrap.dedent("""
+    import os, signal, sys
+    from difffccf_jax import cli
+    from difffccf_jax.training import train
+    step, process = int(os.environ["TEST_SIGNAL_STEP"]), int(os.environ["TEST_SIGNAL_PROCESS"])
+    add = train.StepReporter.add
+    def add_then_signal(self, host_step, *args):
+        add(self, host_step, *args)
+        if host_step == step and int(os.environ["JAX_PROCESS_ID"]) == process:
+            os.kill(os.getpid(), signal.SIGTERM)
+    train.StepReporter.add = add_then_signal
+    sys.exit(cli.main(sys.argv[1:]))
+""")
+
+
+def run_two_processes(arguments, extra_env=None):
+    """Runs `python -c ARGUMENTS[i]...` as process i of 2 (2 CPU devices each, a localhost
+    coordinator); returns their (exit status, output)."""
     port = free_port()
     workers = []
     for process_id in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu",
                    XLA_FLAGS="--xla_force_host_platform_device_count=2",
                    JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(process_id))
-        workers.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, tiny_config_path, json.dumps(overrides), run_dir,
-             str(tmp_path / f"params{process_id}.npz")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                   JAX_PROCESS_ID=str(process_id), **(extra_env or {}))
+        workers.append(subprocess.Popen([sys.executable, "-c", *arguments[process_id]],
+                                        env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True))
     try:
         outputs = [worker.communicate(timeout=400)[0] for worker in workers]
     finally:
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-    for worker, output in zip(workers, outputs):
-        assert worker.returncode == 0, output[-3000:]
-    params = [np.load(tmp_path / f"params{i}.npz") for i in range(2)]
+    return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
+
+
+def train_two_processes(tiny_config_path, overrides, run_dir, params_path):
+    """Two processes train (resume) `run_dir`; returns both processes' final parameters."""
+    results = run_two_processes([
+        (WORKER, tiny_config_path, json.dumps(overrides), run_dir, f"{params_path}{i}.npz")
+        for i in range(2)])
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    params = [np.load(f"{params_path}{i}.npz") for i in range(2)]
+    return [[p[f"arr_{i}"] for i in range(len(p.files))] for p in params]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(reference, tiny_config_path, overrides, tmp_path_factory):
+    """(both processes' final parameters, workdir) of two processes with 2 devices each that
+    resume the reference run after epoch 1 and train epoch 2 together."""
+    _, workdir = reference
+    tmp = tmp_path_factory.mktemp("two_processes")
+    run_dir = back_to_epoch_one(workdir, str(tmp / "run"))
+    return train_two_processes(tiny_config_path, overrides, run_dir, str(tmp / "params")), run_dir
+
+
+@pytest.mark.multiprocess
+def test_two_processes_train_like_one_process_with_four_devices(reference, two_process_run):
+    state, _ = reference
+    params, run_dir = two_process_run
     expected = [np.asarray(x.addressable_data(0)) for x in jax.tree.leaves(state.params)]
-    for i, leaf in enumerate(expected):
-        np.testing.assert_array_equal(params[0][f"arr_{i}"], params[1][f"arr_{i}"])
-        np.testing.assert_allclose(params[0][f"arr_{i}"], leaf, rtol=1e-5, atol=1e-6)
+    for first, second, leaf in zip(*params, expected):
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_allclose(first, leaf, rtol=1e-5, atol=1e-6)
     assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+    # Without config.data.tfds_dir, the processes read the pairs from the cache process 0 built.
+    assert sorted(os.listdir(os.path.join(run_dir, train.DATA_CACHE_DIR, "difffccf_pairs"))) == [
+        "pet_16", "spect_16"]
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
+        reference, two_process_run, tiny_config_path, overrides, tmp_path):
+    """SIGTERM reaches process 1 during step 4: both processes save step 4 and exit 0 through
+    `difffccf train`; two processes resuming it end bit-equal to the uninterrupted two."""
+    _, workdir = reference
+    run_dir = back_to_epoch_one(workdir, str(tmp_path / "run"))
+    command = ["train", "--config", tiny_config_path, "--workdir", run_dir] + [
+        f"--config.{key}={value}" for key, value in overrides]
+    results = run_two_processes([(SIGNALLED_WORKER, *command)] * 2,
+                                dict(TEST_SIGNAL_STEP="4", TEST_SIGNAL_PROCESS="1"))
+    for status, output in results:
+        assert status == 0, output[-3000:]
+        assert "training stopped on SIGTERM after step 4" in output, output[-3000:]
+    manager = checkpoints.open_manager(os.path.join(run_dir, train.CHECKPOINT_DIR),
+                                       read_only=True)
+    assert list(manager.all_steps()) == [3, 4]
+    params = train_two_processes(tiny_config_path, overrides, run_dir, str(tmp_path / "params"))
+    for resumed, uninterrupted in zip(params[0], two_process_run[0][0]):
+        np.testing.assert_array_equal(resumed, uninterrupted)
+    assert sorted(step_records(read_metrics(run_dir))) == [4, 5, 6]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_score_a_trained_run_once_on_process_zero(
+        two_process_run, config, tiny_config_path, overrides, tmp_path):
+    """After two-process training, process 0 fuses on its 2 local devices while process 1
+    waits; the scores equal those of one process fusing on all 4 devices."""
+    _, trained_dir = two_process_run
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(trained_dir, run_dir)
+    scores_path = str(tmp_path / "scores.json")
+    results = run_two_processes([
+        (SCORING_WORKER, tiny_config_path, json.dumps(overrides), run_dir, scores_path)] * 2)
+    for status, output in results:
+        assert status == 0, output[-3000:]
+    with open(scores_path, encoding="utf-8") as file:
+        scores = json.load(file)
+    one_process_dir = str(tmp_path / "one_process")
+    shutil.copytree(trained_dir, one_process_dir)
+    expected = trained_run.fuse_and_score(config, one_process_dir)
+    assert sorted(scores) == sorted(expected) and len(expected) > 3
+    for name, value in expected.items():  # None: a metric undefined at 16 px
+        assert scores[name] == (None if value is None else pytest.approx(value, rel=1e-4,
+                                                                         abs=1e-5)), name
+    assert sorted(os.listdir(os.path.join(run_dir, trained_run.FUSED_FOLDER))) == sorted(
+        os.listdir(os.path.join(one_process_dir, trained_run.FUSED_FOLDER)))

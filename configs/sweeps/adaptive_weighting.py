@@ -1,7 +1,7 @@
 """Adaptive loss weighting (docs/method.md section 8) on versus off, each with three seeds.
 
     difffccf sweep --sweep configs/sweeps/adaptive_weighting.py:paper --workdir runs/weighting \
-        --launcher slurm --config.data.root=DATA
+        --launcher slurm --gpus-per-node 8 --config.data.batch_size=32 --config.data.root=DATA
 
 `:demo` is the demo's setting (tiny model, 96 px pairs, 32 px training crops, 30 sampling steps)
 with a fixed number of training steps, so that policy on and off train equally long whatever
@@ -20,7 +20,7 @@ from difffccf_jax.tools.sweeps import product
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DEMO_TRAIN_PAIRS = 24
-DEMO_EPOCHS = 60  # 6 steps of 4 pairs per epoch: 360 steps
+DEMO_TRAIN_STEPS = 360  # 60 epochs of 6 steps of 4 pairs
 
 
 def get_config(arg=None):
@@ -28,10 +28,8 @@ def get_config(arg=None):
     if arg == "demo":
         from difffccf_jax.tools import demo
 
-        config = demo.demo_config("pet", image_size=96, minutes=0, data_root="",
-                                  train_pairs=DEMO_TRAIN_PAIRS, sampling_steps=30, crop_size=32)
-        config.train.epochs = DEMO_EPOCHS
-        return config
+        return demo.demo_config("pet", image_size=96, train_steps=DEMO_TRAIN_STEPS, data_root="",
+                                train_pairs=DEMO_TRAIN_PAIRS, sampling_steps=30, crop_size=32)
     return load_config_file(os.path.join(CONFIGS, f"{arg or 'tiny'}.py"))
 
 

@@ -1,7 +1,7 @@
 """Number of respaced sampling steps (docs/method.md section 6) for one trained configuration.
 
     difffccf sweep --sweep configs/sweeps/sampling_steps.py:paper --workdir runs/steps \
-        --launcher slurm --config.data.root=DATA
+        --launcher slurm --gpus-per-node 8 --config.data.batch_size=32 --config.data.root=DATA
 """
 
 import os

@@ -15,6 +15,10 @@ def register(subparsers):
 
 
 def run(args):
-    from difffccf_jax.training import train
+    from difffccf_jax.training import stopping, train
 
-    train.fit(config_from_args(args), args.workdir)
+    try:
+        train.fit(config_from_args(args), args.workdir)
+    except stopping.Preempted as stopped:
+        # A requested stop, not a failure: the checkpoint is saved and the command resumes.
+        print(stopped)

@@ -29,6 +29,8 @@ uninterrupted one, on any number of processes.
     position = batches.state()  # store with the checkpoint; later batches.restore(position)
 """
 
+import os
+
 import jax
 import numpy as np
 
@@ -68,18 +70,22 @@ class TfdsSource:
         return dict(a=a, b=b)
 
 
-def source_from_config(data_config, task):
-    """The pairs of `task`: read into memory from config.data.root, or, when
-    config.data.tfds_dir is set, through the tfds array_record dataset prepared there."""
+def source_from_config(data_config, task, cache_dir=""):
+    """The pairs of `task`: through the tfds array_record dataset in config.data.tfds_dir, or
+    else, in a multi-process run, in `cache_dir` (random access: each process holds only the
+    rows it reads); else read into memory from config.data.root. The dataset is prepared by
+    process 0 while the others wait."""
     layout = layouts.layout_from_config(data_config, task)
-    if not data_config.tfds_dir:
+    tfds_dir = data_config.tfds_dir or (cache_dir if jax.process_count() > 1 else "")
+    if not tfds_dir:
         arrays = layouts.load_pairs(data_config.root, layout, data_config.image_size)
         return ArraySource(arrays.a, arrays.b)
     from difffccf_jax.data import tfds_builder  # pylint: disable=import-outside-toplevel
-    tfds_builder.prepare(data_config.root, layout, data_config.image_size,
-                         data_config.tfds_dir)
-    return TfdsSource(tfds_builder.data_source(task, data_config.image_size,
-                                               data_config.tfds_dir))
+    if jax.process_index() == 0:
+        tfds_builder.prepare(data_config.root, layout, data_config.image_size, tfds_dir)
+    parallel.wait_for_all_processes(f"difffccf-data-{task}-{data_config.image_size}-"
+                                    f"{os.path.abspath(tfds_dir)}")
+    return TfdsSource(tfds_builder.data_source(task, data_config.image_size, tfds_dir))
 
 
 CROP_STREAM = 1  # tells the crop RNG's seed (seed, epoch, step, 1) from the order's (seed, epoch)

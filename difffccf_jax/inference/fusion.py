@@ -247,6 +247,19 @@ def crop(out, index, height, width):
     return sampling.SampleOutput(*(field[index, :height, :width] for field in out))
 
 
+def placed_on(sample, mesh):
+    """`sample` (a `sampling.make_sampler` over `mesh`) with its host arguments first put on the
+    shardings it was compiled for: in a multi-process run JAX refuses NumPy inputs to a sharded
+    program, even one on this process's devices only."""
+    replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+    def call(params, schedule, a, b, key, pair_ids):
+        a, b, pair_ids = jax.device_put((a, b, pair_ids), split)
+        schedule, key = jax.device_put((schedule, key), replicated)
+        return sample(params, schedule, a, b, key, pair_ids)
+    return call
+
+
 def fuse_by_size(sample, params, schedule, inputs, padded, key, batch_size, num_devices):
     """Yields (pair index, the pair's SampleOutput at its own size, NumPy) for the pairs
     `inputs` [(a [H, W, 1], b [H, W, 3])], each padded to its size in `padded` [(H', W')] and
@@ -264,13 +277,15 @@ def fuse_by_size(sample, params, schedule, inputs, padded, key, batch_size, num_
 def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, steps=None,
                 batch_size=None, seed=None, stochastic=False, output=None, register=None,
                 resize_to=None, tile=None, save_extras=False, overwrite=False,
-                show_progress=True):
+                show_progress=True, devices=None):
     """Fuses every pair under `data` (the task's published layout) or of the folders a_dir and
     b_dir with the checkpoint's model into `out`; returns a FusedFolder. Pairs keep their own
     size, or are resized to resize_to x resize_to; on pairs larger than tile x tile (after
     padding) the network runs in tiles (default: TILE_BOTTLENECK bottleneck pixels a side).
     Sampling settings left None come from the checkpoint's config (see `sampling_settings`).
-    Everything is checked before the first file is written."""
+    Everything is checked before the first file is written. devices: the devices that fuse
+    (default: all of every process); one process of a multi-process run passes its
+    jax.local_devices() to fuse alone."""
     config = checkpoints.read_config(checkpoint)
     settings = sampling_settings(config, steps, batch_size, seed, stochastic, output, register)
     multiple = size_multiple(config.model)
@@ -292,12 +307,15 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
     if not overwrite:
         check_not_overwriting(planned)
 
-    _, params = checkpoints.load_for_inference(checkpoint)  # the config is read (and set) above
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(devices)
+    # One process of several fusing on its own devices reads the checkpoint alone.
+    alone = jax.process_count() > 1 and {
+        device.process_index for device in mesh.devices.flat} == {jax.process_index()}
+    _, params = checkpoints.load_for_inference(checkpoint, alone=alone)  # config: read above
     params = jax.device_put(params, parallel.replicated(mesh))
     network = tiling.TiledNetwork(unet.model_from_config(config.model), tile)
     sample, schedule = sampling.sampler_from_config(config, task, mesh=mesh, model=network)
-    fused_pairs = fuse_by_size(sample, params, schedule, inputs, padded,
+    fused_pairs = fuse_by_size(placed_on(sample, mesh), params, schedule, inputs, padded,
                                jax.random.PRNGKey(settings.seed), settings.batch_size, mesh.size)
     os.makedirs(out, exist_ok=True)
     for index, fused in tqdm.tqdm(fused_pairs, total=len(names), desc="fuse", unit="pair",

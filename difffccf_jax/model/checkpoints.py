@@ -43,17 +43,22 @@ def _array_handler():
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-def open_manager(directory, keep=None, read_only=False):
+def open_manager(directory, keep=None, read_only=False, alone=False):
     """An orbax CheckpointManager over `directory` keeping the last `keep` steps (None: all).
 
     Saves are synchronous: training donates its state buffers to the next step, so the arrays
-    must be written before it runs.
+    must be written before it runs. alone: only this process uses the manager (read_only; one
+    process of a multi-process run reading while the others do not), so orbax's barriers wait
+    for no other process.
     """
     handlers = {name: _array_handler() for name in ARRAY_ITEMS}
     handlers[PROGRESS_ITEM] = ocp.JsonCheckpointHandler()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only)
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()})
+        if alone else ocp.options.MultiprocessingOptions())
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_handlers=handlers)
 
@@ -157,16 +162,17 @@ def expected_params(config):
     return _TRACED_SHAPES[key]
 
 
-def read_params(path, prefer_ema=True, sharding=None):
+def read_params(path, prefer_ema=True, sharding=None, alone=False):
     """(config, params) of the latest step in checkpoint directory `path`.
 
     Takes the EMA parameters when present and `prefer_ema`; arrays get `sharding` (default: the
-    first local device). Shapes are checked against the config's model.
+    first local device). Shapes are checked against the config's model. alone: only this
+    process reads (see `open_manager`).
     """
     if not os.path.isdir(path):
         raise UserError(f"checkpoint directory {path} does not exist")
     config = read_config(path)
-    manager = open_manager(path, read_only=True)
+    manager = open_manager(path, read_only=True, alone=alone)
     step = manager.latest_step()
     if step is None:
         raise UserError(f"{path} holds no complete checkpoint step")
@@ -180,10 +186,11 @@ def read_params(path, prefer_ema=True, sharding=None):
     return config, restored[name]
 
 
-def load_for_inference(path):
+def load_for_inference(path, alone=False):
     """(config, params) for sampling from a checkpoint directory written by training (latest
-    step, EMA parameters when the run kept them) or by `write_params_checkpoint`."""
-    return read_params(path, prefer_ema=True)
+    step, EMA parameters when the run kept them) or by `write_params_checkpoint`. alone: only
+    this process reads (see `open_manager`)."""
+    return read_params(path, prefer_ema=True, alone=alone)
 
 
 def write_params_checkpoint(path, config, params):

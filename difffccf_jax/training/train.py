@@ -23,12 +23,13 @@ from flax import struct
 
 from difffccf_jax import compilation, parallel
 from difffccf_jax.model import checkpoints, diffusion, regions, settings, unet
-from difffccf_jax.training import losses, weighting
+from difffccf_jax.training import losses, stopping, weighting
 from difffccf_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+DATA_CACHE_DIR = "data_cache"  # the pairs' array_record cache of a multi-process run
 
 
 class NonFiniteLoss(UserError):
@@ -274,13 +275,16 @@ def epoch_plan(seed, epochs, tasks, steps_per_epoch, steps_per_pass):
     return plan
 
 
-def setup_run(config, mesh):
-    """The data iterators, epoch plan, model, optimiser and step options of `config`."""
+def setup_run(config, mesh, data_cache=""):
+    """The data iterators, epoch plan, model, optimiser and step options of `config`.
+    data_cache: where a multi-process run caches the pairs without config.data.tfds_dir
+    (`pipeline.source_from_config`)."""
     from difffccf_jax.data import layouts, pipeline
 
     parallel.check_batch_size(config.data.batch_size, mesh)
     tasks = layouts.tasks_from_config(config.data)
-    batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task),
+    batches = {task: pipeline.BatchIterator(pipeline.source_from_config(config.data, task,
+                                                                        data_cache),
                                             config.data.batch_size, mesh,
                                             seed=config.data.shuffle_seed,
                                             crop_size=config.data.crop_size)
@@ -330,12 +334,6 @@ def compile_step(step_fn, args, fast):
     optimisation level 0 (much shorter compiles on CPU, slower steps)."""
     options = {"xla_backend_optimization_level": 0} if fast else None
     return step_fn.lower(*args).compile(compiler_options=options)
-
-
-def over_time_budget(max_minutes, start):
-    """True when a positive budget of `max_minutes` has passed since `start` (perf_counter);
-    training then stops at the end of the epoch with a checkpoint."""
-    return max_minutes > 0 and time.perf_counter() - start >= 60 * max_minutes
 
 
 class PendingMetrics:
@@ -438,75 +436,122 @@ class StepReporter:
 
 
 def restore_or_start(run, config, mesh, manager):
-    """(TrainState, first epoch): the latest checkpoint in `manager` with the data iterators
-    moved to where it stopped, or a fresh state at epoch 0."""
+    """(TrainState, epoch, steps of that epoch already taken): the latest checkpoint in
+    `manager` with the data iterators moved to where it stopped, or a fresh state at (0, 0)."""
     latest = manager.latest_step()
     if latest is None:
-        return new_state(run, config, mesh), 0
+        return new_state(run, config, mesh), 0, 0
     abstract = jax.eval_shape(run.create, jax.random.PRNGKey(config.seed))
     state, progress = restore_state(manager, latest, abstract, mesh)
     for task, position in progress["data"].items():
         run.batches[task].restore(position)
-    return state, int(progress["epoch"])
+    return state, int(progress["epoch"]), int(progress.get("epoch_step", 0))
+
+
+def checkpoint_due(config, epoch, epoch_end, decision):
+    """Whether the step that ends (epoch_end) or continues `epoch` is saved: every
+    checkpoint_every_epochs epochs, after the last epoch, and when `decision` (a
+    stopping.Decision, or None between checks) asks for it."""
+    epochs_due = epoch_end and ((epoch + 1) % config.train.checkpoint_every_epochs == 0
+                                or epoch + 1 == config.train.epochs)
+    return epochs_due or (decision is not None and decision.checkpoint)
+
+
+def save_progress(manager, state, run, host_step, epoch, epoch_step):
+    """Saves `state` as checkpoint `host_step` with where training stands: `epoch` in progress
+    with `epoch_step` of its steps taken (an epoch's end is saved as (epoch + 1, 0)) and every
+    data iterator's position."""
+    position = dict(epoch=epoch, epoch_step=epoch_step, step=host_step,
+                    data={name: it.state() for name, it in run.batches.items()})
+    checkpoints.save(manager, host_step, state_to_items(state), position)
+
+
+def compile_train_step(config, run, mesh, state, rules, log, progress):
+    """The train step compiled for the run's batches (every task's batches have one shape, so
+    one program serves the whole run), once every process has compiled it."""
+    replicated = parallel.replicated(mesh)
+    first_task = run.plan[0][0]
+    example = (state, run.batches[first_task].element_spec(), rules[first_task],
+               jax.device_put(jnp.float32(0.0), replicated))
+    started = time.perf_counter()
+    compiled = compile_step(make_train_step(mesh, replicated, **run.step_options), example,
+                            config.train.fast_compile)
+    seconds = time.perf_counter() - started
+    parallel.wait_for_all_processes("difffccf-train-step-compiled")
+    progress.write(f"compiled the train step in {seconds:.1f} s")
+    log.write(int(state.step), {"compile_seconds": seconds})
+    return compiled
+
+
+def train_epochs(config, run, compiled, state, rules, replicated, manager, reporter, watch,
+                 start):
+    """The loop from `start` = (epoch, steps of it already taken): returns (final TrainState,
+    the stopping.Decision that stopped it early, or None when every epoch ran). `watch`
+    decides (alike on every process) every log_every_steps steps and at every epoch end."""
+    start_epoch, start_epoch_step = start
+    host_step = int(state.step)
+    for epoch in range(start_epoch, config.train.epochs):
+        task, steps = run.plan[epoch]
+        learning_rate = jax.device_put(
+            jnp.float32(learning_rate_at(config.optim, epoch)), replicated)
+        first = start_epoch_step if epoch == start_epoch else 0
+        for epoch_step in range(first + 1, steps + 1):
+            state, metrics = compiled(state, next(run.batches[task]), rules[task],
+                                      learning_rate)
+            host_step += 1
+            reporter.add(host_step, metrics, epoch, task)
+            epoch_end = epoch_step == steps
+            decision = None
+            if epoch_end or host_step % config.train.log_every_steps == 0:
+                reporter.report(epoch, task)
+                decision = watch.decide()
+            if checkpoint_due(config, epoch, epoch_end, decision):
+                save_progress(manager, state, run, host_step, *(
+                    (epoch + 1, 0) if epoch_end else (epoch, epoch_step)))
+                watch.checkpointed()
+                reporter.pending.restart_clock()
+            finished = epoch_end and epoch + 1 == config.train.epochs
+            if decision is not None and decision.stop and not finished:
+                return state, decision
+    return state, None
 
 
 def fit(config, workdir):
     """Trains as `config` says, checkpointing and logging into `workdir`; resumes from the
-    latest checkpoint there. Returns the final TrainState. (Scoring the result is the job of
-    `inference.fusion` and `evaluation.scoring`.)"""
+    latest checkpoint there. Returns the final TrainState; raises stopping.Preempted, after
+    every process saved the same step, when a stop signal arrived (module stopping). (Scoring
+    the result is the job of `inference.fusion` and `evaluation.scoring`.)"""
     parallel.initialize_distributed(config.train.distributed)
     mesh = parallel.make_mesh()
     replicated = parallel.replicated(mesh)
-    run = setup_run(config, mesh)
+    run = setup_run(config, mesh, os.path.join(workdir, DATA_CACHE_DIR))
     checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
     lead = jax.process_index() == 0
     if lead:
         os.makedirs(workdir, exist_ok=True)
         checkpoints.write_config(checkpoint_dir, config)
     manager = checkpoints.open_manager(checkpoint_dir, keep=config.train.keep_checkpoints)
-    state, start_epoch = restore_or_start(run, config, mesh, manager)
+    state, *start = restore_or_start(run, config, mesh, manager)
     rules = jax.device_put(run.rules, replicated)
     log = MetricsLog(workdir, enabled=lead)
-    host_step = int(state.step)
-    progress = TrainingProgress(sum(steps for _, steps in run.plan), host_step,
+    progress = TrainingProgress(sum(steps for _, steps in run.plan), int(state.step),
                                 config.train.max_minutes, enabled=lead)
     try:
-        if start_epoch < config.train.epochs:
-            # Every task's batches have one shape, so one compiled step serves the whole run.
-            first_task = run.plan[start_epoch][0]
-            example = (state, run.batches[first_task].element_spec(), rules[first_task],
-                       jax.device_put(jnp.float32(0.0), replicated))
-            started = time.perf_counter()
-            compiled = compile_step(make_train_step(mesh, replicated, **run.step_options),
-                                    example, config.train.fast_compile)
-            seconds = time.perf_counter() - started
-            parallel.wait_for_all_processes("difffccf-train-step-compiled")
-            progress.write(f"compiled the train step in {seconds:.1f} s")
-            log.write(host_step, {"compile_seconds": seconds})
-        reporter = StepReporter(log, progress, config.train.log_every_steps,
-                                config.data.batch_size, manager, checkpoint_dir)
-        loop_start = time.perf_counter()
-        for epoch in range(start_epoch, config.train.epochs):
-            task, steps = run.plan[epoch]
-            learning_rate = jax.device_put(
-                jnp.float32(learning_rate_at(config.optim, epoch)), replicated)
-            for _ in range(steps):
-                state, metrics = compiled(state, next(run.batches[task]), rules[task],
-                                          learning_rate)
-                host_step += 1
-                reporter.add(host_step, metrics, epoch, task)
-            reporter.report(epoch, task)
-            out_of_time = over_time_budget(config.train.max_minutes, loop_start)
-            if (epoch + 1) % config.train.checkpoint_every_epochs == 0 or (
-                    epoch + 1 == config.train.epochs) or out_of_time:
-                position = dict(epoch=epoch + 1, step=host_step,
-                                data={name: it.state() for name, it in run.batches.items()})
-                checkpoints.save(manager, host_step, state_to_items(state), position)
-                reporter.pending.restart_clock()
-            if out_of_time:
-                progress.write(f"stopped after epoch {epoch + 1}: the time budget of "
-                               f"{config.train.max_minutes:g} min is spent")
-                break
+        with stopping.StopWatch(config.train.max_minutes,
+                                config.train.checkpoint_every_minutes) as watch:
+            compiled = None
+            if start[0] < config.train.epochs:
+                compiled = compile_train_step(config, run, mesh, state, rules, log, progress)
+            reporter = StepReporter(log, progress, config.train.log_every_steps,
+                                    config.data.batch_size, manager, checkpoint_dir)
+            watch.start_clocks()
+            state, decision = train_epochs(config, run, compiled, state, rules, replicated,
+                                           manager, reporter, watch, start)
+        if decision is not None and decision.signum:
+            raise stopping.Preempted(decision.signum, int(state.step), checkpoint_dir)
+        if decision is not None:
+            progress.write(f"stopped after step {int(state.step)}: the time budget of "
+                           f"{config.train.max_minutes:g} min is spent")
     finally:
         progress.close()
         log.close()
