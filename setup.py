@@ -28,6 +28,7 @@ setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "submitit>=1.5",  # sweeps on SLURM and here (tools/sweeps.py)
         # the generator's template anatomy: the MNI152 template ships in nilearn's wheel and is
         # read with nibabel (docs/data.md)
         "nilearn>=0.10.3",
