@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import difffccf_jax
 from difffccf_jax import cli, color
 from difffccf_jax.model import checkpoints, regions, unet
 from difffccf_jax.config_cli import load_config
@@ -225,6 +226,9 @@ def test_bad_pairs_are_skipped_and_listed_and_the_others_fused(tmp_path, checkpo
     assert reasons["3.png"] == f"no B image: {os.path.join(b_folder, '3.png')} not found"
     assert reasons["4.png"] == (f"{os.path.join(b_folder, '4.png')}: A is 32x32 but B is 48x32: "
                                 "another aspect ratio, so B is not the same view as A")
+    with pytest.raises(UserError, match=r"skipped 3: .*; the first, 3.png: no B image"):
+        fusion.fuse_folder(checkpoint, out, data=str(root), batch_size=4, save_extras=True,
+                           show_progress=False).check()
     assert sorted(os.listdir(out)) == ["1.png", "5.png", fusion.EXTRAS_FOLDER, "failures.jsonl"]
     for name in ("1.png", "5.png"):
         np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),
@@ -556,6 +560,7 @@ def test_fuser_on_arrays_equals_fuse_on_files(pet_fuser, data_root, fused, odd_s
     b = np.stack([images.read_image(os.path.join(b_folder, name)) for name in names])
     expected = np.stack([images.read_image(os.path.join(fused, name)) for name in names])
     # uint8 [N, H, W] and [N, H, W, 3] in, uint8 [N, H, W, 3] out, in the files' order
+    assert difffccf_jax.Fuser is fuser_module.Fuser
     np.testing.assert_array_equal(pet_fuser(a, b, names=names), expected)
     # floats in [0, 1] ([N, H, W, 1] A), a list in another order, with the masks and fields
     order = [4, 0, 2]

@@ -84,6 +84,12 @@ class FusedFolder:
         return (f"fused {len(self.names) - len(self.reused)} {self.task} pairs into {self.out} "
                 f"({self.steps} steps{notes}){reused}{skipped}")
 
+    def check(self):
+        """Raises UserError naming the first skipped pair, for callers that need every pair."""
+        if self.failures:
+            name, reason = self.failures[0]
+            raise UserError(f"{self.summary()}; the first, {name}: {reason}")
+
 
 def input_layout(config, task, data=None, a_dir=None, b_dir=None):
     """(data root, Layout) of the input: the task's published layout under `data` (or `data`

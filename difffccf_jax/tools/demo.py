@@ -443,6 +443,7 @@ def run_demo(out, task="pet", minutes=5.5, image_size=96, train_pairs=64, test_p
         fused = fusion.fuse_folder(checkpoint, folder, data=root, task=task, register=register,
                                    save_extras=True)
         print(fused.summary())
+        fused.check()
     timings["fuse"] = time.perf_counter() - stage
 
     announce(3, "fusion metrics against the classical baselines")
