@@ -29,7 +29,7 @@ N). Each pair's noise comes from its name (`shards.noise_id`), so a share of the
 (`share=(K, N)`, `shards.in_share`) fuses its pairs exactly as a run over the whole folder.
 
 The checkpoint's config, the folders, the pair names and the settings are checked before the
-parameters are loaded and before the first file is written.
+parameters are loaded; nothing is written before the parameters are loaded.
 """
 
 import dataclasses
@@ -233,26 +233,35 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
                 devices=None, show_progress=True):
     """Fuses the pairs under `data` (the task's published layout) or of the folders a_dir and
     b_dir that belong to `share` (K, N) (`shards.in_share`; all of them by default) with the
-    checkpoint's model into `out`; returns a FusedFolder. Pairs whose outputs are complete are
-    kept unless `overwrite`; pairs that cannot be fused are listed in `failures_path`. Pairs keep
-    their own size, or are resized to resize_to x resize_to; on pairs larger than tile x tile
-    the network runs in tiles. Sampling settings left None come from the checkpoint's config
-    (`fuser.sampling_settings`); devices: those the batches are split over (default this
-    process's local devices)."""
+    checkpoint's model into `out` (`fuse_into_folder`); returns a FusedFolder. Sampling
+    settings left None come from the checkpoint's config (`fuser.sampling_settings`); on pairs
+    larger than tile x tile the network runs in tiles; devices: those the batches are split
+    over (default this process's local devices)."""
     config = checkpoints.read_config(checkpoint)
     task = task or config.data.task
     root, layout = input_layout(config, task, data, a_dir, b_dir)
     sizes.check_resize(resize_to)
     pairs, unmatched = layouts.match_pairs(root, layout)
-    planned = {pair.name: output_paths(out, pair.name, save_extras) for pair in pairs}
-    check_distinct(list(planned), list(planned.values()))
-    pairs = [pair for pair in pairs if shards.in_share(pair.name, share)]
-    reused = set() if overwrite else {pair.name for pair in pairs
-                                      if is_complete(planned[pair.name])}
-    todo = [pair for pair in pairs if pair.name not in reused]
+    check_distinct([pair.name for pair in pairs],
+                   [output_paths(out, pair.name, False) for pair in pairs])
     fuser = fuser_module.Fuser.from_checkpoint(
         checkpoint, task=task, steps=steps, batch_size=batch_size, seed=seed,
         stochastic=stochastic, output=output, register=register, tile=tile, devices=devices)
+    return fuse_into_folder(fuser, pairs, unmatched, out, resize_to, save_extras, overwrite,
+                            share, show_progress)
+
+
+def fuse_into_folder(fuser, pairs, unmatched, out, resize_to=None, save_extras=False,
+                     overwrite=False, share=(0, 1), show_progress=True):
+    """Fuses the `pairs` [layouts.PairFiles] of `share` with `fuser` into `out`, streaming;
+    returns a FusedFolder. Pairs whose outputs are complete are kept unless `overwrite`; the
+    pairs that cannot be fused, and those of `unmatched` ({name: reason}), are listed in
+    `failures_path`. Pairs keep their own size, or are resized to resize_to x resize_to."""
+    pairs = [pair for pair in pairs if shards.in_share(pair.name, share)]
+    planned = {pair.name: output_paths(out, pair.name, save_extras) for pair in pairs}
+    reused = set() if overwrite else {pair.name for pair in pairs
+                                      if is_complete(planned[pair.name])}
+    todo = [pair for pair in pairs if pair.name not in reused]
     failures = [(name, reason) for name, reason in unmatched.items()
                 if shards.in_share(name, share)]
     notes, tiled = {}, set()
@@ -274,20 +283,20 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
     reads = pipeline.ordered_map(functools.partial(read_input, fuser, resize_to=resize_to),
                                  todo, IO_WORKERS, depth)
     fused = fuser.fuse_stream(readable(reads), extras=save_extras)
-    written = set()
+    done = set(reused)
     for name in pipeline.ordered_map(functools.partial(write_pair, planned), fused, IO_WORKERS,
                                      depth):
-        written.add(name)
+        done.add(name)
         progress.update(1)
     progress.close()
     failed_path = failures_path(out, share)
     write_failures(failed_path, failures)
-    done = [pair.name for pair in pairs if pair.name in written | reused]
-    return FusedFolder(out=out, task=task, names=tuple(done),
-                       outputs=tuple(planned[name] for name in done),
-                       notes=layouts.notes_lines(notes, layout), steps=fuser.steps,
+    names = tuple(pair.name for pair in pairs if pair.name in done)
+    return FusedFolder(out=out, task=fuser.task, names=names,
+                       outputs=tuple(planned[name] for name in names),
+                       notes=layouts.notes_lines(notes, fuser.layout), steps=fuser.steps,
                        registered=bool(sampling.registers(fuser.config)),
                        stochastic=bool(fuser.config.sampling.add_noise),
-                       tiled=tuple(name for name in done if name in tiled),
-                       reused=tuple(name for name in done if name in reused), failures=tuple(failures),
-                       failures_path=failed_path)
+                       tiled=tuple(name for name in names if name in tiled),
+                       reused=tuple(name for name in names if name in reused),
+                       failures=tuple(failures), failures_path=failed_path)
