@@ -150,13 +150,19 @@ def test_a_rerun_fuses_only_incomplete_pairs_unless_overwrite(fused, checkpoint,
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"fused 0 pet pairs into {out} (12 steps), 5 done before")
     assert modification_times(out) == before
-    # pair 2 without one of its extras is incomplete: only pair 2 is fused again, as before
+    # pair 2 without one of its extras is incomplete: only pair 2 is fused again, as before;
+    # the temporary files a killed run left for the pairs are removed
     os.remove(os.path.join(out, fusion.EXTRAS_FOLDER, "2", "mask_m1_y.png"))
+    stale = [os.path.join(out, ".1.png.tmp-99999"),
+             os.path.join(out, fusion.EXTRAS_FOLDER, "2", ".mask_m1_y.png.tmp-12")]
+    for path in stale:
+        with open(path, "wb") as file:
+            file.write(b"half a png")
     assert cli.main(["fuse", "--checkpoint", checkpoint, "--data", data_root, "--out", out,
                      "--batch-size", "4", "--save-extras"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("(12 steps), 4 done before")
     after = modification_times(out)
-    assert sorted(after) == sorted(before)
+    assert sorted(after) == sorted(before) and not any(map(os.path.exists, stale))
     assert {name for name in after if after[name] != before[name]} == {
         name for name in before if name == "2.png" or name.startswith(
             os.path.join(fusion.EXTRAS_FOLDER, "2", ""))}
@@ -635,6 +641,7 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(checkpoint, config, tmp
         num_pairs - len(written))
     after = modification_times(out)
     assert {name: after[name] for name in written} == written  # nothing fused twice
+    assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporaries
     assert sorted(after) == sorted(modification_times(reference))
     for name in after:
         np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),

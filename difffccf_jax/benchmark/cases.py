@@ -624,7 +624,8 @@ FUSE_DISTINCT_PAIRS = 8  # generated pairs, copied under new names up to the cas
 
 def fuse_name(case):
     where = "folder (fuse)" if case.variant == "folder" else "sampler on arrays in memory"
-    return f"fuse throughput, {where}, {case.size} px, {case.steps} steps, {case.devices} dev"
+    return (f"fuse throughput, {where}, {case.size} px, {case.steps} sampling steps, "
+            f"{case.devices} dev")
 
 
 def write_fuse_inputs(case, root, config):

@@ -28,7 +28,7 @@ ALIGNMENTS = ("aligned", "misaligned")
 # the sampler alone on arrays in memory (FUSE_MEMORY_PAIRS), FUSE_STEPS steps, batches of
 # FUSE_BATCH, on each count of FUSE_DEVICES simulated devices
 FUSE_PAIRS, FUSE_MEMORY_PAIRS, FUSE_DEVICES = (100, 1000, 10000), 1000, (1, 4)
-FUSE_SIZE, FUSE_STEPS, FUSE_BATCH = 64, 2, 8
+FUSE_SIZE, FUSE_STEPS, FUSE_BATCH = 64, 1, 8
 FUSE_MEMORY_TARGET = 1.10  # peak RSS on the largest folder / on the one 10 x smaller
 FUSE_THROUGHPUT_TARGET = 0.9  # folder pairs/s / in-memory sampler pairs/s
 
@@ -132,14 +132,16 @@ def numpy_cases(options, path, config, part):
 
 
 def fuse_cases(options, path):
-    """Per device count: the sampler alone on arrays in memory, then the folder of each size
-    (one process each, so each peak memory is its own)."""
+    """Per device count the sampler alone on arrays in memory and the smaller folders, then
+    the largest folder per device count (one process each, so each peak memory is its own)."""
     common = dict(config=path, label=config_label(path), size=FUSE_SIZE, steps=FUSE_STEPS,
                   batch=FUSE_BATCH, max_repeats=options.max_repeats, budget_s=options.budget_s)
+    largest = max(FUSE_PAIRS)
+    smaller = [("memory", FUSE_MEMORY_PAIRS)] + [("folder", pairs) for pairs in FUSE_PAIRS
+                                                 if pairs != largest]
     return [Case("fuse_throughput", variant=variant, pairs=pairs, devices=devices, **common)
-            for devices in FUSE_DEVICES
-            for variant, pairs in ([("memory", FUSE_MEMORY_PAIRS)]
-                                   + [("folder", pairs) for pairs in FUSE_PAIRS])]
+            for variants in (smaller, [("folder", largest)]) for devices in FUSE_DEVICES
+            for variant, pairs in variants]
 
 
 def plan(options):
@@ -463,8 +465,9 @@ def previous_results(out):
                         f"{error}") from error
 
 
-def measure_all(cases, timeout_s, run_number, progress):
-    """(rows, accelerator name or None) of the cases, each in its own process."""
+def measure_all(cases, timeout_s, run_number, progress, done=lambda rows, accelerator: None):
+    """(rows, accelerator name or None) of the cases, each in its own process; `done(rows,
+    accelerator)` is called with the rows so far after every case."""
     rows, accelerator = [], None
     for case in cases:
         load = os.getloadavg()[0]
@@ -475,23 +478,29 @@ def measure_all(cases, timeout_s, run_number, progress):
         new_rows, name = run_in_subprocess(case, timeout_s)
         accelerator = accelerator or name
         rows += [row._replace(load=load, run=run_number) for row in new_rows]
+        done(rows, accelerator)
     return rows, accelerator
 
 
 def run(options, command, out, update=False, progress=sys.stderr):
     """Runs every planned case and writes the report to `out` (and its rows to the JSON file
-    next to it) atomically; with `update`, the new rows replace the same cases of the earlier
-    results and are added to them. Returns the report text."""
+    next to it) atomically after every case, so that an interrupted run keeps the cases it
+    measured; with `update`, the new rows replace the same cases of the earlier results and
+    are added to them. Returns the report text."""
     runs, rows, accelerator = previous_results(out) if update else ([], [], None)
     started, load_start = measure.utc_now(), os.getloadavg()[0]
-    new_rows, new_accelerator = measure_all(plan(options), options.case_timeout_s,
-                                            len(runs) + 1, progress)
-    runs = runs + [measure.Run(command, started, load_start, os.getloadavg()[0],
-                               measure.machine_summary(new_accelerator))]
-    rows = with_counterpart_flops(measure.merge_rows(rows, new_rows))
-    accelerator = new_accelerator or accelerator
-    text = measure.report(
-        "Benchmarks: JAX against the PyTorch port", runs, rows, all_targets(rows),
-        measure.machine_description(accelerator), matmul_rate(rows), NOTES)
-    measure.write_report(out, text, measure.results_json(runs, rows, accelerator))
-    return text
+    written = {}
+
+    def write(new_rows, new_accelerator):
+        every_run = runs + [measure.Run(command, started, load_start, os.getloadavg()[0],
+                                        measure.machine_summary(new_accelerator))]
+        merged = with_counterpart_flops(measure.merge_rows(rows, new_rows))
+        named = new_accelerator or accelerator
+        written["text"] = measure.report(
+            "Benchmarks: JAX against the PyTorch port", every_run, merged, all_targets(merged),
+            measure.machine_description(named), matmul_rate(merged), NOTES)
+        measure.write_report(out, written["text"], measure.results_json(every_run, merged,
+                                                                       named))
+
+    write(*measure_all(plan(options), options.case_timeout_s, len(runs) + 1, progress, write))
+    return written["text"]

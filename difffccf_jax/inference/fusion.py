@@ -22,7 +22,8 @@ Streaming: the pairs are read in a few threads a bounded number ahead, fused bat
 `fuser.Fuser` (one batch on the devices while the previous one is written), and written in a
 few threads, so memory does not grow with the folder. Each pair's files are written under
 temporary names and then renamed; a pair whose outputs all exist is not fused again (unless
-`overwrite`), so a rerun of an interrupted run fuses only what is missing. A pair that cannot be
+`overwrite`), so a rerun of an interrupted run fuses only what is missing (and removes the
+temporary files the interrupted run left for its pairs). A pair that cannot be
 read, has no A or no B, or whose A and B differ in aspect ratio is skipped and listed with its
 reason in OUT/failures.jsonl (one JSON object a line; `failures.K-of-N.jsonl` for share K of
 N). Each pair's noise comes from its name (`shards.noise_id`), so a share of the folder
@@ -32,6 +33,7 @@ The checkpoint's config, the folders, the pair names and the settings are checke
 parameters are loaded; nothing is written before the parameters are loaded.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -138,6 +140,23 @@ def check_distinct(names, planned):
 def is_complete(paths):
     """Whether every output of a pair exists (each was renamed into place whole)."""
     return all(os.path.exists(path) for path in paths.values())
+
+
+def remove_stale_temporaries(out, names):
+    """Removes the temporary files that a killed run left behind for the pairs `names` (in
+    OUT and their extras folders); other pairs' files, which another share may be writing, are
+    left alone."""
+    stems = {os.path.splitext(name)[0] for name in names}
+    folders = [(out, True)] + [(os.path.join(out, EXTRAS_FOLDER, stem), False)
+                               for stem in stems]
+    for folder, top in folders:
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            target = files.temporary_target(entry.name)
+            if target and (not top or os.path.splitext(target)[0] in stems):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
 
 
 def failures_path(out, share):
@@ -265,6 +284,7 @@ def fuse_into_folder(fuser, pairs, unmatched, out, resize_to=None, save_extras=F
     failures = [(name, reason) for name, reason in unmatched.items()
                 if shards.in_share(name, share)]
     notes, tiled = {}, set()
+    remove_stale_temporaries(out, planned)
     os.makedirs(out, exist_ok=True)
     progress = tqdm.tqdm(total=len(todo), desc="fuse", unit="pair", disable=not show_progress)
 
