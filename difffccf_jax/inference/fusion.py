@@ -210,8 +210,6 @@ def pair_files(paths, out):
     return items
 
 
-
-
 def write_failures(path, failures):
     """Writes [(name, reason)] to `path` as JSON lines (atomically), or removes the list an
     earlier run left there when there are none."""
