@@ -10,11 +10,20 @@ import os
 
 import numpy as np
 
+TEMPORARY_MARK = ".tmp-"
+
 
 def temporary_name(path):
     """A hidden name next to `path` for writing it before the rename."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    return os.path.join(folder, f".{name}{TEMPORARY_MARK}{os.getpid()}")
+
+
+def temporary_target(name):
+    """The file name that the temporary file `name` (of `temporary_name`) was to become, or
+    None when `name` is not such a temporary name."""
+    target, mark, pid = name[1:].rpartition(TEMPORARY_MARK)
+    return target if name.startswith(".") and mark and target and pid.isdigit() else None
 
 
 def _write_png(path, array):

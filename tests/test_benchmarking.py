@@ -319,10 +319,41 @@ def test_cases_parts_are_checked_and_the_message_names_the_choices():
     assert benchmark_command.parse_parts("generator,,metrics") == ("generator", "metrics")
     with pytest.raises(UserError, match=r"--cases: unknown part\(s\) speed, gpu in "
                                         r"'forward,speed,gpu'; choose among matmul, .*, "
-                                        r"generator, metrics$"):
+                                        r"generator, metrics, fuse_throughput$"):
         benchmark_command.parse_parts("forward,speed,gpu")
     with pytest.raises(UserError, match="--cases: no part in ','"):
         benchmark_command.parse_parts(",")
+
+
+def test_fuse_throughput_plans_every_folder_size_per_device_count_and_targets_its_ratios():
+    options, command = benchmark_command.options_from_args(
+        _args(cases="fuse_throughput", configs="tiny"))
+    assert "--cases fuse_throughput " in command
+    planned = suite.plan(options)
+    assert [(case.devices, case.variant, case.pairs) for case in planned] == [
+        (1, "memory", 1000), (1, "folder", 100), (1, "folder", 1000),
+        (4, "memory", 1000), (4, "folder", 100), (4, "folder", 1000),
+        (1, "folder", 10000), (4, "folder", 10000)]
+    assert {(case.kind, case.size, case.steps, case.batch) for case in planned} == {
+        ("fuse_throughput", 64, 1, 8)}
+
+    def row(case, pairs, seconds, rss):
+        return Row(cases.case_name(case._replace(pairs=pairs)), "tiny", pairs, "JAX",
+                   Timing(1.0, seconds, seconds, seconds, 1), rss_mib=rss)
+
+    memory, *folders = [case for case in planned if case.devices == 4]
+    assert [case.pairs for case in folders] == [100, 1000, 10000]
+    rows = [row(memory, 1000, 10.0, 500.0), row(folders[0], 100, 1.0, 480.0),
+            row(folders[1], 1000, 12.5, 500.0), row(folders[2], 10000, 100.0, 560.0)]
+    targets = {target.name: target for target in suite.fuse_targets(rows)}
+    setting = "tiny, 64 px, 1 sampling steps, 4 dev"
+    assert targets[f"fuse: folder / in-memory sampler pairs/s, 1000 pairs, {setting}"
+                   ].measured == pytest.approx(0.8)
+    assert targets[f"fuse: folder / in-memory sampler pairs/s, 10000 pairs, {setting}"
+                   ].measured == pytest.approx(1.0)
+    peak = targets[f"fuse: peak memory, 10000 / 1000 pairs, {setting}"]
+    assert peak.measured == pytest.approx(1.12) and (peak.required, peak.at_most) == (1.1, True)
+    assert len(targets) == 4
 
 
 def test_plan_writes_every_generator_task_both_ways_and_scores_metrics_per_config():

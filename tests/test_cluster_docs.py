@@ -112,7 +112,7 @@ def test_every_command_of_the_page_runs_in_its_cpu_form(repo_root, tiny_config_p
     sweep_file = root / "weighting.py"
     sweep_file.write_text(SWEEP_FILE.format(tiny=tiny_config_path))
     blocks = read_blocks(os.path.join(repo_root, "docs", "cluster.md"))
-    assert [kind for kind, _ in blocks] == ["", "", "parallel", "sbatch", ""]
+    assert [kind for kind, _ in blocks] == ["", "", "parallel", "sbatch", "", ""]
     outputs = {}
     for index, (kind, text) in enumerate(blocks):
         if text.strip() in ELSEWHERE:
@@ -153,3 +153,5 @@ def test_every_command_of_the_page_runs_in_its_cpu_form(repo_root, tiny_config_p
         assert len([n for n in os.listdir(runs / "weighting" / run_dir / "fused")
                     if n.endswith(".png")]) == 4
     assert len((runs / "weighting" / "report.csv").read_text().splitlines()) == 3
+    # The two shares of the archive fused every pair once, none failed.
+    assert sorted(os.listdir(runs / "fused")) == [f"{i}.png" for i in range(1, 5)]

@@ -1,20 +1,27 @@
 """`difffccf fuse` on generated PET pairs with a freshly initialised tiny model."""
 
+import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
+import difffccf_jax
 from difffccf_jax import cli, color
 from difffccf_jax.model import checkpoints, regions, unet
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts
 from difffccf_jax.errors import UserError
-from difffccf_jax.inference import fusion, tiling
+from difffccf_jax.inference import fuser as fuser_module
+from difffccf_jax.inference import fusion, shards, sizes, tiling
 
 NUM_PAIRS = 5  # batches of 4 on 4 devices: the second batch is padded
 # As in test_sampling: a two-level, one-block U-Net, so both share one compiled sampler.
@@ -123,23 +130,51 @@ def test_grid_picture_moves_lines_by_the_field():
     assert dark[:, 4].mean() < 0.2 and dark[:, 36].mean() < 0.2
 
 
-def test_existing_outputs_are_kept_unless_overwrite(fused, checkpoint, data_root, capsys):
-    before = {name: os.path.getmtime(os.path.join(fused, name)) for name in os.listdir(fused)}
-    contents = {name: images.read_image(os.path.join(fused, name))
+def modification_times(folder):
+    """{relative path: mtime in ns} of every visible file under `folder`."""
+    return {os.path.relpath(os.path.join(root, name), folder):
+            os.stat(os.path.join(root, name)).st_mtime_ns
+            for root, _, names in os.walk(folder) for name in names if not name.startswith(".")}
+
+
+def test_a_rerun_fuses_only_incomplete_pairs_unless_overwrite(fused, checkpoint, data_root,
+                                                              tmp_path, capsys):
+    out = str(tmp_path / "copy")
+    shutil.copytree(fused, out)
+    before = modification_times(out)
+    contents = {name: images.read_image(os.path.join(out, name))
                 for name in before if name.endswith(".png")}
-    status, err = fuse_status(capsys, "--checkpoint", checkpoint, "--data", data_root,
-                              "--out", fused, "--batch-size", "4")
-    assert status == 2 and "1.png already exists" in err and "--overwrite" in err
-    assert {n: os.path.getmtime(os.path.join(fused, n)) for n in os.listdir(fused)} == before
-    # the two explicit folders with --overwrite: the same pairs give the same images again
+    capsys.readouterr()
+    assert cli.main(["fuse", "--checkpoint", checkpoint, "--data", data_root, "--out", out,
+                     "--batch-size", "4", "--save-extras"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"fused 0 pet pairs into {out} (12 steps), 5 done before")
+    assert modification_times(out) == before
+    # pair 2 without one of its extras is incomplete: only pair 2 is fused again, as before;
+    # the temporary files a killed run left for the pairs are removed
+    os.remove(os.path.join(out, fusion.EXTRAS_FOLDER, "2", "mask_m1_y.png"))
+    stale = [os.path.join(out, ".1.png.tmp-99999"),
+             os.path.join(out, fusion.EXTRAS_FOLDER, "2", ".mask_m1_y.png.tmp-12")]
+    for path in stale:
+        with open(path, "wb") as file:
+            file.write(b"half a png")
+    assert cli.main(["fuse", "--checkpoint", checkpoint, "--data", data_root, "--out", out,
+                     "--batch-size", "4", "--save-extras"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(12 steps), 4 done before")
+    after = modification_times(out)
+    assert sorted(after) == sorted(before) and not any(map(os.path.exists, stale))
+    assert {name for name in after if after[name] != before[name]} == {
+        name for name in before if name == "2.png" or name.startswith(
+            os.path.join(fusion.EXTRAS_FOLDER, "2", ""))}
+    # the two explicit folders with --overwrite: every pair again, the same images
     a_folder, b_folder = pet_folders(data_root)
     status, _ = fuse_status(capsys, "--checkpoint", checkpoint, "--a-dir", a_folder,
-                            "--b-dir", b_folder, "--out", fused, "--batch-size", "4",
-                            "--overwrite")
+                            "--b-dir", b_folder, "--out", out, "--batch-size", "4",
+                            "--save-extras", "--overwrite")
     assert status == 0
-    assert sorted(os.listdir(fused)) == sorted(before)
+    assert all(after[name] != mtime for name, mtime in modification_times(out).items())
     for name, image in contents.items():
-        np.testing.assert_array_equal(images.read_image(os.path.join(fused, name)), image)
+        np.testing.assert_array_equal(images.read_image(os.path.join(out, name)), image)
 
 
 def test_missing_checkpoint(tmp_path, data_root, capsys):
@@ -163,29 +198,58 @@ def test_incompatible_checkpoint_names_the_tensor(tmp_path, checkpoint, data_roo
     assert not out.exists()
 
 
-def test_mismatched_folders(tmp_path, checkpoint, data_root, capsys):
-    root = tmp_path / "data"
-    shutil.copytree(data_root, root)
-    _, b_folder = pet_folders(str(root))
-    os.remove(os.path.join(b_folder, "3.png"))
-    out = tmp_path / "out"
-    status, err = fuse_status(capsys, "--checkpoint", checkpoint, "--data", str(root),
-                              "--out", str(out))
-    assert status == 2 and "do not match" in err and "3.png" in err
-    assert not out.exists()
+def truncate(path):
+    """Cuts the file at `path` to half its bytes."""
+    with open(path, "rb") as file:
+        content = file.read()
+    with open(path, "wb") as file:
+        file.write(content[:len(content) // 2])
 
 
-def test_unreadable_image(tmp_path, checkpoint, data_root, capsys):
+def test_bad_pairs_are_skipped_and_listed_and_the_others_fused(tmp_path, checkpoint, data_root,
+                                                               fused, capsys):
+    """Among the five generated pairs: 2's A truncated, 3's B missing, 4's B of another aspect
+    ratio; 1 and 5 are fused as in the full run, the three listed, the exit status 1."""
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     a_folder, b_folder = pet_folders(str(root))
-    with open(os.path.join(a_folder, "2.png"), "wb") as file:
-        file.write(b"not a png")
-    out = tmp_path / "out"
-    status, err = fuse_status(capsys, "--checkpoint", checkpoint, "--a-dir", a_folder,
-                              "--b-dir", b_folder, "--out", str(out))
-    assert status == 2 and os.path.join(a_folder, "2.png") in err
-    assert not out.exists()
+    truncate(os.path.join(a_folder, "2.png"))
+    os.remove(os.path.join(b_folder, "3.png"))
+    Image.fromarray(synthetic_pair(32, 48, seed=1)[1]).save(os.path.join(b_folder, "4.png"))
+    out = str(tmp_path / "out")
+    capsys.readouterr()
+    status = cli.main(["fuse", "--checkpoint", checkpoint, "--data", str(root), "--out", out,
+                       "--batch-size", "4", "--save-extras"])
+    failures_file = os.path.join(out, "failures.jsonl")
+    assert status == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"fused 2 pet pairs into {out} (12 steps), skipped 3: see {failures_file}")
+    with open(failures_file, encoding="utf-8") as file:
+        reasons = {entry["name"]: entry["reason"] for entry in map(json.loads, file)}
+    assert sorted(reasons) == ["2.png", "3.png", "4.png"]
+    assert reasons["2.png"].startswith(os.path.join(a_folder, "2.png") + ": unreadable or "
+                                                                         "truncated image")
+    assert reasons["3.png"] == f"no B image: {os.path.join(b_folder, '3.png')} not found"
+    assert reasons["4.png"] == (f"{os.path.join(b_folder, '4.png')}: A is 32x32 but B is 48x32: "
+                                "another aspect ratio, so B is not the same view as A")
+    with pytest.raises(UserError, match=r"skipped 3: .*; the first, 3.png: no B image"):
+        fusion.fuse_folder(checkpoint, out, data=str(root), batch_size=4, save_extras=True,
+                           show_progress=False).check()
+    assert sorted(os.listdir(out)) == ["1.png", "5.png", fusion.EXTRAS_FOLDER, "failures.jsonl"]
+    for name in ("1.png", "5.png"):
+        np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),
+                                      images.read_image(os.path.join(fused, name)))
+    # repaired, the rerun fuses the three and removes the list
+    shutil.copy(os.path.join(pet_folders(data_root)[0], "2.png"), a_folder)
+    for name in ("3.png", "4.png"):
+        shutil.copy(os.path.join(pet_folders(data_root)[1], name), b_folder)
+    assert cli.main(["fuse", "--checkpoint", checkpoint, "--data", str(root), "--out", out,
+                     "--batch-size", "4", "--save-extras"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("(12 steps), 2 done before")
+    assert not os.path.exists(failures_file)
+    for name in ("2.png", "3.png", "4.png"):
+        np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),
+                                      images.read_image(os.path.join(fused, name)))
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -211,13 +275,13 @@ def test_inputs_sharing_a_stem_are_refused(tmp_path):
 
 
 def test_command_line_choices_override_the_checkpoint_settings(config):
-    settings = fusion.sampling_settings(config.copy_and_resolve_references(), steps=7,
+    settings = fuser_module.sampling_settings(config.copy_and_resolve_references(), steps=7,
                                         batch_size=3, seed=11, stochastic=True, register=True,
                                         output="trajectory")
     assert (settings.steps, settings.batch_size, settings.seed) == (7, 3, 11)
     assert settings.add_noise is True and settings.register is True
     assert settings.output == "trajectory"
-    settings = fusion.sampling_settings(config.copy_and_resolve_references())
+    settings = fuser_module.sampling_settings(config.copy_and_resolve_references())
     assert (settings.steps, settings.add_noise, settings.register) == (12, False, False)
     assert settings.output == "clean"
 
@@ -292,12 +356,13 @@ def test_each_pair_keeps_its_size_order_and_noise(odd_sizes, checkpoint, fused, 
         for kind, array in outputs.items():
             if kind != "deformation_grid":  # a picture of the field, drawn larger
                 assert array.shape[:2] == size, (stem, kind)
-    # pairs 1 and 3 are fused in one batch, 2 alone, yet each with the noise of its index in
-    # the folder: 1 and 3 come out as when the generated set was fused (pairs 1 to 5)
+    # pairs 1 and 3 are fused in one batch, 2 alone, yet each with the noise of its name:
+    # 1 and 3 come out as when the generated set was fused (pairs 1 to 5)
     for stem in ("1", "3"):
         np.testing.assert_array_equal(read_outputs(out, stem)["fused"],
                                       images.read_image(os.path.join(fused, stem + ".png")))
-    # B (20 x 30) was resized to A's size; registration is off, so warped B is that B
+    # B (20 x 30, A's aspect ratio) was resized to A's size; registration is off, so warped B
+    # is that B
     b_resized = np.asarray(Image.open(os.path.join(b_folder, "2.png")).resize(
         (41, 27), Image.BILINEAR)).astype(int)
     assert np.abs(read_outputs(out, "2")["warped_b"].astype(int) - b_resized).max() <= 2
@@ -321,25 +386,24 @@ def test_resize_fuses_every_pair_at_one_size(odd_sizes, checkpoint, fused, tmp_p
     assert np.abs(outputs["warped_b"].astype(int) - b_resized).max() <= 2
 
 
-def test_compat_checkpoint_refuses_other_sizes(tmp_path, checkpoint, data_root, config, capsys):
-    compat = tmp_path / "compat"
-    shutil.copytree(checkpoint, compat)
-    saved = json.loads((compat / "config.json").read_text())
-    saved["model"]["compat"] = True
-    (compat / "config.json").write_text(json.dumps(saved))
-    out = tmp_path / "out"
-    status, err = fuse_status(capsys, "--checkpoint", str(compat), "--data", data_root,
-                              "--out", str(out))
-    # two levels: a 32 x 32 bottleneck needs 64 x 64 images (256 x 256 with the paper's four)
-    assert status == 2 and "pair '1.png' is 32x32: the published model" in err
-    assert "fuses 64x64 images only" in err and "pass --resize 64" in err
-    assert not out.exists()
+def test_compat_model_skips_pairs_of_other_sizes(pet_fuser, data_root, config):
     model = config.model.copy_and_resolve_references()
     model.compat = True
-    fusion.check_compat_size(model, "fits.png", (63, 64), (64, 64), tile=128, multiple=2)
-    with pytest.raises(UserError, match=r"'odd.png' is 217x181, padded to 218x182: .* 64x64 "
-                                        r"images only .*--resize 64"):
-        fusion.check_compat_size(model, "odd.png", (181, 217), (182, 218), tile=128, multiple=2)
+    compat_config = config.copy_and_resolve_references()
+    compat_config.model = model
+    compat = dataclasses.replace(pet_fuser, config=compat_config)
+    layout = layouts.layout_from_config(config.data, "pet")
+    pair = layouts.list_pairs(data_root, layout)[0]
+    # two levels: a 32 x 32 bottleneck needs 64 x 64 images (256 x 256 with the paper's four)
+    assert fusion.read_input(compat, pair, resize_to=None) == (
+        None, "pair '1.png' is 32x32: the published model (model.compat) fuses 64x64 images "
+              "only (its fixed 32x32 bottleneck); pass --resize 64")
+    prepared, _ = fusion.read_input(compat, pair, resize_to=64)
+    assert prepared.a.shape == (64, 64, 1)
+    assert sizes.compat_size_error(model, (63, 64), (64, 64), tile=128, multiple=2) is None
+    assert sizes.compat_size_error(model, (181, 217), (256, 256), tile=128, multiple=2) == (
+        "217x181, padded to 256x256: the published model (model.compat) fuses 64x64 images "
+        "only (its fixed 32x32 bottleneck); pass --resize 64")
 
 
 class PointwiseNetwork:
@@ -426,3 +490,159 @@ def test_large_and_non_square_pairs_keep_their_size(checkpoint, tmp_path, capsys
         b = images.read_image(os.path.join(b_folder, name)).astype(int)
         assert np.abs(outputs["warped_b"].astype(int) - b).max() <= 2
         np.testing.assert_array_equal(outputs["deformation"], 0.0)
+
+
+# ---- the Python API, size buckets, shares, resuming ----------------------------------------
+
+@pytest.mark.parametrize("length, multiple, tile, side", [
+    (1, 2, 128, 2), (9, 2, 128, 16), (16, 2, 128, 16), (17, 2, 128, 32), (100, 8, 512, 128),
+    (256, 8, 512, 256), (300, 8, 512, 512), (513, 8, 512, 768), (181, 2, 64, 192),
+    (40, 2, 48, 48), (1000, 8, 512, 1024)])
+def test_bucket_sides(length, multiple, tile, side):
+    assert sizes.bucket_side(length, multiple, tile) == side
+    assert side % multiple == 0 and side >= length
+
+
+def test_fifty_sizes_fall_in_a_few_buckets():
+    rng = np.random.default_rng(0)
+    shapes = {tuple(rng.integers(9, 513, 2)) for _ in range(50)}
+    assert len({sizes.bucket_size(*shape, 8, 512) for shape in shapes}) <= 36  # 6 x 6 sides
+    assert len({sizes.bucket_size(*shape, 8, 512) for shape in shapes
+                if max(shape) <= 64}) <= 4
+
+
+@pytest.mark.parametrize("a_size, b_size, matches", [
+    ((27, 41), (20, 30), True), ((256, 256), (128, 128), True), ((32, 32), (32, 48), False),
+    ((181, 217), (185, 217), False), ((181, 217), (183, 217), True), ((500, 400), (1000, 790),
+                                                                     True)])
+def test_aspect_ratios_must_match(a_size, b_size, matches):
+    assert (sizes.aspect_error(a_size, b_size) is None) == matches
+
+
+def test_shares_split_the_names_and_noise_ids_are_stable():
+    names = [f"{i}.png" for i in range(200)]
+    members = [[name for name in names if shards.in_share(name, (k, 3))] for k in range(3)]
+    assert sorted(sum(members, [])) == sorted(names) and min(map(len, members)) > 50
+    assert shards.noise_id("1.png") == int.from_bytes(
+        __import__("hashlib").sha256(b"1.png").digest()[:8], "big") % 2 ** 31
+    assert shards.combine((1, 3), process_index=1, process_count=2) == (3, 6)
+    assert shards.parse_shard("2/4") == (2, 4)
+    for text in ("4/4", "1", "a/b", "-1/2"):
+        with pytest.raises(UserError, match=f"--shard {text}: expected K/N"):
+            shards.parse_shard(text)
+    assert shards.shard_from_environment({}) == (0, 1)
+    assert shards.shard_from_environment({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5",
+                                          "SLURM_ARRAY_TASK_COUNT": "4"}) == (2, 4)
+
+
+def test_shards_together_give_the_unsharded_outputs(checkpoint, data_root, fused, tmp_path,
+                                                    monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")  # the first share from the array task
+    arguments = ["--checkpoint", checkpoint, "--data", data_root, "--out", out,
+                 "--batch-size", "4", "--save-extras"]
+    assert fuse_status(capsys, *arguments)[0] == 0
+    first = set(modification_times(out))
+    assert fuse_status(capsys, *arguments, "--shard", "1/2")[0] == 0
+    assert 0 < len({name for name in first if name.endswith(".png") and os.sep not in name}) < 5
+    reference, outputs = modification_times(fused), modification_times(out)
+    assert sorted(outputs) == sorted(reference)
+    for name in outputs:
+        read = np.load if name.endswith(".npy") else images.read_image
+        np.testing.assert_array_equal(read(os.path.join(out, name)),
+                                      read(os.path.join(fused, name)), err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def pet_fuser(checkpoint):
+    return fuser_module.Fuser.from_checkpoint(checkpoint, task="pet", batch_size=4)
+
+
+def test_fuser_on_arrays_equals_fuse_on_files(pet_fuser, data_root, fused, odd_sizes):
+    a_folder, b_folder = pet_folders(data_root)
+    names = [f"{i}.png" for i in range(1, NUM_PAIRS + 1)]
+    a = np.stack([images.read_image(os.path.join(a_folder, name)) for name in names])
+    b = np.stack([images.read_image(os.path.join(b_folder, name)) for name in names])
+    expected = np.stack([images.read_image(os.path.join(fused, name)) for name in names])
+    # uint8 [N, H, W] and [N, H, W, 3] in, uint8 [N, H, W, 3] out, in the files' order
+    assert difffccf_jax.Fuser is fuser_module.Fuser
+    np.testing.assert_array_equal(pet_fuser(a, b, names=names), expected)
+    # floats in [0, 1] ([N, H, W, 1] A), a list in another order, with the masks and fields
+    order = [4, 0, 2]
+    outputs = pet_fuser([a[i, ..., None] / 255.0 for i in order],
+                        [b[i] / np.float32(255) for i in order],
+                        names=[names[i] for i in order], extras=True)
+    for i, out in zip(order, outputs):
+        np.testing.assert_array_equal(out.rgb, expected[i])
+        extras = os.path.join(fused, fusion.EXTRAS_FOLDER, str(i + 1))
+        np.testing.assert_array_equal(out.deformation, np.load(os.path.join(extras,
+                                                                            "deformation.npy")))
+        np.testing.assert_array_equal(color.to_uint8(255 * out.m1[..., 0]),
+                                      images.read_image(os.path.join(extras, "mask_m1_y.png")))
+    # a pair of another size (27 x 41, its B 20 x 30) fuses at its own size
+    odd_a, odd_b = (images.read_image(os.path.join(folder, "2.png")) for folder in odd_sizes)
+    (odd,) = pet_fuser([odd_a], [odd_b], names=["2.png"])
+    assert odd.shape == (27, 41, 3) and odd.dtype == np.uint8
+    with pytest.raises(UserError, match=r"B image 0: A is 41x27 but B is 27x41"):
+        pet_fuser([odd_a], [np.swapaxes(images.resize(odd_b, (27, 41)), 0, 1)])
+    with pytest.raises(UserError, match=r"A image 0: float image with values outside \[0, 1\]"):
+        pet_fuser(a[:1] * 1.0, b[:1])
+
+
+def test_fifty_distinct_sizes_compile_at_most_eight_programs(checkpoint):
+    fuser = fuser_module.Fuser.from_checkpoint(checkpoint, task="pet", steps=1, batch_size=4)
+    rng = np.random.default_rng(1)
+    shapes = []
+    while len(shapes) < 50:
+        shape = int(rng.integers(9, 17)), int(rng.integers(9, 33))
+        if shape not in shapes:
+            shapes.append(shape)
+    pairs = [synthetic_pair(*shape, seed=i) for i, shape in enumerate(shapes)]
+    fused_pairs = fuser([a for a, _ in pairs], [b for _, b in pairs], ids=range(50))
+    assert [image.shape for image in fused_pairs] == [shape + (3,) for shape in shapes]
+    buckets = {fuser.bucket(*shape) for shape in shapes}
+    assert buckets == {(16, 16), (16, 32)}
+    assert fuser.compiled_programs == len(buckets) <= 8
+
+
+@pytest.mark.multiprocess
+def test_killed_run_resumes_to_the_uninterrupted_outputs(checkpoint, config, tmp_path,
+                                                         repo_root):
+    """`fuse` killed (SIGKILL) after its first outputs, then run again: every pair is fused
+    exactly once, and the outputs are bit-equal to an uninterrupted run's."""
+    num_pairs = 24
+    root = str(tmp_path / "data")
+    generator.write_task(root, layouts.layout_from_config(config.data, "pet"), num_pairs,
+                         config.data.image_size, seed=3)
+    settings = dict(data=root, task="pet", steps=2, batch_size=4, show_progress=False)
+    reference = str(tmp_path / "reference")
+    fusion.fuse_folder(checkpoint, reference, **settings)
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "difffccf_jax.cli", "fuse", "--checkpoint", checkpoint,
+               "--data", root, "--task", "pet", "--out", out, "--steps", "2",
+               "--batch-size", "4"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [repo_root] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env)
+    try:
+        while process.poll() is None and not (
+                os.path.isdir(out) and any(name.endswith(".png") for name in os.listdir(out))):
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    written = modification_times(out)
+    assert process.returncode == -signal.SIGKILL and 0 < len(written) < num_pairs
+    result = fusion.fuse_folder(checkpoint, out, **settings)
+    assert sorted(result.reused) == sorted(written)
+    assert len(result.names) == num_pairs and len(result.names) - len(result.reused) == (
+        num_pairs - len(written))
+    after = modification_times(out)
+    assert {name: after[name] for name in written} == written  # nothing fused twice
+    assert not [name for name in os.listdir(out) if name.startswith(".")]  # no temporaries
+    assert sorted(after) == sorted(modification_times(reference))
+    for name in after:
+        np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),
+                                      images.read_image(os.path.join(reference, name)))

@@ -21,7 +21,10 @@ prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": .
 - generator: one generated pair of a task written as PNG files (data/generator.py), B aligned
   or misaligned (with its displacement field), at the config's image size;
 - metrics: every fusion metric of one (fused, A, B) triple (metrics.all_metrics), the fused
-  image by the maximum rule, at the config's image size.
+  image by the maximum rule, at the config's image size;
+- fuse_throughput: `difffccf fuse`'s streaming folder fusion (`fusion.fuse_into_folder`) of
+  `pairs` generated pairs of `size` px, or the fuser's sampler alone on arrays in memory, on
+  `devices` simulated CPU devices (XLA_FLAGS of the case's process).
 """
 
 import functools
@@ -62,6 +65,8 @@ class Case(NamedTuple):
     max_repeats: int = 5
     budget_s: float = 60.0  # wall-clock budget of the steady repeats
     fast_compile: bool = False  # train_full, sampling: compiled at XLA optimisation level 0
+    pairs: int = 0  # fuse_throughput: pairs fused
+    devices: int = 0  # fuse_throughput: simulated CPU devices (0: the process's default)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -101,6 +106,10 @@ def case_name(case):
 
     if case.kind == "sampling":
         return sampler_name(case.steps, load_case_config(case).diffusion.steps)
+    if case.kind == "fuse_throughput":
+        where = "folder (fuse)" if case.variant == "folder" else "sampler on arrays in memory"
+        return (f"fuse throughput, {where}, {case.size} px, {case.steps} sampling steps, "
+                f"{case.devices} dev")
     if case.kind == "graph" and case.part == "operators":
         order = load_case_config(case).model.cheb_order
         return f"graph operators (A z, T_0..T_{order - 1}(L) z), {case.variant}"
@@ -627,13 +636,100 @@ def metrics_numpy(case):
     return [make_row(case, case_name(case), timing, note=note)]
 
 
+FUSE_TASK = "pet"
+FUSE_DISTINCT_PAIRS = 8  # generated pairs, copied under new names up to the case's count
+
+
+def write_fuse_inputs(case, root, config):
+    """A fresh tiny-model checkpoint and folders A, B of case.pairs generated pairs (a few
+    distinct pairs under many names); returns (checkpoint, [layouts.PairFiles])."""
+    import shutil
+
+    import jax
+
+    from difffccf_jax.data import generator, layouts
+    from difffccf_jax.model import checkpoints, unet
+
+    checkpoint = os.path.join(root, "checkpoint")
+    model = unet.model_from_config(config.model)
+    checkpoints.write_params_checkpoint(
+        checkpoint, config, unet.init_params(model, jax.random.PRNGKey(0), case.size))
+    layout = layouts.layout_from_config(config.data, FUSE_TASK)
+    generated = os.path.join(root, "generated")
+    folder = generator.write_task(generated, layout, FUSE_DISTINCT_PAIRS, case.size, seed=0)
+    a_source, b_source = (os.path.join(folder, name) for name in (layout.a, layout.b))
+    a_folder, b_folder = os.path.join(root, "A"), os.path.join(root, "B")
+    for source, target in ((a_source, a_folder), (b_source, b_folder)):
+        os.makedirs(target)
+        for index in range(case.pairs):
+            shutil.copyfile(os.path.join(source, f"{index % FUSE_DISTINCT_PAIRS + 1}.png"),
+                            os.path.join(target, f"{index}.png"))
+    pairs = [layouts.PairFiles(f"{index}.png", os.path.join(a_folder, f"{index}.png"),
+                               os.path.join(b_folder, f"{index}.png"), None)
+             for index in range(case.pairs)]
+    return checkpoint, pairs
+
+
+def fuse_throughput_jax(case):
+    """Pairs per second of a whole streaming folder run (reading, fusing, writing case.pairs
+    pairs) or of the sampler alone on batches already in memory, after compiling."""
+    import tempfile
+    import time
+
+    import jax
+
+    from difffccf_jax.data import images
+    from difffccf_jax.inference import fuser as fuser_module
+    from difffccf_jax.inference import fusion, sizes
+
+    config = load_case_config(case)
+    with tempfile.TemporaryDirectory() as root:
+        checkpoint, pairs = write_fuse_inputs(case, root, config)
+        start = time.perf_counter()
+        fuser = fuser_module.Fuser.from_checkpoint(checkpoint, task=FUSE_TASK, steps=case.steps,
+                                                   batch_size=case.batch)
+        inputs = [fuser.prepare(pair.name, index, images.read_image(pair.a),
+                                images.read_image(pair.b))
+                  for index, pair in enumerate(pairs[:fuser.batch_size])]
+        bucket = fuser.bucket(case.size, case.size)
+        a, b = (np.stack(arrays) for arrays in zip(
+            *(sizes.pad_pair(pair.a, pair.b, *bucket) for pair in inputs)))
+        ids = np.arange(fuser.batch_size, dtype=np.int32)
+
+        def sample_batch():
+            return fuser.sample(fuser.params, fuser.schedule, a, b, fuser.key, ids)
+
+        jax.block_until_ready(sample_batch())
+        compile_s = time.perf_counter() - start
+        wall, cpu = time.perf_counter(), time.process_time()
+        if case.variant == "folder":
+            result = fusion.fuse_into_folder(fuser, pairs, {}, os.path.join(root, "fused"),
+                                             show_progress=False)
+            if len(result.names) != case.pairs or result.failures:
+                raise RuntimeError(f"fused {len(result.names)} of {case.pairs} pairs")
+        else:
+            previous = None
+            for _ in range(-(-case.pairs // fuser.batch_size)):
+                out = sample_batch()  # one batch runs while the previous one is fetched
+                if previous is not None:
+                    np.asarray(previous.rgb)
+                previous = out
+            np.asarray(previous.rgb)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    timing = Timing(compile_s, wall, wall, cpu, 1)
+    note = (f"{case.pairs / wall:.3g} pairs/s over {case.pairs} pairs, batch "
+            f"{fuser.batch_size} on {len(jax.local_devices())} devices")
+    return [make_row(case, case_name(case), timing, note=note, dtype=config.model.dtype)
+            ._replace(batch=case.pairs)]
+
+
 CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
          ("forward", "jax"): forward_jax, ("forward", "torch"): forward_torch,
          ("train", "jax"): train_jax, ("train", "torch"): train_torch,
          ("train_full", "jax"): train_full_jax, ("step_split", "jax"): step_split_jax,
          ("sampling", "jax"): sampling_jax,
          ("graph", "jax"): graph_jax, ("generator", "numpy"): generator_numpy,
-         ("metrics", "numpy"): metrics_numpy}
+         ("metrics", "numpy"): metrics_numpy, ("fuse_throughput", "jax"): fuse_throughput_jax}
 
 
 # ---- the worker process and its caller -----------------------------------------------------------
@@ -699,9 +795,13 @@ def run_in_subprocess(case, timeout_s=None):
     """Measures `case` in a fresh Python process; returns (rows, accelerator name). A failed
     or timed-out case gives one row without timing whose note says why."""
     command = [sys.executable, "-m", "difffccf_jax.benchmark.cases", json.dumps(case._asdict())]
+    env = dict(os.environ)
+    if case.devices:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
+                            f"{case.devices}").strip()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                              env=dict(os.environ))
+                              env=env)
     except subprocess.TimeoutExpired:
         return [failed_row(case, f"timed out after {timeout_s:.0f} s")], None
     for line in reversed(done.stdout.splitlines()):

@@ -24,6 +24,13 @@ STEP_SPLIT_TARGETED = (("paper", 1), ("tiny", 4))  # (config, batch) with that t
 TARGET_CONFIG, TARGET_BATCH = "paper", 1
 METRICS_TASK = "pet"  # a colour-B task, like the fused images scored
 ALIGNMENTS = ("aligned", "misaligned")
+# fuse_throughput: generated pairs of FUSE_SIZE px fused in folders of FUSE_PAIRS pairs and by
+# the sampler alone on arrays in memory (FUSE_MEMORY_PAIRS), FUSE_STEPS steps, batches of
+# FUSE_BATCH, on each count of FUSE_DEVICES simulated devices
+FUSE_PAIRS, FUSE_MEMORY_PAIRS, FUSE_DEVICES = (100, 1000, 10000), 1000, (1, 4)
+FUSE_SIZE, FUSE_STEPS, FUSE_BATCH = 64, 1, 8
+FUSE_MEMORY_TARGET = 1.10  # peak RSS on the largest folder / on the one 10 x smaller
+FUSE_THROUGHPUT_TARGET = 0.9  # folder pairs/s / in-memory sampler pairs/s
 
 
 class Options(NamedTuple):
@@ -124,6 +131,19 @@ def numpy_cases(options, path, config, part):
             for task in TASKS for alignment in ALIGNMENTS]
 
 
+def fuse_cases(options, path):
+    """Per device count the sampler alone on arrays in memory and the smaller folders, then
+    the largest folder per device count (one process each, so each peak memory is its own)."""
+    common = dict(config=path, label=config_label(path), size=FUSE_SIZE, steps=FUSE_STEPS,
+                  batch=FUSE_BATCH, max_repeats=options.max_repeats, budget_s=options.budget_s)
+    largest = max(FUSE_PAIRS)
+    smaller = [("memory", FUSE_MEMORY_PAIRS)] + [("folder", pairs) for pairs in FUSE_PAIRS
+                                                 if pairs != largest]
+    return [Case("fuse_throughput", variant=variant, pairs=pairs, devices=devices, **common)
+            for variants in (smaller, [("folder", largest)]) for devices in FUSE_DEVICES
+            for variant, pairs in variants]
+
+
 def plan(options):
     """The ordered list of cases. JAX and PyTorch cases of one comparison run back to back,
     so both meet about the same machine load."""
@@ -148,6 +168,8 @@ def plan(options):
         for part in ("generator", "metrics"):
             if part in options.parts:
                 cases += numpy_cases(options, path, config, part)
+        if "fuse_throughput" in options.parts:
+            cases += fuse_cases(options, path)
     if "graph" in options.parts:
         paper = config_path("paper")
         cases += [Case("graph", config=paper, label="paper", size=size, variant=variant,
@@ -285,11 +307,37 @@ def step_split_targets(rows):
     return targets
 
 
+def fuse_targets(rows):
+    """Per device count: the folder's pairs/s over the in-memory sampler's (every folder size),
+    and its peak memory on the largest folder over that on the one 10 x smaller."""
+    targets = []
+    for memory in rows:
+        if not memory.case.startswith("fuse throughput, sampler") or memory.timing is None:
+            continue
+        folder_case = memory.case.replace("sampler on arrays in memory", "folder (fuse)")
+        folders = {row.batch: row for row in rows if row.case == folder_case and row.timing
+                   and (row.config, row.device) == (memory.config, memory.device)}
+        rate = memory.batch / memory.timing.steady_s
+        setting = ", ".join([memory.config] + memory.case.split(", ")[2:])
+        for pairs, row in sorted(folders.items()):
+            targets.append(measure.Target(
+                f"fuse: folder / in-memory sampler pairs/s, {pairs} pairs, {setting}",
+                pairs / row.timing.steady_s / rate, FUSE_THROUGHPUT_TARGET, False,
+                "pairs/s of the whole folder run / of the sampler alone, same run"))
+        largest = max(FUSE_PAIRS)
+        if largest in folders and largest // 10 in folders:
+            targets.append(measure.Target(
+                f"fuse: peak memory, {largest} / {largest // 10} pairs, {setting}",
+                _ratio(folders[largest].rss_mib, folders[largest // 10].rss_mib),
+                FUSE_MEMORY_TARGET, True, "peak RSS growth of the case's process, ratio"))
+    return targets
+
+
 def all_targets(rows):
     return (framework_targets(rows, "U-Net forward", FORWARD_TARGET)
             + framework_targets(rows, "train step (stand-in L1, AdamW)", TRAIN_TARGET)
             + step_split_targets(rows) + sampling_targets(rows) + graph_targets(rows)
-            + generator_targets(rows) + metrics_targets(rows))
+            + generator_targets(rows) + metrics_targets(rows) + fuse_targets(rows))
 
 
 def matmul_rate(rows):
@@ -382,6 +430,14 @@ NOTES = (
     "that table only. Samplers have no FLOP count (XLA counts a loop body once). 'peak memory': "
     "the accelerator's peak_bytes_in_use on a GPU, else the growth of the process's peak "
     "resident memory.",
+    "Fuse throughput (`--cases fuse_throughput`): a fresh tiny model, 64 px generated PET "
+    "pairs (8 distinct pairs under many names) in folders of 100, 1,000 and 10,000 pairs, "
+    "each case in its own process on 1 or 4 simulated CPU devices (XLA_FLAGS). 'steady s': "
+    "one whole `fuse` of the folder (`fusion.fuse_into_folder`: reading, fusing and writing, "
+    "streamed) after the fuser was built and compiled ('compile s'); the 'batch' column holds "
+    "the pair count. The in-memory row runs the same compiled sampler alone on one batch "
+    "already in memory, 1,000 pairs' worth of batches. 'peak RSS MiB' is the case process's "
+    "growth, data generation included.",
     "Step split (`--cases step_split`), one process per config and batch: the whole real step; "
     "the network's own forward and backward (its two calls, the registration pass and the "
     "main call with dropout, under a stand-in loss, and AdamW); the registration terms (MI and "
@@ -409,8 +465,9 @@ def previous_results(out):
                         f"{error}") from error
 
 
-def measure_all(cases, timeout_s, run_number, progress):
-    """(rows, accelerator name or None) of the cases, each in its own process."""
+def measure_all(cases, timeout_s, run_number, progress, done=lambda rows, accelerator: None):
+    """(rows, accelerator name or None) of the cases, each in its own process; `done(rows,
+    accelerator)` is called with the rows so far after every case."""
     rows, accelerator = [], None
     for case in cases:
         load = os.getloadavg()[0]
@@ -421,23 +478,29 @@ def measure_all(cases, timeout_s, run_number, progress):
         new_rows, name = run_in_subprocess(case, timeout_s)
         accelerator = accelerator or name
         rows += [row._replace(load=load, run=run_number) for row in new_rows]
+        done(rows, accelerator)
     return rows, accelerator
 
 
 def run(options, command, out, update=False, progress=sys.stderr):
     """Runs every planned case and writes the report to `out` (and its rows to the JSON file
-    next to it) atomically; with `update`, the new rows replace the same cases of the earlier
-    results and are added to them. Returns the report text."""
+    next to it) atomically after every case, so that an interrupted run keeps the cases it
+    measured; with `update`, the new rows replace the same cases of the earlier results and
+    are added to them. Returns the report text."""
     runs, rows, accelerator = previous_results(out) if update else ([], [], None)
     started, load_start = measure.utc_now(), os.getloadavg()[0]
-    new_rows, new_accelerator = measure_all(plan(options), options.case_timeout_s,
-                                            len(runs) + 1, progress)
-    runs = runs + [measure.Run(command, started, load_start, os.getloadavg()[0],
-                               measure.machine_summary(new_accelerator))]
-    rows = with_counterpart_flops(measure.merge_rows(rows, new_rows))
-    accelerator = new_accelerator or accelerator
-    text = measure.report(
-        "Benchmarks: JAX against the PyTorch port", runs, rows, all_targets(rows),
-        measure.machine_description(accelerator), matmul_rate(rows), NOTES)
-    measure.write_report(out, text, measure.results_json(runs, rows, accelerator))
-    return text
+    written = {}
+
+    def write(new_rows, new_accelerator):
+        every_run = runs + [measure.Run(command, started, load_start, os.getloadavg()[0],
+                                        measure.machine_summary(new_accelerator))]
+        merged = with_counterpart_flops(measure.merge_rows(rows, new_rows))
+        named = new_accelerator or accelerator
+        written["text"] = measure.report(
+            "Benchmarks: JAX against the PyTorch port", every_run, merged, all_targets(merged),
+            measure.machine_description(named), matmul_rate(merged), NOTES)
+        measure.write_report(out, written["text"], measure.results_json(every_run, merged,
+                                                                       named))
+
+    write(*measure_all(plan(options), options.case_timeout_s, len(runs) + 1, progress, write))
+    return written["text"]

@@ -1,7 +1,13 @@
 """`difffccf fuse`: fuses every pair of a folder with a trained model, one RGB PNG per pair
-(`inference.fusion.fuse_folder`, where the output layout is described)."""
+(`inference.fusion.fuse_folder`, where the output layout is described).
+
+Every process of a multi-process run (`jax.distributed`, started as for training) and every
+task of a SLURM job array (or `--shard K/N`) fuses its own share of the pairs on its own local
+devices; all of them write to the same output folder.
+"""
 
 import argparse
+import os
 
 FUSE_ARGUMENTS = ("checkpoint", "out", "data", "a_dir", "b_dir", "task", "steps", "batch_size",
                   "seed", "stochastic", "output", "register", "resize_to", "tile", "save_extras",
@@ -64,14 +70,30 @@ def register(subparsers):
                         help="also write the fused channels, masks, regions, deformation "
                              "field and warped B under OUT/extras/NAME/")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace outputs that already exist")
+                        help="fuse again the pairs whose outputs exist (default: keep them, "
+                             "so a rerun fuses only the pairs an interrupted run left)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="fuse only share K of N (0 <= K < N) of the pairs, chosen by a "
+                             "hash of each pair's name; the N shares together fuse exactly "
+                             "what one run would (default: the SLURM array task, "
+                             "SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT, else 0/1)")
     parser.set_defaults(run=run)
 
 
 def run(args):
-    from difffccf_jax.inference import fusion
+    """Fuses this process's share; exit status 1 when pairs were skipped."""
+    import jax
 
-    fused = fusion.fuse_folder(**{name: getattr(args, name) for name in FUSE_ARGUMENTS})
-    print(fused.summary())
+    from difffccf_jax import parallel
+    from difffccf_jax.inference import fusion, shards
+
+    shard = (shards.shard_from_environment(os.environ) if args.shard is None
+             else shards.parse_shard(args.shard))
+    parallel.initialize_distributed(False)
+    share = shards.combine(shard, jax.process_index(), jax.process_count())
+    fused = fusion.fuse_folder(**{name: getattr(args, name) for name in FUSE_ARGUMENTS},
+                               share=share)
     for note in fused.notes:
         print(note)
+    print(fused.summary())
+    return 1 if fused.failures else 0

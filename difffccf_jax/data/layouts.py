@@ -146,28 +146,43 @@ def source_folders(root, layout):
     return os.path.join(folder, a), os.path.join(folder, b)
 
 
-def list_pairs(root, layout):
-    """[PairFiles] of the task in integer-stem order; UserError for a missing folder, an empty
-    set, or A and B names that do not match (the unmatched names are listed)."""
+def match_pairs(root, layout):
+    """([PairFiles] of the names in both the A and the B folder, in integer-stem order,
+    {name: reason} of the names in one folder only); UserError for a missing folder or an empty
+    set."""
     a_folder, b_folder = source_folders(root, layout)
     a_names, b_names = _image_names(a_folder), _image_names(b_folder)
     if not a_names and not b_names:
         raise UserError(f"{a_folder} and {b_folder} hold no images "
                         f"({', '.join(images.IMAGE_EXTENSIONS)})")
-    if a_names != b_names:
-        parts = []
-        if a_names - b_names:
-            parts.append(f"only in {a_folder}: {_listed(a_names - b_names)}")
-        if b_names - a_names:
-            parts.append(f"only in {b_folder}: {_listed(b_names - a_names)}")
-        raise UserError("A and B file names do not match; " + "; ".join(parts))
+    unmatched = {name: f"no B image: {os.path.join(b_folder, name)} not found"
+                 for name in a_names - b_names}
+    unmatched.update({name: f"no A image: {os.path.join(a_folder, name)} not found"
+                      for name in b_names - a_names})
     displacement_folder = os.path.join(os.path.dirname(a_folder), DISPLACEMENT_FOLDER)
     pairs = []
-    for name in sorted(a_names, key=_integer_stem_order):
+    for name in sorted(a_names & b_names, key=_integer_stem_order):
         field = os.path.join(displacement_folder, os.path.splitext(name)[0] + ".npy")
         pairs.append(PairFiles(name=name, a=os.path.join(a_folder, name),
                                b=os.path.join(b_folder, name),
                                displacement=field if os.path.isfile(field) else None))
+    return pairs, dict(sorted(unmatched.items(), key=lambda item: _integer_stem_order(item[0])))
+
+
+def list_pairs(root, layout):
+    """[PairFiles] of the task in integer-stem order; UserError for a missing folder, an empty
+    set, or A and B names that do not match (the unmatched names are listed)."""
+    pairs, unmatched = match_pairs(root, layout)
+    if unmatched:
+        a_folder, b_folder = source_folders(root, layout)
+        a_only = [name for name, reason in unmatched.items() if reason.startswith("no B")]
+        b_only = [name for name in unmatched if name not in a_only]
+        parts = []
+        if a_only:
+            parts.append(f"only in {a_folder}: {_listed(a_only)}")
+        if b_only:
+            parts.append(f"only in {b_folder}: {_listed(b_only)}")
+        raise UserError("A and B file names do not match; " + "; ".join(parts))
     return pairs
 
 
@@ -194,23 +209,42 @@ def _colour_source(image, path, layout):
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+NOTE_16_BIT, NOTE_GREY_B = "16-bit", "grey B"
+
+
+def pair_notes(pair, layout, b_image=None):
+    """The conversions of one pair a user may not expect, a subset of {NOTE_16_BIT,
+    NOTE_GREY_B}: 16-bit images scaled to 8 bits, a grey B where the task expects colour.
+    b_image: the B image as read (read here when not given)."""
+    notes = set()
+    if images.is_16_bit(pair.a) or images.is_16_bit(pair.b):
+        notes.add(NOTE_16_BIT)
+    if not layout.jet and _is_grey(images.read_image(pair.b) if b_image is None else b_image):
+        notes.add(NOTE_GREY_B)
+    return frozenset(notes)
+
+
+def notes_lines(notes_by_name, layout):
+    """One line per kind of note of `pair_notes` ({name: notes}), naming the pairs."""
+    def listed(names):
+        return f"{len(names)} pair{'s' if len(names) > 1 else ''} ({_listed(set(names))})"
+
+    deep = [name for name, notes in notes_by_name.items() if NOTE_16_BIT in notes]
+    grey = [name for name, notes in notes_by_name.items() if NOTE_GREY_B in notes]
+    lines = []
+    if deep:
+        lines.append(f"note: {listed(deep)} with 16-bit images, scaled to 8 bits (levels / 257)")
+    if grey:
+        lines.append(f"note: {listed(grey)} with a grey B where task {layout.task!r} expects "
+                     "colour: B gives no colour to the fused image")
+    return tuple(lines)
+
+
 def input_notes(pairs, layout):
     """One line per kind of input a user may not expect to be converted, naming the pairs:
     16-bit images scaled to 8 bits, and grey B images where the task expects colour (their
     fusion has no colour from B). Empty when there are none."""
-    def listed(names):
-        return f"{len(names)} pair{'s' if len(names) > 1 else ''} ({_listed(set(names))})"
-
-    deep = [pair.name for pair in pairs if images.is_16_bit(pair.a) or images.is_16_bit(pair.b)]
-    grey = [] if layout.jet else [pair.name for pair in pairs
-                                   if _is_grey(images.read_image(pair.b))]
-    notes = []
-    if deep:
-        notes.append(f"note: {listed(deep)} with 16-bit images, scaled to 8 bits (levels / 257)")
-    if grey:
-        notes.append(f"note: {listed(grey)} with a grey B where task {layout.task!r} expects "
-                     "colour: B gives no colour to the fused image")
-    return tuple(notes)
+    return notes_lines({pair.name: pair_notes(pair, layout) for pair in pairs}, layout)
 
 
 def _is_grey(image):
@@ -221,10 +255,16 @@ def read_pair_uint8(pair, layout, image_size=None):
     """(a uint8 [H, W, 1] grey, b uint8 [H, W, 3] RGB) of one pair: at A's own size (image_size
     None; a B of another size is resized to it), or both resized to image_size (S for S x S, or
     (H, W))."""
-    a_image, b_image = images.read_image(pair.a), images.read_image(pair.b)
+    return sources_uint8(images.read_image(pair.a), images.read_image(pair.b), layout,
+                         image_size, pair.b)
+
+
+def sources_uint8(a_image, b_image, layout, image_size=None, b_name="B"):
+    """(a uint8 [H, W, 1] grey, b uint8 [H, W, 3] RGB) of a pair's images as read (uint8
+    [H, W] or [H, W, 3]; sizes as in `read_pair_uint8`); b_name names B in errors."""
     size = a_image.shape[:2] if image_size is None else image_size
     a = images.resize(_grey_source(a_image), size)
-    b = _colour_source(images.resize(b_image, size), pair.b, layout)
+    b = _colour_source(images.resize(b_image, size), b_name, layout)
     return a[..., None], b
 
 

@@ -33,7 +33,7 @@ def fuse_and_score(config, run_dir, devices=None):
     scored_root = config.data.eval_root or config.data.root
     task = layouts.tasks_from_config(config.data)[0]
     fusion.fuse_folder(os.path.join(run_dir, train.CHECKPOINT_DIR), fused, data=scored_root,
-                       task=task, overwrite=True, devices=devices)
+                       task=task, overwrite=True, devices=devices).check()
     layout = layouts.layout_from_config(config.data, task)
     scores, _ = scoring.score_pairs(layouts.list_pairs(scored_root, layout), layout,
                                     {"run": fused}, with_baselines=False)

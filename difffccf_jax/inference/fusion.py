@@ -13,51 +13,55 @@ Output layout under --out, for a pair whose files are named NAME.EXT:
         deformation_grid.png       a regular grid moved by the deformation
         warped_b.png               B after registration (RGB)
 
-Sizes: each pair is fused at its own size, A's H x W (a B of another size is resized to A's), or
-at S x S with resize_to=S (`--resize S`, as training sees pairs). For the U-Net, whose bottleneck
-is the image shrunk 2^(levels - 1) times, a pair is padded at the bottom and right to a multiple
-of that factor, each source with its own background (`images.pad_with_background`: the median
-of its border pixels), and every output is cropped back. Padding at the bottom and right keeps
-the pixels near the top-left corner, where the region rules read their reference values, the
-image's own. The bottleneck's graph attention costs memory and time quadratic in its pixel
-count, so on pairs larger than tile x tile after padding (default TILE_BOTTLENECK bottleneck
-pixels a side) the network is evaluated in overlapping tiles (inference/tiling.py).
+Sizes: each pair is fused at its own size, A's H x W (a B of another size but the same aspect
+ratio is resized to A's), or at S x S with resize_to=S (`--resize S`, as training sees pairs),
+padded to its size bucket and cropped back (inference/sizes.py); on pairs larger than tile x
+tile the network is evaluated in overlapping tiles (inference/tiling.py).
 
-Pairs of equal padded size are batched together, so each size compiles once; pair i's noise
-comes from fold_in(key, i) whatever its batch.
+Streaming: the pairs are read in a few threads a bounded number ahead, fused batch by batch by a
+`fuser.Fuser` (one batch on the devices while the previous one is written), and written in a
+few threads, so memory does not grow with the folder. Each pair's files are written under
+temporary names and then renamed; a pair whose outputs all exist is not fused again (unless
+`overwrite`), so a rerun of an interrupted run fuses only what is missing (and removes the
+temporary files the interrupted run left for its pairs). A pair that cannot be
+read, has no A or no B, or whose A and B differ in aspect ratio is skipped and listed with its
+reason in OUT/failures.jsonl (one JSON object a line; `failures.K-of-N.jsonl` for share K of
+N). Each pair's noise comes from its name (`shards.noise_id`), so a share of the folder
+(`share=(K, N)`, `shards.in_share`) fuses its pairs exactly as a run over the whole folder.
 
-Everything is checked before the first file is written (checkpoint config, folders, every image,
-sizes, existing outputs) and before the parameters are loaded; each pair's files are written
-under temporary names and then renamed.
+The checkpoint's config, the folders, the pair names and the settings are checked before the
+parameters are loaded; nothing is written before the parameters are loaded.
 """
 
+import contextlib
 import dataclasses
+import functools
+import json
 import os
 
-import jax
 import numpy as np
 import tqdm
 
-from difffccf_jax import color, files, parallel
+from difffccf_jax import color, files, pipeline
 from difffccf_jax.data import images, layouts
 from difffccf_jax.errors import UserError
-from difffccf_jax.inference import sampling, tiling
-from difffccf_jax.model import checkpoints, unet
-from difffccf_jax.model import settings as method_settings
+from difffccf_jax.inference import fuser as fuser_module
+from difffccf_jax.inference import shards, sizes
+from difffccf_jax.model import checkpoints
 
 EXTRAS_FOLDER = "extras"
 GRID_SPACING = 4  # pixels between the lines of the deformation picture
 GRID_PICTURE_SIZE = 512  # the deformation picture's size, at least
-# The default tile, in bottleneck pixels a side: above it the network runs in tiles. With the
-# tiny config on CPU a 512 px pair (64 x 64 bottleneck pixels) peaks at 1.3 GiB, a 1024 px pair
-# (128 x 128) at 13.4 GiB, or 1.6 GiB in 512 px tiles.
-TILE_BOTTLENECK = 64
+FAILURES_NAME = "failures"
+IO_WORKERS = 2  # threads reading, and threads writing, pairs
 
 
 @dataclasses.dataclass(frozen=True)
 class FusedFolder:
-    """What `fuse_folder` wrote: the pairs' names, {kind: path} per pair (kind 'fused' is the
-    RGB image), and the settings they were fused with."""
+    """What `fuse_folder` did: `names`, the pairs of its share whose outputs exist now (fused
+    in this run, or `reused`: complete before it), {kind: path} per pair in `outputs` (kind
+    'fused' is the RGB image), the pairs skipped ((name, reason) in `failures`, listed in the
+    file `failures_path`), and the settings they were fused with."""
     out: str
     task: str
     names: tuple
@@ -65,34 +69,28 @@ class FusedFolder:
     steps: int
     registered: bool
     stochastic: bool
-    tiled: tuple = ()  # names of the pairs whose network ran in tiles
-    notes: tuple = ()  # lines on inputs that were converted (`layouts.input_notes`)
+    tiled: tuple = ()  # names of the pairs fused in this run whose network ran in tiles
+    notes: tuple = ()  # lines on inputs that were converted (`layouts.notes_lines`)
+    reused: tuple = ()  # names of the pairs whose outputs were complete already
+    failures: tuple = ()
+    failures_path: str = ""
 
     def summary(self):
         """One line for the command line."""
         notes = "".join([", registered" if self.registered else "",
                          ", stochastic" if self.stochastic else "",
                          f", {len(self.tiled)} in tiles" if self.tiled else ""])
-        return (f"fused {len(self.names)} {self.task} pairs into {self.out} ({self.steps} "
-                f"steps{notes})")
+        reused = f", {len(self.reused)} done before" if self.reused else ""
+        skipped = (f", skipped {len(self.failures)}: see {self.failures_path}"
+                   if self.failures else "")
+        return (f"fused {len(self.names) - len(self.reused)} {self.task} pairs into {self.out} "
+                f"({self.steps} steps{notes}){reused}{skipped}")
 
-
-def sampling_settings(config, steps=None, batch_size=None, seed=None, stochastic=False,
-                      output=None, register=None):
-    """config.sampling with the given choices applied (checked); None keeps the config's."""
-    settings = config.sampling
-    chosen = dict(steps=steps, batch_size=batch_size, seed=seed, output=output,
-                  register=register)
-    for field, value in chosen.items():
-        if value is not None:
-            settings[field] = value
-    settings.add_noise = bool(settings.add_noise or stochastic)
-    if not 1 <= settings.steps <= config.diffusion.steps:
-        raise UserError(f"--steps {settings.steps}: expected 1..{config.diffusion.steps} "
-                        "(the diffusion steps of the checkpoint)")
-    if settings.batch_size < 1:
-        raise UserError(f"--batch-size {settings.batch_size}: expected a positive number")
-    return settings
+    def check(self):
+        """Raises UserError naming the first skipped pair, for callers that need every pair."""
+        if self.failures:
+            name, reason = self.failures[0]
+            raise UserError(f"{self.summary()}; the first, {name}: {reason}")
 
 
 def input_layout(config, task, data=None, a_dir=None, b_dir=None):
@@ -139,12 +137,33 @@ def check_distinct(names, planned):
         seen[paths["fused"]] = name
 
 
-def check_not_overwriting(planned):
-    """Raises UserError when any planned output exists (the first is named)."""
-    existing = [path for paths in planned for path in paths.values() if os.path.exists(path)]
-    if existing:
-        raise UserError(f"{existing[0]} already exists ({len(existing)} of the outputs do); "
-                        "pass --overwrite to replace them or choose another --out")
+def is_complete(paths):
+    """Whether every output of a pair exists (each was renamed into place whole)."""
+    return all(os.path.exists(path) for path in paths.values())
+
+
+def remove_stale_temporaries(out, names):
+    """Removes the temporary files that a killed run left behind for the pairs `names` (in
+    OUT and their extras folders); other pairs' files, which another share may be writing, are
+    left alone."""
+    stems = {os.path.splitext(name)[0] for name in names}
+    folders = [(out, True)] + [(os.path.join(out, EXTRAS_FOLDER, stem), False)
+                               for stem in stems]
+    for folder, top in folders:
+        if not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            target = files.temporary_target(entry.name)
+            if target and (not top or os.path.splitext(target)[0] in stems):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+
+
+def failures_path(out, share):
+    """OUT/failures.jsonl, or OUT/failures.K-of-N.jsonl for share (K, N) of several."""
+    index, count = share
+    suffix = "" if count == 1 else f".{index}-of-{count}"
+    return os.path.join(out, f"{FAILURES_NAME}{suffix}.jsonl")
 
 
 def deformation_grid_image(deformation, spacing=GRID_SPACING, size=GRID_PICTURE_SIZE):
@@ -193,140 +212,112 @@ def pair_files(paths, out, truncate=False):
     return items
 
 
-# ---- sizes -------------------------------------------------------------------------------------
-
-def size_multiple(model_config):
-    """2^(levels - 1): how many times the U-Net shrinks an image to its bottleneck."""
-    return 2 ** (len(model_config.channel_mult) - 1)
-
-
-def padded_size(height, width, multiple):
-    """(height, width) rounded up to multiples of `multiple`."""
-    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+def write_failures(path, failures):
+    """Writes [(name, reason)] to `path` as JSON lines (atomically), or removes the list an
+    earlier run left there when there are none."""
+    if failures:
+        files.write_text(path, "".join(json.dumps(dict(name=name, reason=reason)) + "\n"
+                                       for name, reason in failures))
+    elif os.path.exists(path):
+        os.remove(path)
 
 
-def check_sizes(resize_to, tile, multiple):
-    """UserError for a --resize or --tile the model cannot use."""
-    if resize_to is not None and resize_to < 1:
-        raise UserError(f"--resize {resize_to}: expected a positive number of pixels")
-    if tile < 1 or tile % multiple:
-        raise UserError(f"--tile {tile}: expected a positive multiple of {multiple}, the factor "
-                        "by which the checkpoint's U-Net shrinks an image to its bottleneck")
+def read_input(fuser, pair, resize_to):
+    """(PairInput, its `layouts.pair_notes`) of one pair, or (None, the reason it is skipped)."""
+    try:
+        a_image, b_image = images.read_image(pair.a), images.read_image(pair.b)
+        prepared = fuser.prepare(pair.name, shards.noise_id(pair.name), a_image, b_image,
+                                 pair.b, resize_to)
+        notes = layouts.pair_notes(pair, fuser.layout, b_image)
+    except UserError as error:
+        return None, str(error)
+    size_error = fuser.size_error(*prepared.a.shape[:2])
+    if size_error:
+        return None, f"pair {pair.name!r} is {size_error}"
+    return prepared, notes
 
 
-def check_compat_size(model_config, name, size, padded, tile, multiple):
-    """UserError when the published model (model.compat), whose fixed position embedding needs
-    a 32 x 32 bottleneck, would see an input window of another size for pair `name` (size and
-    padded size (H, W))."""
-    side = unet.COMPAT_BOTTLENECK[0] * multiple
-    if not model_config.compat or tiling.window_shape(*padded, tile) == (side, side):
-        return
-    padding = "" if padded == size else f", padded to {padded[1]}x{padded[0]}"
-    raise UserError(f"pair {name!r} is {size[1]}x{size[0]}{padding}: the published model "
-                    f"(model.compat) fuses {side}x{side} images only (its fixed "
-                    f"{unet.COMPAT_BOTTLENECK[0]}x{unet.COMPAT_BOTTLENECK[1]} bottleneck); pass "
-                    f"--resize {side}")
-
-
-def pad_pair(a, b, height, width):
-    """(a, b) padded at the bottom and right to height x width, each with its own background."""
-    return (images.pad_with_background(a, height, width),
-            images.pad_with_background(b, height, width))
-
-
-def groups_by_size(sizes):
-    """{padded size: [pair indices]} in the order the sizes first occur."""
-    groups = {}
-    for index, size in enumerate(sizes):
-        groups.setdefault(size, []).append(index)
-    return groups
-
-
-def crop(out, index, height, width):
-    """Pair `index` of a batch's SampleOutput (NumPy) cropped to its top-left height x width."""
-    return sampling.SampleOutput(*(field[index, :height, :width] for field in out))
-
-
-def placed_on(sample, mesh):
-    """`sample` (a `sampling.make_sampler` over `mesh`) with its host arguments first put on the
-    shardings it was compiled for: in a multi-process run JAX refuses NumPy inputs to a sharded
-    program, even one on this process's devices only."""
-    replicated, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-
-    def call(params, schedule, a, b, key, pair_ids):
-        a, b, pair_ids = jax.device_put((a, b, pair_ids), split)
-        schedule, key = jax.device_put((schedule, key), replicated)
-        return sample(params, schedule, a, b, key, pair_ids)
-    return call
-
-
-def fuse_by_size(sample, params, schedule, inputs, padded, key, batch_size, num_devices):
-    """Yields (pair index, the pair's SampleOutput at its own size, NumPy) for the pairs
-    `inputs` [(a [H, W, 1], b [H, W, 3])], each padded to its size in `padded` [(H', W')] and
-    fused with the pairs of that size (`sampling.fuse_pairs`), with noise fold_in(key, index)."""
-    for (height, width), indices in groups_by_size(padded).items():
-        a, b = (np.stack(arrays) for arrays in zip(
-            *(pad_pair(*inputs[i], height, width) for i in indices)))
-        for start, batch in sampling.fuse_pairs(sample, params, schedule, a, b, key, batch_size,
-                                                num_devices, indices):
-            for offset in range(len(batch.rgb)):
-                index = indices[start + offset]
-                yield index, crop(batch, offset, *inputs[index][0].shape[:2])
+def write_pair(planned, truncate, result):
+    """Writes one pair's outputs (`pair_files`) all-or-nothing; returns its name."""
+    name, out = result
+    for path in planned[name].values():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_files(pair_files(planned[name], out, truncate))
+    return name
 
 
 def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, steps=None,
                 batch_size=None, seed=None, stochastic=False, output=None, register=None,
-                resize_to=None, tile=None, save_extras=False, overwrite=False,
-                show_progress=True, devices=None):
-    """Fuses every pair under `data` (the task's published layout) or of the folders a_dir and
-    b_dir with the checkpoint's model into `out`; returns a FusedFolder. Pairs keep their own
-    size, or are resized to resize_to x resize_to; on pairs larger than tile x tile (after
-    padding) the network runs in tiles (default: TILE_BOTTLENECK bottleneck pixels a side).
-    Sampling settings left None come from the checkpoint's config (see `sampling_settings`).
-    Everything is checked before the first file is written. devices: the devices that fuse
-    (default: all of every process); one process of a multi-process run passes its
-    jax.local_devices() to fuse alone."""
+                resize_to=None, tile=None, save_extras=False, overwrite=False, share=(0, 1),
+                devices=None, show_progress=True):
+    """Fuses the pairs under `data` (the task's published layout) or of the folders a_dir and
+    b_dir that belong to `share` (K, N) (`shards.in_share`; all of them by default) with the
+    checkpoint's model into `out` (`fuse_into_folder`); returns a FusedFolder. Sampling
+    settings left None come from the checkpoint's config (`fuser.sampling_settings`); on pairs
+    larger than tile x tile the network runs in tiles; devices: those the batches are split
+    over (default this process's local devices)."""
     config = checkpoints.read_config(checkpoint)
-    settings = sampling_settings(config, steps, batch_size, seed, stochastic, output, register)
-    multiple = size_multiple(config.model)
-    tile = TILE_BOTTLENECK * multiple if tile is None else tile
-    check_sizes(resize_to, tile, multiple)
     task = task or layouts.tasks_from_config(config.data)[0]
     root, layout = input_layout(config, task, data, a_dir, b_dir)
-    pairs = layouts.list_pairs(root, layout)
-    names = [pair.name for pair in pairs]
-    sampler = method_settings.sampler_settings(config)
-    inputs = [layouts.read_pair(pair, layout, resize_to, sampler.color_conversion)
-              for pair in pairs]
-    sizes = [a.shape[:2] for a, _ in inputs]
-    padded = [padded_size(*size, multiple) for size in sizes]
-    for name, size, padded_to in zip(names, sizes, padded):
-        check_compat_size(config.model, name, size, padded_to, tile, multiple)
-    planned = [output_paths(out, name, save_extras) for name in names]
-    check_distinct(names, planned)
-    if not overwrite:
-        check_not_overwriting(planned)
+    sizes.check_resize(resize_to)
+    pairs, unmatched = layouts.match_pairs(root, layout)
+    check_distinct([pair.name for pair in pairs],
+                   [output_paths(out, pair.name, False) for pair in pairs])
+    fuser = fuser_module.Fuser.from_checkpoint(
+        checkpoint, task=task, steps=steps, batch_size=batch_size, seed=seed,
+        stochastic=stochastic, output=output, register=register, tile=tile, devices=devices)
+    return fuse_into_folder(fuser, pairs, unmatched, out, resize_to, save_extras, overwrite,
+                            share, show_progress)
 
-    mesh = parallel.make_mesh(devices)
-    # One process of several fusing on its own devices reads the checkpoint alone.
-    alone = jax.process_count() > 1 and {
-        device.process_index for device in mesh.devices.flat} == {jax.process_index()}
-    _, params = checkpoints.load_for_inference(checkpoint, alone=alone)  # config: read above
-    params = jax.device_put(params, parallel.replicated(mesh))
-    network = tiling.TiledNetwork(unet.model_from_config(config.model), tile)
-    sample, schedule = sampling.sampler_from_config(config, task, mesh=mesh, model=network)
-    fused_pairs = fuse_by_size(placed_on(sample, mesh), params, schedule, inputs, padded,
-                               jax.random.PRNGKey(settings.seed), settings.batch_size, mesh.size)
+
+def fuse_into_folder(fuser, pairs, unmatched, out, resize_to=None, save_extras=False,
+                     overwrite=False, share=(0, 1), show_progress=True):
+    """Fuses the `pairs` [layouts.PairFiles] of `share` with `fuser` into `out`, streaming;
+    returns a FusedFolder. Pairs whose outputs are complete are kept unless `overwrite`; the
+    pairs that cannot be fused, and those of `unmatched` ({name: reason}), are listed in
+    `failures_path`. Pairs keep their own size, or are resized to resize_to x resize_to."""
+    pairs = [pair for pair in pairs if shards.in_share(pair.name, share)]
+    planned = {pair.name: output_paths(out, pair.name, save_extras) for pair in pairs}
+    reused = set() if overwrite else {pair.name for pair in pairs
+                                      if is_complete(planned[pair.name])}
+    todo = [pair for pair in pairs if pair.name not in reused]
+    failures = [(name, reason) for name, reason in unmatched.items()
+                if shards.in_share(name, share)]
+    notes, tiled = {}, set()
+    remove_stale_temporaries(out, planned)
     os.makedirs(out, exist_ok=True)
-    for index, fused in tqdm.tqdm(fused_pairs, total=len(names), desc="fuse", unit="pair",
-                                  disable=not show_progress):
-        for path in planned[index].values():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        files.write_files(pair_files(planned[index], fused, sampler.truncate_output))
-    return FusedFolder(out=out, task=task, names=tuple(names), outputs=tuple(planned),
-                       notes=layouts.input_notes(pairs, layout),
-                       steps=int(schedule.betas.shape[0]),
-                       registered=sampler.register,
-                       stochastic=bool(settings.add_noise),
-                       tiled=tuple(name for name, size in zip(names, padded)
-                                   if len(tiling.windows(*size, tile)) > 1))
+    progress = tqdm.tqdm(total=len(todo), desc="fuse", unit="pair", disable=not show_progress)
+
+    def readable(reads):
+        for pair, (prepared, detail) in zip(todo, reads):
+            if prepared is None:
+                failures.append((pair.name, detail))
+                progress.update(1)
+                continue
+            notes[pair.name] = detail
+            if sizes.is_tiled(fuser.bucket(*prepared.a.shape[:2]), fuser.tile):
+                tiled.add(pair.name)
+            yield prepared
+
+    depth = 2 * fuser.batch_size + IO_WORKERS
+    reads = pipeline.ordered_map(functools.partial(read_input, fuser, resize_to=resize_to),
+                                 todo, IO_WORKERS, depth)
+    fused = fuser.fuse_stream(readable(reads), extras=save_extras)
+    done = set(reused)
+    for name in pipeline.ordered_map(functools.partial(write_pair, planned,
+                                                       fuser.settings.truncate_output), fused, IO_WORKERS,
+                                     depth):
+        done.add(name)
+        progress.update(1)
+    progress.close()
+    failed_path = failures_path(out, share)
+    write_failures(failed_path, failures)
+    names = tuple(pair.name for pair in pairs if pair.name in done)
+    return FusedFolder(out=out, task=fuser.task, names=names,
+                       outputs=tuple(planned[name] for name in names),
+                       notes=layouts.notes_lines(notes, fuser.layout), steps=fuser.steps,
+                       registered=fuser.settings.register,
+                       stochastic=fuser.settings.add_noise,
+                       tiled=tuple(name for name in names if name in tiled),
+                       reused=tuple(name for name in names if name in reused),
+                       failures=tuple(failures), failures_path=failed_path)

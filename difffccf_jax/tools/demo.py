@@ -442,6 +442,7 @@ def run_demo(out, task="pet", train_steps=TRAIN_STEPS, image_size=96, train_pair
         fused = fusion.fuse_folder(checkpoint, folder, data=root, task=task, register=register,
                                    save_extras=True)
         print(fused.summary())
+        fused.check()
     timings["fuse"] = time.perf_counter() - stage
 
     announce(3, "fusion metrics against the classical baselines")

@@ -272,14 +272,15 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
                REGISTERED: os.path.join(out, "fused_registered")}
     for name, folder in folders.items():
         fusion.fuse_folder(checkpoint, folder, data=roots["test"], task=task,
-                           register=name == REGISTERED, save_extras=True)
+                           register=name == REGISTERED, save_extras=True).check()
     roots["true_field"] = os.path.join(out, "data", "true_field")
     write_true_field_pairs(roots["test"], roots["true_field"], layout,
                            settings.sampler_settings(config).warp_interpolation)
     ceilings = {TRUE_FIELD: os.path.join(out, "fused_true_field"),
                 ALIGNED: os.path.join(out, "fused_aligned")}
     for name, data in ((TRUE_FIELD, roots["true_field"]), (ALIGNED, roots["aligned"])):
-        fusion.fuse_folder(checkpoint, ceilings[name], data=data, task=task, register=False)
+        fusion.fuse_folder(checkpoint, ceilings[name], data=data, task=task,
+                           register=False).check()
     timings["fuse"] = time.perf_counter() - stage
 
     # The metrics compare the fused image with its sources: with the pair as given (B
