@@ -14,7 +14,7 @@ from difffccf_jax import cli, config_versions
 from difffccf_jax.config_cli import load_config, save_json_config
 from difffccf_jax.data import generator, images, layouts
 from difffccf_jax.errors import UserError
-from difffccf_jax.inference import sampling
+from difffccf_jax.inference import sampling, shards
 from difffccf_jax.model import checkpoints, registration, regions, settings, unet
 from difffccf_jax.training import train, weighting
 
@@ -266,7 +266,8 @@ def test_the_sampler_built_from_the_config_is_the_one_fuse_runs(tiny_config_path
                                                                 monkeypatch):
     """A checkpoint of the tiny config fused by `difffccf
     fuse`, and the same pair fused from Python with only the config and the parameters
-    (`sampling.sampler_from_config`, `sampling.fuse_pairs`): the same settings reach the
+    (`sampling.sampler_from_config`, `sampling.fuse_pairs` with the pair's noise id from its
+    name, as fuse gives it): the same settings reach the
     sampler, and the same RGB image comes out."""
     config = load_config(tiny_config_path, SMALL)
     model = unet.model_from_config(config.model)
@@ -294,6 +295,6 @@ def test_the_sampler_built_from_the_config_is_the_one_fuse_runs(tiny_config_path
     a, b = layouts.read_pair(pair, layout)
     [(_, fused)] = list(sampling.fuse_pairs(
         sample, params, schedule, a[None], b[None], jax.random.PRNGKey(config.sampling.seed),
-        config.sampling.batch_size))
+        config.sampling.batch_size, pair_ids=[shards.noise_id(pair.name)]))
     written = images.read_image(os.path.join(out, os.path.splitext(pair.name)[0] + ".png"))
     np.testing.assert_array_equal(written, fused.rgb[0])
