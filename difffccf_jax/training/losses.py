@@ -1,6 +1,6 @@
 """Training losses (docs/method.md section 5): the fusion quality loss and the per-batch loss
 terms of the three colour channels. The similarity measures of the registration terms live in
-`registration` (the sampler's refinement uses them too).
+`similarity` (the sampler's refinement uses them too).
 
 Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns
 scalars. Every function is differentiable with respect to its image arguments.
