@@ -250,7 +250,7 @@ def get_config(arg=None):
         # on; `difffccf registration` measures it on misaligned pairs (README, Registration).
         register=False,
         # Registration: Adam steps of instance optimisation of the network's field on the
-        # training loss (registration.refine_field; 0: the network's field as it is), their
+        # training loss (refinement.refine_field; 0: the network's field as it is), their
         # step in pixels, and the weight of the refinement's own strain term, which keeps the
         # field near a rigid motion without holding back its rotation (registration_loss):
         # 0.1 px and 100 chosen on validation pairs (docs/method.md section 7 compares them with

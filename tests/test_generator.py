@@ -201,11 +201,11 @@ def test_saved_field_realigns_the_moved_b(task, anatomy):
 
 
 def test_saved_field_follows_the_registration_warp_convention():
-    """registration.warp (the network's warp) with the saved field equals the scipy oracle."""
-    from difffccf_jax.model import registration
+    """warping.warp (the network's warp) with the saved field equals the scipy oracle."""
+    from difffccf_jax.model import warping
 
     pair = generator.make_pair("adni", SIZE, seed=2, index=0, misalign_b=True)
-    warped = jax.jit(registration.warp)(pair.b[None, ..., None].astype(np.float32),
+    warped = jax.jit(warping.warp)(pair.b[None, ..., None].astype(np.float32),
                                         pair.displacement[None])
     np.testing.assert_allclose(np.asarray(warped)[0, ..., 0],
                                scipy_warp(pair.b, pair.displacement), atol=1e-3)

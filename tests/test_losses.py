@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from difffccf_jax import color
-from difffccf_jax.model import composition, diffusion, regions, registration, settings, unet
+from difffccf_jax.model import (composition, diffusion, filters, regions, registration, regularisers,
+                                settings, similarity, unet)
 from difffccf_jax.training import losses
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.errors import UserError
@@ -39,12 +40,12 @@ def test_mi_of_image_with_itself_is_its_entropy():
     """Values on bin centres with a narrow kernel: MI(x, x) = the histogram entropy. A wider
     kernel blurs the joint table, so MI stays below the soft entropy and grows as it narrows."""
     x, index = bin_centre_image(0, 16)
-    mi = registration.mutual_information(x, x, bins=16, sigma=0.15)
+    mi = similarity.mutual_information(x, x, bins=16, sigma=0.15)
     for i in range(2):
         assert float(mi[i]) == pytest.approx(hard_entropy(index[i], 16), abs=1e-4)
-    wide = [float(registration.mutual_information(x, x, 16, s)[0]) for s in (0.8, 0.5, 0.3)]
+    wide = [float(similarity.mutual_information(x, x, 16, s)[0]) for s in (0.8, 0.5, 0.3)]
     assert wide[0] < wide[1] < wide[2] < float(mi[0])
-    p = np.asarray(jnp.mean(registration.soft_bin_weights(x, 16, 0.5), axis=1))[0]
+    p = np.asarray(jnp.mean(similarity.soft_bin_weights(x, 16, 0.5), axis=1))[0]
     assert wide[1] <= -np.sum(p * np.log(p)) + 1e-5
 
 
@@ -63,13 +64,13 @@ def test_mi_matches_float64_parzen_oracle():
     joint = weights(a).T @ weights(b) / a.size
     outer = joint.sum(1, keepdims=True) * joint.sum(0, keepdims=True)
     expected = np.sum(joint * np.log(joint / outer))
-    assert float(registration.mutual_information(a, b, bins, sigma)[0]) == pytest.approx(expected,
+    assert float(similarity.mutual_information(a, b, bins, sigma)[0]) == pytest.approx(expected,
                                                                                    rel=1e-4)
 
 
 def test_mi_of_independent_noise_is_near_zero_and_gradient_flows():
     a, b = uniform(3, (1, 128, 128, 1)), uniform(4, (1, 128, 128, 1))
-    mi_and_grad = jax.jit(jax.value_and_grad(lambda x, y: registration.mutual_information(x, y)[0],
+    mi_and_grad = jax.jit(jax.value_and_grad(lambda x, y: similarity.mutual_information(x, y)[0],
                                              argnums=1))
     independent, grad = mi_and_grad(a, b)
     assert abs(float(independent)) < 0.01
@@ -84,22 +85,22 @@ def test_correlation_ratio_known_answers():
     classes), about 0 for independent b, and in between for b = f(a) + noise."""
     a, index = bin_centre_image(5, 8, (1, 48, 48, 1))
     b = jnp.cos(3 * a)
-    assert float(registration.correlation_ratio(a, b, 8, 0.15)[0]) == pytest.approx(1.0, abs=1e-4)
+    assert float(similarity.correlation_ratio(a, b, 8, 0.15)[0]) == pytest.approx(1.0, abs=1e-4)
     noise = uniform(6, a.shape)
     noisy = b + 0.5 * noise
     values, classes = np.asarray(noisy, np.float64).ravel(), index.ravel()
     between = sum(np.sum(classes == k) * (values[classes == k].mean() - values.mean()) ** 2
                   for k in np.unique(classes))
     expected = between / np.sum((values - values.mean()) ** 2)
-    assert float(registration.correlation_ratio(a, noisy, 8, 0.15)[0]) == pytest.approx(expected,
+    assert float(similarity.correlation_ratio(a, noisy, 8, 0.15)[0]) == pytest.approx(expected,
                                                                                   rel=1e-3)
-    assert float(registration.correlation_ratio(uniform(7, a.shape), noise, 8, 0.5)[0]) < 0.01
+    assert float(similarity.correlation_ratio(uniform(7, a.shape), noise, 8, 0.5)[0]) < 0.01
 
 
 def test_local_ncc_known_answers():
     a = uniform(8, (2, 32, 32, 1))
-    np.testing.assert_allclose(registration.local_ncc(a, -2 * a + 0.3, 9), 1.0, atol=1e-3)
-    assert float(jnp.max(registration.local_ncc(a, uniform(9, a.shape), 9))) < 0.05
+    np.testing.assert_allclose(similarity.local_ncc(a, -2 * a + 0.3, 9), 1.0, atol=1e-3)
+    assert float(jnp.max(similarity.local_ncc(a, uniform(9, a.shape), 9))) < 0.05
 
 
 # ---- SSIM, Sobel, quality loss ------------------------------------------------------------------
@@ -148,9 +149,9 @@ def quality_oracle(f, s1, s2, weights):
 
 
 def dense_ssim(x, y, data_range=2.0):
-    """JAX SSIM [B] with the 2-D window applied directly (`registration.window_moments`)."""
+    """JAX SSIM [B] with the 2-D window applied directly (`filters.window_moments`)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y, var_x, var_y, cov = registration.window_moments(x, y, jnp.asarray(ssim_window()))
+    mu_x, mu_y, var_x, var_y, cov = filters.window_moments(x, y, jnp.asarray(ssim_window()))
     return jnp.mean((2 * mu_x * mu_y + c1) * (2 * cov + c2)
                     / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)), axis=(1, 2, 3))
 
@@ -158,8 +159,8 @@ def dense_ssim(x, y, data_range=2.0):
 def dense_sobel(x):
     """JAX |Sobel_x| + |Sobel_y| with the 3 x 3 kernels applied directly, zero padding."""
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return (jnp.abs(registration.filter_valid(padded, jnp.asarray(SOBEL_X)))
-            + jnp.abs(registration.filter_valid(padded, jnp.asarray(SOBEL_X.T))))
+    return (jnp.abs(filters.filter_valid(padded, jnp.asarray(SOBEL_X)))
+            + jnp.abs(filters.filter_valid(padded, jnp.asarray(SOBEL_X.T))))
 
 
 def dense_quality(fused, a, b, weights):
@@ -175,12 +176,12 @@ def dense_quality(fused, a, b, weights):
 def test_separable_filter_matches_the_dense_2d_filter():
     maps = uniform(20, (2, 32, 28, 3))
     taps_y, taps_x = np.array([0.5, -1.0, 2.0, 0.25, 1.5]), np.array([1.0, -3.0, 0.5])
-    got = registration.filter_separable(maps, taps_y, taps_x)
+    got = filters.filter_separable(maps, taps_y, taps_x)
     assert got.shape == (2, 28, 26, 3)
     kernel = np.outer(taps_y, taps_x)
     expected = ndimage.correlate(np.asarray(maps, np.float64), kernel[None, :, :, None])
     np.testing.assert_allclose(got, expected[:, 2:-2, 1:-1], atol=1e-5)
-    np.testing.assert_allclose(got, registration.filter_valid(maps, jnp.asarray(kernel)),
+    np.testing.assert_allclose(got, filters.filter_valid(maps, jnp.asarray(kernel)),
                                atol=1e-5)
 
 
@@ -620,11 +621,11 @@ def test_training_losses_with_a_perfect_denoiser(perfect_denoiser_losses):
 def test_gaussian_blur_matches_scipy():
     x = np.random.default_rng(4).uniform(-1, 1, (2, 12, 10, 3)).astype(np.float32)
     for sigma in (0.7, 1.0, 2.0):
-        got = np.asarray(registration.gaussian_blur(jnp.asarray(x), sigma))
+        got = np.asarray(filters.gaussian_blur(jnp.asarray(x), sigma))
         expected = ndimage.gaussian_filter(x.astype(np.float64), (0, sigma, sigma, 0),
                                            mode="nearest", truncate=3.0)
         np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_array_equal(registration.gaussian_blur(jnp.asarray(x), 0.0), x)
+    np.testing.assert_array_equal(filters.gaussian_blur(jnp.asarray(x), 0.0), x)
 
 
 @pytest.fixture(scope="module")
@@ -685,7 +686,7 @@ def test_a_field_optimised_for_the_configured_registration_loss_realigns_b(
                                                              loss_config)
             return jnp.mean(config.loss.weights.mi * mi
                             + config.loss.weights.correlation * correlation
-                            + smoothness_weight * registration.smoothness(field))
+                            + smoothness_weight * regularisers.smoothness(field))
 
         optimizer = optax.adam(0.02)
 
@@ -835,7 +836,7 @@ def test_loss_settings_from_config_checks_fields(paper_config_path):
     config.model.compat = False
     config.loss.correlation = "ncc"
     a = uniform(20, (1, 16, 16, 1))
-    _, correlation = registration.similarity_loss(a, 3 * a, settings.loss_settings(config))
+    _, correlation = similarity.similarity_loss(a, 3 * a, settings.loss_settings(config))
     assert float(correlation[0]) == pytest.approx(0.0, abs=1e-3)
     config.loss.correlation = "mse"
     with pytest.raises(UserError, match="loss.correlation"):

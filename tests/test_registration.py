@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax.model import registration
+from difffccf_jax.model import (control_grid, filters, refinement, registration, regularisers,
+                                similarity, warping)
 
 H, W = 12, 16
-warp = jax.jit(registration.warp)  # one compile for every [2, H, W, 3] test below
+warp = jax.jit(warping.warp)  # one compile for every [2, H, W, 3] test below
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_fill_is_what_comes_in_from_outside(image):
     """With a per-channel fill, the integer shift reads the fill outside the image and the
     image inside, exactly."""
     fill = jnp.array([-1.0, 0.25, 0.5])
-    warped = np.asarray(jax.jit(registration.warp)(image, constant_field(2.0, -1.0), fill))
+    warped = np.asarray(jax.jit(warping.warp)(image, constant_field(2.0, -1.0), fill))
     expected = np.broadcast_to(np.asarray(fill), warped.shape).copy()
     expected[:, 1:, :W - 2] = np.asarray(image)[:, :H - 1, 2:]
     np.testing.assert_allclose(warped, expected, atol=1e-6)
@@ -83,7 +84,7 @@ def test_warp_gradients(image):
     np.testing.assert_allclose(grad_image[:, :, 0], 0.7, atol=1e-6)
 
 
-bicubic_warp = jax.jit(functools.partial(registration.warp, interpolation=registration.BICUBIC))
+bicubic_warp = jax.jit(functools.partial(warping.warp, interpolation=warping.BICUBIC))
 
 
 def keys_kernel(t):
@@ -138,7 +139,7 @@ def test_bicubic_is_exact_on_quadratics_and_bilinear_is_not():
 
 def test_unknown_interpolation_is_refused(image):
     with pytest.raises(ValueError, match="interpolation 'nearest'"):
-        registration.warp(image, constant_field(0.0, 0.0), interpolation="nearest")
+        warping.warp(image, constant_field(0.0, 0.0), interpolation="nearest")
 
 
 def affine_field(matrix, offset):
@@ -154,11 +155,11 @@ def affine_field(matrix, offset):
                                     [[-0.4, 0.2], [0.1, 1.0]]])
 def test_jacobian_determinant_of_affine_map(matrix):
     field = affine_field(matrix, (1.5, -2.0))
-    det = registration.jacobian_determinant(field)
+    det = regularisers.jacobian_determinant(field)
     np.testing.assert_allclose(det, np.full((1, H, W), np.linalg.det(matrix)), atol=1e-4)
     # Folding is -det where the map reverses orientation, 0 otherwise.
     expected_folding = max(0.0, -np.linalg.det(matrix))
-    assert float(registration.folding_penalty(field)[0]) == pytest.approx(expected_folding,
+    assert float(regularisers.folding_penalty(field)[0]) == pytest.approx(expected_folding,
                                                                             abs=1e-4)
 
 
@@ -167,9 +168,9 @@ def test_smoothness_of_linear_field():
     a^2 + b^2 + c^2 + d^2; a constant field has none."""
     a, b, c, d = 0.2, -0.1, 0.05, 0.3
     field = affine_field([[1 + a, b], [c, 1 + d]], (0.0, 0.0))
-    assert float(registration.smoothness(field)[0]) == pytest.approx(a * a + b * b + c * c + d * d,
+    assert float(regularisers.smoothness(field)[0]) == pytest.approx(a * a + b * b + c * c + d * d,
                                                                      rel=1e-4)
-    assert float(registration.smoothness(constant_field(1.0, -2.0))[0]) == 0.0
+    assert float(regularisers.smoothness(constant_field(1.0, -2.0))[0]) == 0.0
 
 
 # ---- B's own background as the fill -------------------------------------------------------------
@@ -263,7 +264,7 @@ def test_training_similarity_fills_with_bs_background(paper_config_path):
 # ---- the field on a grid of control points ------------------------------------------------------
 
 def test_interpolation_matrix_is_linear_interpolation_between_corner_aligned_points():
-    matrix = registration.interpolation_matrix(9, 3)  # control points on pixels 0, 4, 8
+    matrix = control_grid.interpolation_matrix(9, 3)  # control points on pixels 0, 4, 8
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
     np.testing.assert_array_equal(matrix[[0, 4, 8]], np.eye(3))
     np.testing.assert_allclose(matrix[2], [0.5, 0.5, 0.0])
@@ -275,11 +276,11 @@ def test_grid_reproduces_affine_fields_and_projects(points):
     """An affine field is reproduced exactly by its control points; the least-squares
     projection is a projection (applying it twice changes nothing)."""
     field = affine_field([[1.03, -0.05], [0.04, 0.98]], (1.5, -2.0))
-    control = registration.field_to_grid(field, points)
-    np.testing.assert_allclose(registration.grid_to_field(control, H, W), field, atol=1e-4)
+    control = control_grid.field_to_grid(field, points)
+    np.testing.assert_allclose(control_grid.grid_to_field(control, H, W), field, atol=1e-4)
     noise = jnp.asarray(np.random.default_rng(points).normal(size=(1, H, W, 2)), jnp.float32)
-    once = registration.grid_to_field(registration.field_to_grid(noise, points), H, W)
-    twice = registration.grid_to_field(registration.field_to_grid(once, points), H, W)
+    once = control_grid.grid_to_field(control_grid.field_to_grid(noise, points), H, W)
+    twice = control_grid.grid_to_field(control_grid.field_to_grid(once, points), H, W)
     np.testing.assert_allclose(twice, once, atol=1e-4)
 
 
@@ -298,8 +299,8 @@ def test_deformation_head_on_a_grid_is_smooth_and_bounded():
     # linear between control points (of 16 columns: at x = 0, 7.5 and 15)
     np.testing.assert_allclose(field[0, :, 0:6] - 2 * field[0, :, 1:7] + field[0, :, 2:8], 0.0,
                                atol=1e-4)
-    assert float(registration.smoothness(field)[0]) < float(
-        registration.smoothness(unet.deformation_field(raw, 4.0, 0))[0])
+    assert float(regularisers.smoothness(field)[0]) < float(
+        regularisers.smoothness(unet.deformation_field(raw, 4.0, 0))[0])
 
 
 def test_resize_field_keeps_the_motion():
@@ -307,12 +308,12 @@ def test_resize_field_keeps_the_motion():
     field stays the same motion in the new pixels (away from the border, where bilinear
     resizing is exact)."""
     shift = jnp.broadcast_to(jnp.array([1.5, -0.5]), (1, 12, 16, 2))
-    np.testing.assert_allclose(registration.resize_field(shift, 36, 32),
+    np.testing.assert_allclose(warping.resize_field(shift, 36, 32),
                                np.broadcast_to([3.0, -1.5], (1, 36, 32, 2)), rtol=1e-6)
     rows, cols = np.mgrid[0:16, 0:16].astype(np.float64)
     small = jnp.asarray(np.stack([0.1 * (rows - 7.5), -0.05 * (cols - 7.5)], -1)[None],
                         jnp.float32)  # u(p) = L (p - centre), pixel centres at 7.5
-    big = np.asarray(registration.resize_field(small, 32, 32))
+    big = np.asarray(warping.resize_field(small, 32, 32))
     rows, cols = np.mgrid[0:32, 0:32].astype(np.float64)
     expected = np.stack([0.1 * (rows - 15.5), -0.05 * (cols - 15.5)], -1)  # same L, 2x the px
     np.testing.assert_allclose(big[0, 2:-2, 2:-2], expected[2:-2, 2:-2], atol=1e-4)
@@ -421,7 +422,7 @@ def test_true_field_pairs_undo_the_motion(tmp_path):
         generator.write_task(roots[name], layout, 2, 96, 4, misalign_b=moved,
                              anatomy="phantom", motion="head")
     registration_check.write_true_field_pairs(roots["test"], roots["true_field"], layout,
-                                              registration.BICUBIC)
+                                              warping.BICUBIC)
     listed = {name: layouts.list_pairs(root, layout) for name, root in roots.items()}
     for moved, aligned, undone in zip(*(listed[name] for name in ("test", "aligned", "true_field"))):
         read = {name: layouts.read_pair_uint8(pair, layout)
@@ -442,23 +443,23 @@ def test_mind_sees_structure_not_intensity():
     descriptor is in (0, 1] with 1 the closest neighbour."""
     from difffccf_jax.training import losses
 
-    a = registration.gaussian_blur(jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 40, 40, 1)),
+    a = filters.gaussian_blur(jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 40, 40, 1)),
                                          jnp.float32), 1.5)
-    descriptor = np.asarray(registration.mind_descriptor(a))
+    descriptor = np.asarray(similarity.mind_descriptor(a))
     assert descriptor.shape == (2, 40, 40, 4)
     assert descriptor.min() > 0 and np.allclose(descriptor.max(axis=-1), 1.0)
-    np.testing.assert_allclose(registration.mind_distance(a, -3.0 * a + 0.5), 0.0, atol=1e-3)
+    np.testing.assert_allclose(similarity.mind_distance(a, -3.0 * a + 0.5), 0.0, atol=1e-3)
     shifted = jnp.roll(a, 2, axis=2)
-    assert float(jnp.min(registration.mind_distance(a, shifted))) > 0.3
+    assert float(jnp.min(similarity.mind_distance(a, shifted))) > 0.3
 
 
 def test_shifted_reads_with_edges_repeated():
     from difffccf_jax.training import losses
 
     x = jnp.arange(12.0).reshape(1, 3, 4, 1)
-    np.testing.assert_array_equal(registration.shifted(x, 1, 0)[0, :, :, 0],
+    np.testing.assert_array_equal(filters.shifted(x, 1, 0)[0, :, :, 0],
                                   [[1, 2, 3, 3], [5, 6, 7, 7], [9, 10, 11, 11]])
-    np.testing.assert_array_equal(registration.shifted(x, 0, -1)[0, :, :, 0],
+    np.testing.assert_array_equal(filters.shifted(x, 0, -1)[0, :, :, 0],
                                   [[0, 1, 2, 3], [0, 1, 2, 3], [4, 5, 6, 7]])
 
 
@@ -505,14 +506,14 @@ def test_registration_loss_prefers_the_true_field(paper_config_path, head_motion
     from difffccf_jax.config_cli import load_config
     from difffccf_jax.model.settings import refinement_settings
 
-    refinement = refinement_settings(load_config(paper_config_path))
+    paper = refinement_settings(load_config(paper_config_path))
     a, b, true = head_motion_pairs[task]
     translation = jnp.broadcast_to(true.mean(axis=(1, 2), keepdims=True), true.shape)
     for settings, field, others in (
-            (dataclasses.replace(refinement, strain=0.0), true,
+            (dataclasses.replace(paper, strain=0.0), true,
              (("zero", 0 * true), ("opposite", -true), ("translation", translation))),
-            (refinement, affine_part(true), (("zero", 0 * true), ("opposite", -true)))):
-        loss = jax.jit(lambda field: registration.registration_loss(a, b, field, settings))
+            (paper, affine_part(true), (("zero", 0 * true), ("opposite", -true)))):
+        loss = jax.jit(lambda field: refinement.registration_loss(a, b, field, settings))
         at_field = np.asarray(loss(field))
         for name, other in others:
             assert np.all(at_field < np.asarray(loss(other))), (settings.strain, name)
@@ -564,9 +565,9 @@ def test_training_registration_pass_scores_the_samplers_field(tiny_config_path):
     assert terms["mi"] == pytest.approx(float(jnp.mean(mi)), rel=1e-5)
     assert terms["correlation"] == pytest.approx(float(jnp.mean(correlation)), rel=1e-5)
     assert terms["smoothness"] == pytest.approx(
-        float(jnp.mean(registration.smoothness(field))), rel=1e-5)
+        float(jnp.mean(regularisers.smoothness(field))), rel=1e-5)
     assert terms["folding"] == pytest.approx(
-        float(jnp.mean(registration.folding_penalty(field))), rel=1e-5, abs=1e-7)
+        float(jnp.mean(regularisers.folding_penalty(field))), rel=1e-5, abs=1e-7)
     assert terms["smoothness"] > 0
 
 
@@ -588,7 +589,7 @@ def test_published_model_trains_without_a_registration_pass(paper_config_path):
 @pytest.mark.parametrize("task, ratio", [("pet", 0.5), ("spect", 0.6)])
 def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_motion_pairs, task,
                                                       ratio):
-    """registration.refine_field with the paper config's settings (sampling.refine_steps of the
+    """refinement.refine_field with the paper config's settings (sampling.refine_steps of the
     training loss plus the strain term on the 5 x 5 control points): from no warp it lowers
     every pair's loss and brings the mean end-point error of the generated pairs below issue
     18's share of its value (0.5 x PET, 0.6 x SPECT); from the true field it stays near it."""
@@ -600,8 +601,8 @@ def test_refinement_realigns_b_without_the_true_field(paper_config_path, head_mo
     assert settings.learning_rate == 0.1 and settings.strain == 100.0 and settings.from_no_warp
     settings = dataclasses.replace(settings, from_no_warp=False)  # each start on its own
     a, b, true = head_motion_pairs[task]
-    refine = jax.jit(lambda field: registration.refine_field(a, b, field, settings))
-    loss = jax.jit(lambda field: registration.registration_loss(a, b, field, settings))
+    refine = jax.jit(lambda field: refinement.refine_field(a, b, field, settings))
+    loss = jax.jit(lambda field: refinement.registration_loss(a, b, field, settings))
     before = float(jnp.mean(jnp.linalg.norm(true, axis=-1)))
     from_zero = refine(jnp.zeros_like(true))
     assert np.all(np.asarray(loss(from_zero)) < np.asarray(loss(jnp.zeros_like(true))))
@@ -626,10 +627,10 @@ def test_two_starts_keep_each_pairs_refined_field_of_lower_loss(head_motion_pair
     assert two_starts.from_no_warp
     one_start = dataclasses.replace(two_starts, from_no_warp=False)
     start = jnp.stack([true[0], -2 * true[1]])
-    kept = registration.refine_field(a, b, start, two_starts)
-    from_start = registration.refine_field(a, b, start, one_start)
-    from_no_warp = registration.refine_field(a, b, jnp.zeros_like(start), one_start)
-    loss = registration.registration_loss(jnp.concatenate([a, a]), jnp.concatenate([b, b]),
+    kept = refinement.refine_field(a, b, start, two_starts)
+    from_start = refinement.refine_field(a, b, start, one_start)
+    from_no_warp = refinement.refine_field(a, b, jnp.zeros_like(start), one_start)
+    loss = refinement.registration_loss(jnp.concatenate([a, a]), jnp.concatenate([b, b]),
                                           jnp.concatenate([from_start, from_no_warp]), two_starts)
     assert float(loss[0]) < float(loss[2]) and float(loss[3]) < float(loss[1])
     np.testing.assert_allclose(kept[0], from_start[0], atol=1e-4)
@@ -657,8 +658,8 @@ def test_strain_term_known_answers(paper_config_path):
     with_strain = dataclasses.replace(settings, strain=7.0)
     for name, (field, expected) in fields.items():
         field = jnp.asarray(field[None])
-        term = (registration.registration_loss(a, b, field, with_strain)
-                - registration.registration_loss(a, b, field, settings))
+        term = (refinement.registration_loss(a, b, field, with_strain)
+                - refinement.registration_loss(a, b, field, settings))
         assert float(term[0]) == pytest.approx(7.0 * expected, abs=1e-5), name
 
 
@@ -691,7 +692,7 @@ def test_warp_interpolation_setting(paper_config_path):
     from difffccf_jax.model.settings import sampler_settings
 
     config = load_config(paper_config_path)
-    assert sampler_settings(config).warp_interpolation == registration.BICUBIC
+    assert sampler_settings(config).warp_interpolation == warping.BICUBIC
     config.sampling.warp_interpolation = "nearest"
     with pytest.raises(UserError, match="sampling.warp_interpolation: expected one of bilinear, "
                                         "bicubic, got 'nearest'"):
@@ -735,4 +736,4 @@ def test_check_config_trains_whole_pairs_with_cropped_diffusion_rows():
     assert config.sampling.steps == 7 and config.sampling.refine_steps == 9
     assert (config.sampling.refine_learning_rate, config.sampling.refine_strain) == (0.1, 100.0)
     assert config.sampling.refine_from_no_warp
-    assert config.sampling.warp_interpolation == registration.BICUBIC
+    assert config.sampling.warp_interpolation == warping.BICUBIC

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from difffccf_jax import color
 from difffccf_jax.inference import sampling
-from difffccf_jax.model import composition, diffusion, registration, regions, settings, unet
+from difffccf_jax.model import composition, diffusion, regions, settings, unet, warping
 from difffccf_jax.config_cli import load_config
 
 NUM_PAIRS = 4
@@ -66,7 +66,7 @@ def registering_published_settings(config):
     return dataclasses.replace(
         built, register=True, output=settings.OUTPUT_TRAJECTORY, known_sources=False,
         refinement=dataclasses.replace(built.refinement, steps=0),
-        warp_interpolation=registration.BILINEAR)
+        warp_interpolation=warping.BILINEAR)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def test_sampler_from_config_passes_the_sampling_rules_and_statistics(tiny_confi
         assert captured["task_rules"].cr.sign == 1.0 and captured["task_rules"].cr.gain == 1.0
         assert captured["settings"].statistics == statistics
         assert captured["reflect"] == (False, False)
-    for interpolation in registration.INTERPOLATIONS:
+    for interpolation in warping.INTERPOLATIONS:
         config = load_config(tiny_config_path, [("sampling.warp_interpolation", interpolation)])
         sampling.sampler_from_config(config, "pet")
         assert captured["settings"].warp_interpolation == interpolation

@@ -15,7 +15,7 @@ from difffccf_jax.config_cli import load_config, save_json_config
 from difffccf_jax.data import generator, images, layouts
 from difffccf_jax.errors import UserError
 from difffccf_jax.inference import sampling, shards
-from difffccf_jax.model import checkpoints, registration, regions, settings, unet
+from difffccf_jax.model import checkpoints, refinement, regions, settings, unet
 from difffccf_jax.training import train, weighting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,7 +166,7 @@ def saved_version_0(paper_config_path, directory, task, tasks, multi_task):
 
 def old_behaviour_refinement(config):
     """The refinement an old config ran with: none (0.05 px, no strain term, one start)."""
-    return registration.Refinement(
+    return refinement.Refinement(
         steps=0, learning_rate=0.05, grid=int(config.model.deformation_grid) or 5,
         mi_bins=int(config.loss.mi_bins), mi_sigma=float(config.loss.mi_sigma),
         correlation=config.loss.correlation, ncc_window=int(config.loss.ncc_window),

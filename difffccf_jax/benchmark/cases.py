@@ -392,15 +392,15 @@ def loss_pieces(loss_config, pairs):
     import jax.numpy as jnp
 
     from difffccf_jax import compilation
-    from difffccf_jax.model import registration
+    from difffccf_jax.model import registration, regularisers
     from difffccf_jax.training import losses
 
     a, b = pairs
 
     def registration_loss(field):
         mi, correlation = registration.registration_terms(a, b, field, loss_config)
-        return jnp.sum(mi + correlation + registration.smoothness(field)
-                       + registration.folding_penalty(field))
+        return jnp.sum(mi + correlation + regularisers.smoothness(field)
+                       + regularisers.folding_penalty(field))
 
     rows_a = jnp.concatenate([a] * 3)
     rows_b = jnp.concatenate(jnp.split(b, 3, axis=-1))

@@ -20,7 +20,7 @@ is colour-mapped (data/misalign.py; drawn from its own random stream, so the A a
 equals that of the aligned set) and the field that realigns it is saved as
 `<folder>/displacement/<stem>.npy`: [H, W, 2] float32, pixels, channel 0 along x and 1 along y;
 sampling the moved B at (x + dx, y + dy) gives back the aligned B (up to interpolation), the
-convention of `registration.warp`.
+convention of `warping.warp`.
 
 Each pair has a clean twin (`noise=False`; `write_task`'s `clean_twins_out`): the same anatomy,
 uptake, contrast, colour map and misalignment field, made by the same random draws, without the

@@ -1,6 +1,6 @@
 """Known misregistration: a small random affine motion plus a smooth elastic warp.
 
-Displacement convention (shared with `registration.warp` and the network's deformation head):
+Displacement convention (shared with `warping.warp` and the network's deformation head):
 a displacement field d is [H, W, 2] float32 in pixels, channel 0 along x (columns) and channel 1
 along y (rows); warping an image by d samples it at (x + dx, y + dy), bilinearly, zero outside.
 

@@ -50,7 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from difffccf_jax import color, compilation, parallel
-from difffccf_jax.model import composition, diffusion, regions, registration, unet
+from difffccf_jax.model import (composition, diffusion, refinement, regions, registration, unet,
+                                warping)
 from difffccf_jax.model import settings as method_settings
 from difffccf_jax.errors import UserError
 
@@ -168,12 +169,12 @@ def final_rows(output, x, m1, rows):
     return jnp.where(per_image(rows["chroma"]), x, clean)
 
 
-def warp_b(b, deformation, interpolation=registration.BILINEAR):
+def warp_b(b, deformation, interpolation=warping.BILINEAR):
     """B (YCrCb [B, H, W, 3] in [-1, 1]) warped by `deformation` [B, H, W, 2] with
     `interpolation`, each pair's own background outside the image (the per-channel median of its
     border pixels, `registration.background`, as in training), clipped to [-1, 1] (bicubic
     overshoot, rounding)."""
-    return jnp.clip(registration.warp(b, deformation, registration.background(b), interpolation),
+    return jnp.clip(warping.warp(b, deformation, registration.background(b), interpolation),
                     -1.0, 1.0)
 
 
@@ -235,8 +236,8 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
     With settings.register, the registration pass comes first (`registration.predict_field`, as
     in training: the network on the clean pairs [A, B_Y, A, B_Y] at t = 0, shrunk to
     settings.registration_size pixels a side), refined by settings.refinement.steps steps of
-    instance optimisation (`registration.refine_field`), and the field warps B
-    (settings.warp_interpolation: registration.BILINEAR, as training warps, or BICUBIC); then
+    instance optimisation (`refinement.refine_field`), and the field warps B
+    (settings.warp_interpolation: warping.BILINEAR, as training warps, or BICUBIC); then
     one lax.scan runs the N reverse steps, so the network is compiled once for them (and once
     for the registration pass).
 
@@ -292,7 +293,7 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
                 lambda x, t: model.apply({"params": params}, x, t, train=False), a, b,
                 settings.registration_size)
             if settings.refinement.steps:
-                deformation = registration.refine_field(a, b, deformation, settings.refinement)
+                deformation = refinement.refine_field(a, b, deformation, settings.refinement)
             inputs = fusion_inputs(a, warp_b(b, deformation, settings.warp_interpolation),
                                    deformation)
         else:

@@ -18,7 +18,7 @@ import dataclasses
 
 from difffccf_jax import color
 from difffccf_jax.errors import UserError
-from difffccf_jax.model import composition, diffusion, regions, registration
+from difffccf_jax.model import composition, diffusion, refinement, regions, similarity, warping
 
 OUTPUT_TRAJECTORY = "trajectory"  # the reverse run's x, as published
 OUTPUT_CLEAN = "clean"  # Y rows: the clean fused estimate of the last step
@@ -37,7 +37,7 @@ class LossSettings:
     stage_conditions: train each row with the conditions the sampler gives its noise level
     instead of always (A, B); mi_bins / mi_sigma: Parzen bins and kernel width in bins (also the
     correlation ratio's); correlation: 'ratio', 'ncc' (local NCC over ncc_window pixels) or
-    'mind' (`registration.mind_distance`); similarity_blur: the standard deviation (pixels) of
+    'mind' (`similarity.mind_distance`); similarity_blur: the standard deviation (pixels) of
     the Gaussian blur of A and B before the similarity terms, 0 for none; region_statistics: how
     the clean fused chroma is re-standardised, regions.WHOLE_FRAME (published) or
     regions.IN_REGION (`regions.restandardise`); registration_pass: the registration terms score
@@ -75,8 +75,8 @@ class SamplerSettings:
     (config.regions_statistics); output: what the Y rows return (OUTPUTS); known_sources: x^A
     and x^B move to their posterior means from their known clean sources; registration_size: the
     registration pass's side (config.loss.registration_size, as training); refinement: the
-    instance optimisation of the field (`registration.Refinement`); warp_interpolation: how the
-    field warps B (registration.INTERPOLATIONS). The published loop's details (docs/method.md
+    instance optimisation of the field (`refinement.Refinement`); warp_interpolation: how the
+    field warps B (warping.INTERPOLATIONS). The published loop's details (docs/method.md
     section 6): stages, where the hierarchical stages split the schedule
     (composition.STAGE_SPLITS); condition_std, how A is standardised to B_c
     (regions.CONDITION_STDS); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
@@ -91,7 +91,7 @@ class SamplerSettings:
     output: str
     known_sources: bool
     registration_size: int
-    refinement: registration.Refinement
+    refinement: refinement.Refinement
     warp_interpolation: str
     stages: str
     condition_std: str
@@ -119,8 +119,8 @@ def loss_settings(config):
     """LossSettings of `config` (config.loss, config.regions_statistics, config.model.compat),
     checked: an invalid value raises UserError naming the field."""
     loss = config.loss
-    _require(loss.correlation in registration.CORRELATIONS, "loss.correlation",
-             f"one of {', '.join(registration.CORRELATIONS)}", loss.correlation)
+    _require(loss.correlation in similarity.CORRELATIONS, "loss.correlation",
+             f"one of {', '.join(similarity.CORRELATIONS)}", loss.correlation)
     for field in ("quality_weights", "luma_quality_weights"):
         _require(len(loss[field]) == 3 and min(loss[field]) >= 0, f"loss.{field}",
                  "3 numbers >= 0 (SSIM, gradient, intensity)", tuple(loss[field]))
@@ -149,7 +149,7 @@ def loss_settings(config):
 
 
 def refinement_settings(config):
-    """registration.Refinement of config.sampling.refine_steps / refine_learning_rate /
+    """refinement.Refinement of config.sampling.refine_steps / refine_learning_rate /
     refine_strain / refine_from_no_warp, on model.deformation_grid control points (5 for a
     per-pixel head), with the loss's similarity (`loss_settings`) and reference weights
     (config.loss.weights)."""
@@ -159,7 +159,7 @@ def refinement_settings(config):
     _require(steps >= 0, "sampling.refine_steps", "a number of steps >= 0", steps)
     _require(rate > 0, "sampling.refine_learning_rate", "a positive step (pixels)", rate)
     _require(strain >= 0, "sampling.refine_strain", "a weight >= 0", strain)
-    return registration.Refinement(
+    return refinement.Refinement(
         steps=steps, learning_rate=rate, grid=int(config.model.deformation_grid) or 5,
         mi_bins=loss.mi_bins, mi_sigma=loss.mi_sigma, correlation=loss.correlation,
         ncc_window=loss.ncc_window, similarity_blur=loss.similarity_blur,
@@ -184,7 +184,7 @@ def sampler_settings(config):
         registration_size=loss_settings(config).registration_size,
         refinement=refinement_settings(config),
         warp_interpolation=_choice(sampling.warp_interpolation, "sampling.warp_interpolation",
-                                   registration.INTERPOLATIONS),
+                                   warping.INTERPOLATIONS),
         stages=_choice(sampling.stages, "sampling.stages", composition.STAGE_SPLITS),
         condition_std=_choice(sampling.condition_std, "sampling.condition_std",
                               regions.CONDITION_STDS),

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from difffccf_jax.model import graph, registration
+from difffccf_jax.model import control_grid, graph
 from difffccf_jax.errors import UserError
 from difffccf_jax.model.layers import (BlockSettings, OutputHead, ResBlock, SkipAttention, TimeEmbedding,
                                  conv3x3, downsample, timestep_embedding, upsample)
@@ -214,11 +214,11 @@ def deformation_field(raw, max_displacement, grid):
     """The field [B, H, W, 2] (pixels) of the deformation head's raw output [B, H, W, 2]:
     max_displacement * tanh(raw) per pixel (grid 0), or with a grid of G x G control points the
     least-squares projection of raw onto them, bounded by max_displacement * tanh and
-    interpolated bilinearly back to every pixel (`registration.field_to_grid`)."""
+    interpolated bilinearly back to every pixel (`control_grid.field_to_grid`)."""
     if not grid:
         return max_displacement * jnp.tanh(raw)
-    control = max_displacement * jnp.tanh(registration.field_to_grid(raw, grid))
-    return registration.grid_to_field(control, *raw.shape[1:3])
+    control = max_displacement * jnp.tanh(control_grid.field_to_grid(raw, grid))
+    return control_grid.grid_to_field(control, *raw.shape[1:3])
 
 
 def luma_mask_prior(x, slope):

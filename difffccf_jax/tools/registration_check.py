@@ -160,6 +160,7 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
     from difffccf_jax import compilation
     from difffccf_jax.data import layouts
     from difffccf_jax.model import checkpoints, registration, settings, unet
+    from difffccf_jax.model.refinement import refine_field
 
     config, params = checkpoints.load_for_inference(checkpoint)
     model = unet.model_from_config(config.model)
@@ -174,7 +175,7 @@ def field_variants(checkpoint, root, layout, image_size, refine_steps):
             settings.loss_settings(config).registration_size)
 
     one_start = dataclasses.replace(refinement, from_no_warp=False)
-    refine = compilation.jit(registration.refine_field, static_argnums=3)
+    refine = compilation.jit(refine_field, static_argnums=3)
     predicted = network(a, b)
     variants = {"network alone": np.asarray(predicted),
                 f"network + {refine_steps} refinement steps": np.asarray(

@@ -1,6 +1,6 @@
 """Training losses (docs/method.md section 5): the fusion quality loss and the per-batch loss
 terms of the three colour channels. The similarity measures of the registration terms live in
-`registration` (the sampler's refinement uses them too).
+`similarity` (the sampler's refinement uses them too).
 
 Images are NHWC float32 in [-1, 1]. Per-image measures return [B]; `training_losses` returns
 scalars. Every function is differentiable with respect to its image arguments.
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax.model import composition, diffusion, registration, regions
+from difffccf_jax.model import composition, diffusion, filters, registration, regions, regularisers
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -35,9 +35,9 @@ def ssim_against(x, references, data_range=2.0):
     count = references.shape[-1]
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2
-    profile = registration.gaussian_profile(SSIM_WINDOW, SSIM_SIGMA)
+    profile = filters.gaussian_profile(SSIM_WINDOW, SSIM_SIGMA)
     stack = jnp.concatenate([x, references, x * x, references ** 2, x * references], axis=-1)
-    means = registration.filter_separable(stack, profile, profile)
+    means = filters.filter_separable(stack, profile, profile)
     mu_x, mu_r, xx, rr, xr = jnp.split(means, np.cumsum([1, count, 1, count]), axis=-1)
     var_x, var_r, cov = xx - mu_x ** 2, rr - mu_r ** 2, xr - mu_x * mu_r
     ssim_map = ((2 * mu_x * mu_r + c1) * (2 * cov + c2)
@@ -56,10 +56,10 @@ SOBEL_DERIVATIVE = np.array([-1.0, 0.0, 1.0])  # Sobel_x = outer(SOBEL_SMOOTH, S
 
 def sobel_magnitude(x):
     """|Sobel_x| + |Sobel_y| of each channel of x [B, H, W, C] with zero padding,
-    [B, H, W, C]; both filters are separable (`registration.filter_separable`)."""
+    [B, H, W, C]; both filters are separable (`filters.filter_separable`)."""
     padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    gx = registration.filter_separable(padded, SOBEL_SMOOTH, SOBEL_DERIVATIVE)
-    gy = registration.filter_separable(padded, SOBEL_DERIVATIVE, SOBEL_SMOOTH)
+    gx = filters.filter_separable(padded, SOBEL_SMOOTH, SOBEL_DERIVATIVE)
+    gy = filters.filter_separable(padded, SOBEL_DERIVATIVE, SOBEL_SMOOTH)
     return jnp.abs(gx) + jnp.abs(gy)
 
 
@@ -222,8 +222,8 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
         quality=jnp.sum(quality) / batch,
         mi=jnp.sum(mi) / batch,
         correlation=jnp.sum(correlation) / batch,
-        smoothness=jnp.sum(registration.smoothness(field)) / batch,
-        folding=jnp.sum(registration.folding_penalty(field)) / batch,
+        smoothness=jnp.sum(regularisers.smoothness(field)) / batch,
+        folding=jnp.sum(regularisers.folding_penalty(field)) / batch,
     )
 
 
