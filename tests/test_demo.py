@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from difffccf_jax import cli, color
-from difffccf_jax.tools import demo
+from difffccf_jax.tools import demo, experiment
 from difffccf_jax.evaluation.metrics import PUBLISHED_METRICS as PUBLISHED
 
 SIZE, TEST_PAIRS = 32, 2
@@ -139,8 +139,11 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
         selection=dict(bright_fraction=0.25, m1_inside_bright=0.125, m1_outside_bright=0.875,
                        y_deviation_from_max={"diff-fccf": 3.14159, "a-luminance": 12.5,
                                              "ycrcb-maximum": 0.0}),
-        registration=[("1.png", np.array([1.5, -2.25]), np.array([0.5, -1.0]), 2.0, 1.0),
-                      ("2.png", np.array([-0.5, 0.75]), np.array([0.0, 0.25]), 3.0, 0.5)],
+        registration=[
+            experiment.RegistrationRow("1.png", np.array([1.5, -2.25]), np.array([0.5, -1.0]),
+                                       2.0, 1.0),
+            experiment.RegistrationRow("2.png", np.array([-0.5, 0.75]), np.array([0.0, 0.25]),
+                                       3.0, 0.5)],
         figures=[str(figure)], checkpoint=str(tmp_path / "training" / "checkpoints"))
     path = str(tmp_path / "report.md")
     text = demo.write_report(path, info)
@@ -162,6 +165,11 @@ def test_report_shows_the_numbers_it_is_given(tmp_path):
     assert "2.500 px before warping, 0.750 px after warping" in flat  # (2 + 3) / 2, (1 + 0.5) / 2
     assert "| 1.png | +1.50, -2.25 | +0.50, -1.00 | 2.000 | 1.000 |" in text
     assert "| 2.png | -0.50, +0.75 | +0.00, +0.25 | 3.000 | 0.500 |" in text
+    # the same table and records as the registration check's (tools/experiment.py)
+    assert experiment.registration_table(info["registration"]) in text
+    assert experiment.registration_records(info["registration"])[1] == dict(
+        pair="2.png", true_mean_shift=[-0.5, 0.75], predicted_mean_shift=[0.0, 0.25],
+        before_px=3.0, after_px=0.5)
     assert "![pair](figures/pair_1.png)" in text
     assert "Checkpoint: `training/checkpoints`" in text
 
@@ -311,8 +319,8 @@ def test_comparison_sentence_agrees_with_the_table(demo_run):
     # summary.json quotes evaluation.json's means for every method and the registration errors
     assert summary["metrics"] == {method: {metric: value["mean"] for metric, value in
                                            methods[method].items()} for method in methods}
-    rows = demo.registration_rows(_pairs(out), os.path.join(out, "fused_registered"), SIZE)
-    before, after = demo.registration_errors(rows)
+    rows = experiment.registration_rows(_pairs(out), os.path.join(out, "fused_registered"), SIZE)
+    before, after = experiment.registration_errors(rows)
     assert summary["registration"]["before_px"] == pytest.approx(before)
     assert summary["registration"]["after_px"] == pytest.approx(after)
     assert summary["image_size"] == SIZE and summary["crop_size"] == 32
@@ -360,13 +368,13 @@ def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
     assert not os.path.exists(tmp_path / "new")  # refused before anything was written
 
     root = str(tmp_path / "data")
-    config = demo.demo_config("pet", SIZE, 5, root, 8, 6, crop_size=16)
+    config = experiment.training_config("pet", SIZE, 5, root, 8, 6, crop_size=16)
     assert config.data.image_size == SIZE and config.data.crop_size == 16
     # a step count, not a time budget: 5 steps of 2 per epoch (8 pairs, batch 4) are 3 epochs
     assert (config.train.steps_per_epoch, config.train.epochs) == (2, 3)
     assert config.train.max_minutes == 0 and not config.train.fast_compile
     # overrides come after the demo's own settings, so they win over them
-    overridden = demo.demo_config("pet", SIZE, 5, root, 8, 6, crop_size=16, overrides=(
+    overridden = experiment.training_config("pet", SIZE, 5, root, 8, 6, crop_size=16, overrides=(
         ("train.epochs", "7"), ("model.num_res_blocks", "1")))
     assert (overridden.train.epochs, overridden.model.num_res_blocks) == (7, 1)
     from difffccf_jax.data import generator
@@ -378,10 +386,7 @@ def test_crop_and_image_size_reach_the_training_config(monkeypatch, tmp_path):
 
 
 def _layout():
-    from difffccf_jax.config_cli import load_config_file
-    from difffccf_jax.data import layouts
-
-    return layouts.layout_from_config(load_config_file(demo.TINY_CONFIG).data, "pet")
+    return experiment.task_layout("pet")
 
 
 def _pairs(out):

@@ -411,12 +411,10 @@ def test_true_field_pairs_undo_the_motion(tmp_path):
     field are copied unchanged."""
     import os
 
-    from difffccf_jax.config_cli import load_config_file
     from difffccf_jax.data import generator, layouts
-    from difffccf_jax.tools import registration_check
+    from difffccf_jax.tools import experiment, registration_check
 
-    layout = layouts.layout_from_config(load_config_file(registration_check.TINY_CONFIG).data,
-                                        "pet")
+    layout = experiment.task_layout("pet")
     roots = {name: str(tmp_path / name) for name in ("test", "aligned", "true_field")}
     for name, moved in (("test", True), ("aligned", False)):
         generator.write_task(roots[name], layout, 2, 96, 4, misalign_b=moved,
@@ -705,10 +703,11 @@ def test_registration_summary_known_answers():
     """registration_check.registration_summary on hand-made rows: the mean errors, their ratio,
     Pearson r of true and predicted mean shifts (1 for a predicted shift proportional to the
     true one, -1 for the opposite) and the verdict against the task's threshold."""
-    from difffccf_jax.tools import registration_check
+    from difffccf_jax.tools import experiment, registration_check
 
     true = [(2.0, -1.0), (-1.0, 3.0), (0.5, 0.0)]
-    rows = [(f"{i}.png", np.array(t), 0.8 * np.array(t) * [1, -1], before, after)
+    rows = [experiment.RegistrationRow(f"{i}.png", np.array(t), 0.8 * np.array(t) * [1, -1],
+                                       before, after)
             for i, (t, before, after) in enumerate(zip(true, (2.0, 3.0, 4.0), (1.0, 1.0, 1.6)))]
     summary = registration_check.registration_summary(rows, "pet")
     assert summary["before_px"] == pytest.approx(3.0) and summary["after_px"] == pytest.approx(1.2)

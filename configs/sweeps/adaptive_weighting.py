@@ -26,10 +26,11 @@ DEMO_TRAIN_STEPS = 360  # 60 epochs of 6 steps of 4 pairs
 def get_config(arg=None):
     """The base config: `tiny` (default), `paper`, or `demo` (the demo's tiny setting)."""
     if arg == "demo":
-        from difffccf_jax.tools import demo
+        from difffccf_jax.tools import experiment
 
-        return demo.demo_config("pet", image_size=96, train_steps=DEMO_TRAIN_STEPS, data_root="",
-                                train_pairs=DEMO_TRAIN_PAIRS, sampling_steps=30, crop_size=32)
+        return experiment.training_config("pet", image_size=96, train_steps=DEMO_TRAIN_STEPS,
+                                          data_root="", train_pairs=DEMO_TRAIN_PAIRS,
+                                          sampling_steps=30, crop_size=32)
     return load_config_file(os.path.join(CONFIGS, f"{arg or 'tiny'}.py"))
 
 

@@ -14,9 +14,10 @@ import numpy as np
 
 from difffccf_jax import files
 from difffccf_jax.errors import UserError
-from difffccf_jax.config_cli import shipped_config
-
-TINY_CONFIG = shipped_config("tiny")
+from difffccf_jax.tools.experiment import (TINY_CONFIG, data_root, metric_means,
+                                           registration_errors, registration_records,
+                                           registration_rows, registration_table, save_figure,
+                                           task_layout, training_config, write_splits)
 STAGES = ("generate data", "train", "fuse", "evaluate", "figures", "report")
 METHOD = "diff-fccf"
 REGISTERED = "diff-fccf-registered"  # the same model fusing B warped by its predicted field
@@ -33,29 +34,6 @@ def announce(index, message, eta_seconds=None):
     print(f"[demo {index + 1}/{len(STAGES)}] {STAGES[index]}: {message}{eta}", flush=True)
 
 
-def demo_config(task, image_size, train_steps, data_root, train_pairs, sampling_steps,
-                crop_size=0, config_spec=TINY_CONFIG, overrides=()):
-    """The config `config_spec` (the tiny one by default) set up for one task on the generated
-    data and at least `train_steps` training steps (whole epochs), training on random crop_size
-    crops of the image_size pairs when crop_size > 0; then the (key, text) `overrides`, which
-    win over the demo's own settings. A step count, not a time budget, so that the demo's
-    results do not depend on the machine's speed or load."""
-    from difffccf_jax.config_cli import apply_override, load_config_file
-
-    config = load_config_file(config_spec)
-    config.data.root = data_root
-    config.data.tasks = (task,)
-    config.data.image_size = image_size
-    config.data.crop_size = crop_size
-    config.train.steps_per_epoch = max(1, train_pairs // config.data.batch_size)
-    config.train.epochs = -(-train_steps // config.train.steps_per_epoch)
-    config.train.checkpoint_every_epochs = 50
-    config.sampling.steps = sampling_steps
-    for key, text in overrides:
-        apply_override(config, key, text)
-    return config
-
-
 def config_text(config_spec, overrides):
     """The config file's name and the overrides applied to it, for the report."""
     changed = ", ".join(f"{key}={text}" for key, text in overrides)
@@ -66,39 +44,13 @@ def generate(out, task, train_pairs, test_pairs, image_size, seed, motion_streng
     """Writes a training and a held-out set of misaligned pairs on `anatomy` (generator
     .ANATOMIES), and the held-out pairs' clean twins (no scanner noise); returns the training,
     held-out and clean-twin data roots and the task's layout."""
-    from difffccf_jax.config_cli import load_config_file
-    from difffccf_jax.data import generator, layouts
-
-    layout = layouts.layout_from_config(load_config_file(TINY_CONFIG).data, task)
-    roots = {split: os.path.join(out, "data", split) for split in ("train", "test", "clean")}
-    for split, count, split_seed in (("train", train_pairs, seed), ("test", test_pairs, seed + 1)):
-        generator.write_task(roots[split], layout, count, image_size, split_seed,
-                             misalign_b=True, motion_strength=motion_strength,
-                             anatomy=anatomy,
-                             clean_twins_out=roots["clean"] if split == "test" else None)
-    return roots["train"], roots["test"], roots["clean"], layout
-
-
-def registration_rows(pairs, fused_dir, image_size):
-    """Per pair: (name, true mean displacement [2], predicted mean displacement [2], mean
-    end-point error of B's alignment before warping (the true field itself) and after warping
-    by the predicted field), in pixels."""
-    from difffccf_jax.data import layouts
-
-    rows = []
-    for pair in pairs:
-        true = layouts.read_displacement(pair, image_size)
-        stem = os.path.splitext(pair.name)[0]
-        predicted = np.load(os.path.join(fused_dir, "extras", stem, "deformation.npy"))
-        rows.append((pair.name, true.mean(axis=(0, 1)), predicted.mean(axis=(0, 1)),
-                     float(np.mean(np.linalg.norm(true, axis=-1))),
-                     float(np.mean(np.linalg.norm(true - predicted, axis=-1)))))
-    return rows
-
-
-def registration_errors(rows):
-    """(before, after): the mean end-point errors of `registration_rows` over the pairs."""
-    return (float(np.mean([row[3] for row in rows])), float(np.mean([row[4] for row in rows])))
+    layout = task_layout(task)
+    clean = data_root(out, "clean")
+    moved = dict(misalign_b=True, motion_strength=motion_strength)
+    roots = write_splits(out, layout, image_size, anatomy, [
+        ("train", train_pairs, seed, moved),
+        ("test", test_pairs, seed + 1, dict(moved, clean_twins_out=clean))])
+    return roots["train"], roots["test"], clean, layout
 
 
 SELECTION_BASELINES = ("a-luminance", "ycrcb-maximum")  # Y rules compared with our F_Y
@@ -149,12 +101,6 @@ def selection_stats(pairs, layout, fused_dir, image_size):
                 m1_outside_bright=mean(m1[~bright]),
                 y_deviation_from_max={name: float(np.mean(np.concatenate(values)))
                                       for name, values in deviation.items()})
-
-
-def metric_means(evaluation_report):
-    """{method: {metric: mean or None}} of a parsed evaluation.json."""
-    return {method: {metric: summary["mean"] for metric, summary in summaries.items()}
-            for method, summaries in evaluation_report["methods"].items()}
 
 
 def _printed(value):
@@ -215,11 +161,8 @@ def summary_record(info, means, comparisons, selection, registration):
         {key: info[key] for key in settings},
         metrics=means, comparison=comparisons, sentence=comparison_sentence(comparisons),
         selection=selection,
-        registration=dict(before_px=before, after_px=after, per_pair=[
-            dict(pair=name, true_mean_shift=[float(v) for v in true],
-                 predicted_mean_shift=[float(v) for v in predicted], before_px=pair_before,
-                 after_px=pair_after)
-            for name, true, predicted, pair_before, pair_after in registration]))
+        registration=dict(before_px=before, after_px=after,
+                          per_pair=registration_records(registration)))
 
 
 def pair_figure(path, a, b, fused, mask, grid):
@@ -237,16 +180,7 @@ def pair_figure(path, a, b, fused, mask, grid):
         axis.set_title(title)
         axis.axis("off")
     figure.tight_layout()
-    _save_figure(figure, path)
-
-
-def _save_figure(figure, path):
-    import matplotlib.pyplot as plt
-
-    temporary = files.temporary_name(path)
-    figure.savefig(temporary, dpi=100, format="png")
-    plt.close(figure)
-    os.replace(temporary, path)
+    save_figure(figure, path)
 
 
 def pair_figures(pairs, layout, fused_dir, figure_dir, image_size):
@@ -286,7 +220,7 @@ def training_curves(records, path):
     loss_axis.legend(fontsize=7)
     weight_axis.legend(fontsize=7)
     figure.tight_layout()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def _optional(value, digits):
@@ -303,10 +237,6 @@ def write_report(path, info):
     figures = "\n".join(f"![pair]({os.path.relpath(p, os.path.dirname(path))})"
                         for p in info["figures"])
     before, after = registration_errors(info["registration"])
-    registration_lines = "\n".join(
-        f"| {name} | {true[0]:+.2f}, {true[1]:+.2f} | {predicted[0]:+.2f}, {predicted[1]:+.2f} "
-        f"| {pair_before:.3f} | {pair_after:.3f} |"
-        for name, true, predicted, pair_before, pair_after in info["registration"])
     text = f"""# Diff-FCCF demo report
 
 Command: `{info['command']}`
@@ -368,9 +298,7 @@ From the {REGISTERED} run. Mean end-point error of B's alignment to A over all p
 Per pair, the mean of the true field that realigns B and of the predicted one (x, y in pixels): a predicted mean that is the
 same for every pair is a shift learnt from the data set, not a registration of the pair.
 
-| pair | true mean shift | predicted mean shift | error before (px) | error after (px) |
-|---|---|---|---|---|
-{registration_lines}
+{registration_table(info["registration"])}
 
 ## Training curves
 
@@ -396,7 +324,7 @@ def run_demo(out, task="pet", train_steps=TRAIN_STEPS, image_size=96, train_pair
     """Runs every stage into `out`; returns the report's path. Pairs are image_size x
     image_size; with crop_size > 0 training sees random crop_size x crop_size crops of them
     (config.data.crop_size) and fusion the whole held-out pairs. The model trains with
-    `demo_config(..., config_spec, overrides)`."""
+    `experiment.training_config(..., config_spec, overrides)`."""
     import json
 
     from difffccf_jax.data import layouts
@@ -422,7 +350,7 @@ def run_demo(out, task="pet", train_steps=TRAIN_STEPS, image_size=96, train_pair
     timings["data"] = time.perf_counter() - started
 
     workdir = os.path.join(out, "training")
-    config = demo_config(task, image_size, train_steps, train_root, train_pairs, sampling_steps,
+    config = training_config(task, image_size, train_steps, train_root, train_pairs, sampling_steps,
                          crop_size, config_spec, overrides)
     announce(1, f"compiling, then training the model of {os.path.basename(config_spec)} for "
                 f"{config.train.epochs * config.train.steps_per_epoch} steps")

@@ -23,10 +23,8 @@ import time
 import numpy as np
 
 from difffccf_jax import files
-from difffccf_jax.config_cli import shipped_config
 from difffccf_jax.errors import UserError
-
-TINY_CONFIG = shipped_config("tiny")
+from difffccf_jax.tools import experiment
 UNREGISTERED = "diff-fccf"  # B fused as given
 REGISTERED = "diff-fccf-registered"  # B warped by the predicted field first
 # Ceilings, scored only against the pairs before the motion: the model fusing B warped by its
@@ -44,14 +42,12 @@ BUDGET_CHECK_STEPS = 8  # training steps between two checks of the time budget
 
 def check_config(task, image_size, minutes, data_root, diffusion_crop,
                  registration_size, sampling_steps, refine_steps):
-    """The demo's config (`demo.demo_config`) set up for the check and a training time budget
+    """The tiny config (`experiment.training_config`) set up for the check and a training time budget
     of `minutes` (checked every BUDGET_CHECK_STEPS steps): whole pairs reach the step
     (data.crop_size 0), the registration pass sees them shrunk to registration_size, the
     diffusion rows a random diffusion_crop window; refine_steps of refinement at sampling."""
-    from difffccf_jax.tools import demo
-
-    config = demo.demo_config(task, image_size, 1, data_root, train_pairs=1,
-                              sampling_steps=sampling_steps)
+    config = experiment.training_config(task, image_size, 1, data_root, train_pairs=1,
+                                        sampling_steps=sampling_steps)
     config.train.max_minutes = float(minutes)
     config.loss.diffusion_crop = diffusion_crop
     config.loss.registration_size = registration_size
@@ -67,16 +63,11 @@ def generate(out, task, train_pairs, test_pairs, image_size, seed, anatomy):
     """Training and held-out pairs with B moved by the head motion, and the held-out pairs as
     they were before the motion (the same A and B content); returns the data roots
     {'train', 'test', 'aligned'} and the task's layout."""
-    from difffccf_jax.config_cli import load_config_file
-    from difffccf_jax.data import generator, layouts
-
-    layout = layouts.layout_from_config(load_config_file(TINY_CONFIG).data, task)
-    roots = {split: os.path.join(out, "data", split) for split in ("train", "test", "aligned")}
-    for split, count, split_seed, moved in (("train", train_pairs, seed, True),
-                                            ("test", test_pairs, seed + 1, True),
-                                            ("aligned", test_pairs, seed + 1, False)):
-        generator.write_task(roots[split], layout, count, image_size, split_seed,
-                             misalign_b=moved, anatomy=anatomy, motion="head")
+    layout = experiment.task_layout(task)
+    moved = dict(misalign_b=True, motion="head")
+    roots = experiment.write_splits(out, layout, image_size, anatomy, [
+        ("train", train_pairs, seed, moved), ("test", test_pairs, seed + 1, moved),
+        ("aligned", test_pairs, seed + 1, dict(misalign_b=False, motion="head"))])
     return roots, layout
 
 
@@ -108,14 +99,12 @@ def pearson(x, y):
 
 
 def registration_summary(rows, task):
-    """The acceptance numbers of `demo.registration_rows` rows: mean end-point error before and
+    """The acceptance numbers of `experiment.registration_rows` rows: mean end-point error before and
     after, their ratio, the Pearson correlation of true and predicted mean shifts in x and in y,
     and whether the check's targets are met (MAX_ERROR_RATIO for the task, MIN_PEARSON)."""
-    from difffccf_jax.tools import demo
-
-    before, after = demo.registration_errors(rows)
-    true = np.array([row[1] for row in rows])
-    predicted = np.array([row[2] for row in rows])
+    before, after = experiment.registration_errors(rows)
+    true = np.array([row.true_shift for row in rows])
+    predicted = np.array([row.predicted_shift for row in rows])
     summary = dict(pairs=len(rows), before_px=before, after_px=after, ratio=after / before,
                    pearson_x=pearson(true[:, 0], predicted[:, 0]),
                    pearson_y=pearson(true[:, 1], predicted[:, 1]),
@@ -125,16 +114,6 @@ def registration_summary(rows, task):
     summary["meets_pearson"] = bool(min(summary["pearson_x"], summary["pearson_y"])
                                     >= MIN_PEARSON)
     return summary
-
-
-def registration_table(rows):
-    """Markdown: per pair, true and predicted mean shift and the error before and after."""
-    lines = ["| pair | true mean shift (x, y) | predicted mean shift (x, y) | error before (px) "
-             "| error after (px) |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {true[0]:+.2f}, {true[1]:+.2f} | {predicted[0]:+.2f}, "
-              f"{predicted[1]:+.2f} | {before:.3f} | {after:.3f} |"
-              for name, true, predicted, before, after in rows]
-    return "\n".join(lines)
 
 
 def summary_lines(summary):
@@ -228,10 +207,7 @@ def registration_figure(path, pairs, layout, registered_dir, image_size, limit=6
             axis.set_title(f"{pair.name}: {title}", fontsize=9)
             axis.axis("off")
     figure.tight_layout()
-    temporary = files.temporary_name(path)
-    figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
-    os.replace(temporary, path)
+    experiment.save_figure(figure, path, dpi=80)
 
 
 def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_pairs=256,
@@ -244,7 +220,6 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
     from difffccf_jax.evaluation import scoring
     from difffccf_jax.inference import fusion
     from difffccf_jax.model import settings
-    from difffccf_jax.tools import demo
     from difffccf_jax.training import train
 
     if os.path.isdir(out) and os.listdir(out):
@@ -296,9 +271,9 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
             roots[reference], layout, methods, evaluation_dir, with_baselines=True,
             baseline_data=roots["test"])
         with open(os.path.join(evaluation_dir, "evaluation.json"), encoding="utf-8") as file:
-            means[reference] = demo.metric_means(json.load(file))
+            means[reference] = experiment.metric_means(json.load(file))
     pairs = layouts.list_pairs(roots["test"], layout)
-    rows = demo.registration_rows(pairs, folders[REGISTERED], image_size)
+    rows = experiment.registration_rows(pairs, folders[REGISTERED], image_size)
     summary = registration_summary(rows, task)
     variants = variant_table(field_variants(checkpoint, roots["test"], layout, image_size,
                                             refine_steps), pairs, image_size)
@@ -315,10 +290,7 @@ def run_registration_check(out, task="pet", minutes=12.0, image_size=128, train_
                    refine_from_no_warp=bool(config.sampling.refine_from_no_warp),
                    train_steps=int(state.step), train_minutes=timings["train"] / 60,
                    stage_seconds=timings, metrics=means, command=command, variants=variants,
-                   per_pair=[dict(pair=name, true_mean_shift=[float(v) for v in true],
-                                  predicted_mean_shift=[float(v) for v in predicted],
-                                  before_px=before, after_px=after)
-                             for name, true, predicted, before, after in rows])
+                   per_pair=experiment.registration_records(rows))
     files.write_text(os.path.join(out, SUMMARY_NAME),
                      json.dumps(summary, indent=2, allow_nan=False) + "\n")
     stage_times = ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
@@ -342,7 +314,7 @@ refine_learning_rate, refine_strain, refine_from_no_warp). Stage times (s): {sta
 
 {summary_lines(summary)}
 
-{registration_table(rows)}
+{experiment.registration_table(rows)}
 
 What the network and the refinement each contribute (the same pairs and checkpoint; the second
 row is the field the sampler used):
@@ -369,7 +341,7 @@ misalignment's doubled edges, not the fusion:
 {tables['aligned']}
 """
     files.write_text(os.path.join(out, "report.md"), text)
-    print(registration_table(rows))
+    print(experiment.registration_table(rows))
     print(variants)
     print(summary_lines(summary))
     print(f"[registration] done in {(time.perf_counter() - started) / 60:.1f} min: "
