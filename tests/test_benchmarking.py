@@ -319,7 +319,7 @@ def test_cases_parts_are_checked_and_the_message_names_the_choices():
     assert benchmark_command.parse_parts("generator,,metrics") == ("generator", "metrics")
     with pytest.raises(UserError, match=r"--cases: unknown part\(s\) speed, gpu in "
                                         r"'forward,speed,gpu'; choose among matmul, .*, "
-                                        r"generator, metrics, fuse_throughput$"):
+                                        r"generator, metrics, fuse_throughput, data_memory$"):
         benchmark_command.parse_parts("forward,speed,gpu")
     with pytest.raises(UserError, match="--cases: no part in ','"):
         benchmark_command.parse_parts(",")

@@ -24,7 +24,12 @@ prints one line `RESULT <json>`: {"rows": [Row as a dict, ...], "accelerator": .
   image by the maximum rule, at the config's image size;
 - fuse_throughput: `difffccf fuse`'s streaming folder fusion (`fusion.fuse_into_folder`) of
   `pairs` generated pairs of `size` px, or the fuser's sampler alone on arrays in memory, on
-  `devices` simulated CPU devices (XLA_FLAGS of the case's process).
+  `devices` simulated CPU devices (XLA_FLAGS of the case's process);
+- data_memory: `pairs` generated pet pairs of `size` px and their array_record cache, then one
+  epoch of global batches read by fresh processes (`data_read`, each its own peak memory): one
+  process holding the pairs in memory, one process reading the cache, and two processes on
+  localhost (jax.distributed, `devices` CPU devices each) each reading its rows of every batch
+  from the cache, as a multi-process training run does.
 """
 
 import functools
@@ -66,7 +71,9 @@ class Case(NamedTuple):
     budget_s: float = 60.0  # wall-clock budget of the steady repeats
     fast_compile: bool = False  # train_full, sampling: compiled at XLA optimisation level 0
     pairs: int = 0  # fuse_throughput: pairs fused
-    devices: int = 0  # fuse_throughput: simulated CPU devices (0: the process's default)
+    devices: int = 0  # fuse_throughput, data_memory: simulated CPU devices (0: the process's
+    # default; data_memory: per process)
+    root: str = ""  # data_read: the folder holding the pairs (data/) and their cache (cache/)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -110,6 +117,8 @@ def case_name(case):
         where = "folder (fuse)" if case.variant == "folder" else "sampler on arrays in memory"
         return (f"fuse throughput, {where}, {case.size} px, {case.steps} sampling steps, "
                 f"{case.devices} dev")
+    if case.kind == "data_memory":
+        return data_memory_name(case, 1, "memory")
     if case.kind == "graph" and case.part == "operators":
         order = load_case_config(case).model.cheb_order
         return f"graph operators (A z, T_0..T_{order - 1}(L) z), {case.variant}"
@@ -723,13 +732,132 @@ def fuse_throughput_jax(case):
             ._replace(batch=case.pairs)]
 
 
+DATA_TASK = "pet"
+DATA_SOURCES = {"memory": "pairs in memory", "cache": "array_record cache"}
+DATA_PROCESSES = 2  # processes of the multi-process reading
+DATA_READ_TIMEOUT_S = 1800.0
+
+
+def data_memory_name(case, processes, variant, process=0):
+    """The row name of one data_read measurement: `processes` reading from `variant`'s source
+    ('memory' or 'cache'), measured in process `process` when there are several."""
+    name = (f"data memory, {case.pairs} pairs of {case.size} px, {processes} process"
+            f"{'es' if processes > 1 else ''}, {DATA_SOURCES[variant]}")
+    return name + (f", process {process}" if processes > 1 else "")
+
+
+def data_read_jax(case):
+    """One epoch of global batches of the pairs under case.root, as training reads them
+    (`pipeline.source_from_config`, `pipeline.BatchIterator`), in this process: the pairs in
+    memory (variant 'memory') or the array_record cache (variant 'cache'; with several processes
+    each reads only its rows of every batch). The row's peak memory is this process's growth
+    from just before the source is opened, after the libraries and the runtime started."""
+    import time
+
+    import jax
+    import orbax.checkpoint  # noqa: F401  (the multi-process barrier's, before the baseline)
+
+    from difffccf_jax import parallel
+    from difffccf_jax.data import pipeline, tfds_builder  # noqa: F401  (tfds, likewise)
+
+    jax.config.update("jax_platforms", "cpu")  # host memory is measured, on CPU devices
+    parallel.initialize_distributed(False)
+    mesh = parallel.make_mesh()
+    data = load_case_config(case).data
+    data.root, data.image_size = os.path.join(case.root, "data"), case.size
+    cache = os.path.join(case.root, "cache")
+    # One process reads the cache when told to; several read it as training does (cache_dir).
+    data.tfds_dir = cache if case.variant == "cache" and jax.process_count() == 1 else ""
+    baseline = measure.peak_rss_mib()
+    wall, cpu = time.perf_counter(), time.process_time()
+    source = pipeline.source_from_config(data, DATA_TASK, cache)
+    batches = pipeline.BatchIterator(source, case.batch, mesh, seed=0)
+    for _ in range(batches.steps_per_epoch):
+        jax.block_until_ready(next(batches))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    pairs_mib = len(source) * case.size ** 2 * 4 * np.dtype(np.float32).itemsize / measure.MIB
+    note = (f"pid {os.getpid()}; {type(source).__name__}; one epoch, {batches.steps_per_epoch} "
+            f"global batches, {batches.local_batch_size} rows each read here, "
+            f"{len(jax.local_devices())} devices per process; the pairs as float32: "
+            f"{pairs_mib:.4g} MiB")
+    name = data_memory_name(case, jax.process_count(), case.variant, jax.process_index())
+    return [make_row(case, name, Timing(0.0, 0.0, wall, cpu, 1),
+                     rss_mib=measure.peak_rss_mib() - baseline, note=note)]
+
+
+def free_port():
+    """A TCP port on localhost free just now (for the processes' coordinator)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def run_processes(case, processes, timeout_s=None):
+    """Measures `case` in `processes` fresh processes joined by jax.distributed (a localhost
+    coordinator); returns every process's rows (a failed process gives one row without timing
+    whose note says why)."""
+    port = free_port()
+    workers = [subprocess.Popen(
+        worker_command(case), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=worker_env(case, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index)))
+        for index in range(processes)]
+    rows = []
+    try:
+        for index, worker in enumerate(workers):
+            try:
+                stdout, stderr = worker.communicate(timeout=timeout_s)
+                done = subprocess.CompletedProcess(worker.args, worker.returncode, stdout, stderr)
+                rows += worker_result(case, done, data_memory_name(
+                    case, processes, case.variant, index))[0]
+            except subprocess.TimeoutExpired:
+                rows.append(make_row(case, data_memory_name(case, processes, case.variant,
+                                                            index), None,
+                                     note=f"timed out after {timeout_s:.0f} s"))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    return rows
+
+
+def data_memory_jax(case):
+    """Peak memory of reading one epoch of the training data: case.pairs generated pairs of
+    case.size px, global batches of case.batch, read by one process from memory, by one process
+    from the array_record cache, and by DATA_PROCESSES processes from the cache (one row each).
+    The pairs and the cache are written here, before the readers start, so that no reader's
+    peak holds the writing."""
+    import tempfile
+
+    from difffccf_jax.data import generator, layouts, tfds_builder
+
+    layout = layouts.layout_from_config(load_case_config(case).data, DATA_TASK)
+    with tempfile.TemporaryDirectory() as root:
+        data_root = os.path.join(root, "data")
+        generator.write_task(data_root, layout, case.pairs, case.size, seed=0)
+        tfds_builder.prepare(data_root, layout, case.size, os.path.join(root, "cache"))
+        reader = case._replace(kind="data_read", root=root)
+        rows = []
+        for variant in DATA_SOURCES:
+            single = reader._replace(variant=variant)
+            rows += run_in_subprocess(single, DATA_READ_TIMEOUT_S,
+                                      data_memory_name(single, 1, variant))[0]
+        rows += run_processes(reader._replace(variant="cache"), DATA_PROCESSES,
+                              DATA_READ_TIMEOUT_S)
+    return rows
+
+
 CASES = {("matmul", "jax"): matmul_jax, ("matmul", "torch"): matmul_torch,
          ("forward", "jax"): forward_jax, ("forward", "torch"): forward_torch,
          ("train", "jax"): train_jax, ("train", "torch"): train_torch,
          ("train_full", "jax"): train_full_jax, ("step_split", "jax"): step_split_jax,
          ("sampling", "jax"): sampling_jax,
          ("graph", "jax"): graph_jax, ("generator", "numpy"): generator_numpy,
-         ("metrics", "numpy"): metrics_numpy, ("fuse_throughput", "jax"): fuse_throughput_jax}
+         ("metrics", "numpy"): metrics_numpy, ("fuse_throughput", "jax"): fuse_throughput_jax,
+         ("data_memory", "jax"): data_memory_jax, ("data_read", "jax"): data_read_jax}
 
 
 # ---- the worker process and its caller -----------------------------------------------------------
@@ -786,24 +914,30 @@ def run_here(case):
     rows = CASES[(case.kind, case.framework)](case)
     rss = measure.peak_rss_mib() - baseline
     accelerator = accelerator_name(case.framework)
-    rows = [r._replace(rss_mib=rss, device=accelerator or "",
+    # A row measured in another process, or from a later baseline, keeps its own peak.
+    rows = [r._replace(rss_mib=rss if r.rss_mib is None else r.rss_mib, device=accelerator or "",
                        device_mib=device_peak_mib(case.framework)) for r in rows]
     return {"rows": [measure.row_to_dict(r) for r in rows], "accelerator": accelerator}
 
 
-def run_in_subprocess(case, timeout_s=None):
-    """Measures `case` in a fresh Python process; returns (rows, accelerator name). A failed
-    or timed-out case gives one row without timing whose note says why."""
-    command = [sys.executable, "-m", "difffccf_jax.benchmark.cases", json.dumps(case._asdict())]
-    env = dict(os.environ)
+def worker_command(case):
+    return [sys.executable, "-m", "difffccf_jax.benchmark.cases", json.dumps(case._asdict())]
+
+
+def worker_env(case, **extra):
+    """The environment of a case's process: this one's, with case.devices simulated CPU
+    devices and `extra` variables."""
+    env = dict(os.environ, **extra)
     if case.devices:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
                             f"{case.devices}").strip()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
-                              env=env)
-    except subprocess.TimeoutExpired:
-        return [failed_row(case, f"timed out after {timeout_s:.0f} s")], None
+    return env
+
+
+def worker_result(case, done, name=None):
+    """(rows, accelerator name) of a finished worker process (subprocess.CompletedProcess);
+    a failed one gives one row without timing, named `name` (default case_name), whose note
+    says why."""
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
@@ -814,11 +948,23 @@ def run_in_subprocess(case, timeout_s=None):
             " (out of memory?)" if done.returncode == -9 else "")
     else:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    return [failed_row(case, "failed: " + why[:200])], None
+    return [failed_row(case, "failed: " + why[:200], name)], None
 
 
-def failed_row(case, note):
-    return make_row(case, case_name(case), None, note=note)
+def run_in_subprocess(case, timeout_s=None, name=None):
+    """Measures `case` in a fresh Python process; returns (rows, accelerator name). A failed
+    or timed-out case gives one row without timing, named `name` (default case_name), whose
+    note says why."""
+    try:
+        done = subprocess.run(worker_command(case), capture_output=True, text=True,
+                              timeout=timeout_s, env=worker_env(case))
+    except subprocess.TimeoutExpired:
+        return [failed_row(case, f"timed out after {timeout_s:.0f} s", name)], None
+    return worker_result(case, done, name)
+
+
+def failed_row(case, note, name=None):
+    return make_row(case, name or case_name(case), None, note=note)
 
 
 def main(argv=None):

@@ -31,6 +31,10 @@ FUSE_PAIRS, FUSE_MEMORY_PAIRS, FUSE_DEVICES = (100, 1000, 10000), 1000, (1, 4)
 FUSE_SIZE, FUSE_STEPS, FUSE_BATCH = 64, 1, 8
 FUSE_MEMORY_TARGET = 1.10  # peak RSS on the largest folder / on the one 10 x smaller
 FUSE_THROUGHPUT_TARGET = 0.9  # folder pairs/s / in-memory sampler pairs/s
+# data_memory: DATA_PAIRS generated pairs of DATA_SIZE px read in global batches of DATA_BATCH,
+# DATA_DEVICES CPU devices per process
+DATA_PAIRS, DATA_SIZE, DATA_BATCH, DATA_DEVICES = 2000, 64, 8, 1
+DATA_MEMORY_TARGET = 0.6  # peak per process, 2 processes from the cache / 1 process in memory
 
 
 class Options(NamedTuple):
@@ -170,6 +174,11 @@ def plan(options):
                 cases += numpy_cases(options, path, config, part)
         if "fuse_throughput" in options.parts:
             cases += fuse_cases(options, path)
+        if "data_memory" in options.parts:
+            cases.append(Case("data_memory", config=path, label=config_label(path),
+                              pairs=DATA_PAIRS, size=DATA_SIZE, batch=DATA_BATCH,
+                              devices=DATA_DEVICES, max_repeats=options.max_repeats,
+                              budget_s=options.budget_s))
     if "graph" in options.parts:
         paper = config_path("paper")
         cases += [Case("graph", config=paper, label="paper", size=size, variant=variant,
@@ -333,11 +342,43 @@ def fuse_targets(rows):
     return targets
 
 
+def data_memory_targets(rows):
+    """Per data set and config: the larger peak memory growth of the 2 processes reading their
+    rows from the cache over that of 1 process holding the pairs in memory (the target: every
+    process held the whole set before) and, for information, over 1 process reading the cache."""
+    targets = []
+    for memory in rows:
+        suffix = ", 1 process, pairs in memory"
+        if not memory.case.startswith("data memory, ") or not memory.case.endswith(suffix) \
+                or memory.timing is None:
+            continue
+        prefix = memory.case[:-len(suffix)]
+        shares = [find(rows, f"{prefix}, 2 processes, array_record cache, process {index}",
+                       memory.config, memory.batch, device=memory.device) for index in (0, 1)]
+        if None in shares:
+            continue
+        peak = max(share.rss_mib for share in shares)
+        cache = find(rows, f"{prefix}, 1 process, array_record cache", memory.config,
+                     memory.batch, device=memory.device)
+        setting = f"{prefix[len('data memory, '):]}, batch {memory.batch}, {memory.config}"
+        targets += [
+            measure.Target(f"data memory per process, 2 processes / 1 process, {setting}",
+                           _ratio(peak, memory.rss_mib), DATA_MEMORY_TARGET, True,
+                           "peak RSS growth: the larger of 2 processes reading their rows "
+                           "from the cache / 1 process holding the pairs in memory"),
+            measure.Target(f"data memory per process, 2 processes / 1 process from the cache, "
+                           f"{setting}", _ratio(peak, cache.rss_mib if cache else None), None,
+                           True, "peak RSS growth: the larger of the 2 processes / 1 process "
+                           "reading the cache")]
+    return targets
+
+
 def all_targets(rows):
     return (framework_targets(rows, "U-Net forward", FORWARD_TARGET)
             + framework_targets(rows, "train step (stand-in L1, AdamW)", TRAIN_TARGET)
             + step_split_targets(rows) + sampling_targets(rows) + graph_targets(rows)
-            + generator_targets(rows) + metrics_targets(rows) + fuse_targets(rows))
+            + generator_targets(rows) + metrics_targets(rows) + fuse_targets(rows)
+            + data_memory_targets(rows))
 
 
 def matmul_rate(rows):
@@ -438,6 +479,16 @@ NOTES = (
     "the pair count. The in-memory row runs the same compiled sampler alone on one batch "
     "already in memory, 1,000 pairs' worth of batches. 'peak RSS MiB' is the case process's "
     "growth, data generation included.",
+    "Data memory (`--cases data_memory`): 2,000 generated PET pairs of 64 px and their "
+    "array_record cache (the tfds builder) are written first; then fresh processes each read "
+    "one epoch of shuffled global batches of 8 as training does (`pipeline.source_from_config`, "
+    "`pipeline.BatchIterator`, 1 CPU device per process): 1 process holding the pairs in "
+    "memory (`ArraySource`, what every process did before the cache), 1 process reading the "
+    "cache, and 2 processes on localhost (jax.distributed) each reading only its rows of every "
+    "batch from the cache, one row per process. 'peak RSS MiB' is each reader's growth from "
+    "just before it opens the source (after the libraries and the JAX runtime started); "
+    "'steady s' the epoch's wall time. The target compares the larger peak of the 2 processes "
+    "with the 1 process holding the pairs in memory.",
     "Step split (`--cases step_split`), one process per config and batch: the whole real step; "
     "the network's own forward and backward (its two calls, the registration pass and the "
     "main call with dropout, under a stand-in loss, and AdamW); the registration terms (MI and "

@@ -1,8 +1,9 @@
 """`difffccf benchmark`: JAX against the PyTorch port (U-Net forward, training step), the real
 training step and its split, sampler throughput, the graph bottleneck, the data generator,
-the fusion metrics and the folder fusion's throughput and memory (`--cases fuse_throughput`,
-not in the default set: about half an hour on 2 cores), on this machine; writes BENCHMARKS.md
-and prints it.
+the fusion metrics, the folder fusion's throughput and memory (`--cases fuse_throughput`,
+not in the default set: about half an hour on 2 cores) and the training data's memory per
+process, 1 and 2 processes (`--cases data_memory`, not in the default set), on this machine;
+writes BENCHMARKS.md and prints it.
 
 The accelerator check, whenever a GPU is lent (sized for under 8 minutes on one GPU, not yet run
 on one; its rows join the report with the machine named):
@@ -13,11 +14,12 @@ on one; its rows join the report with the machine named):
 from difffccf_jax.errors import UserError
 
 PARTS = ("matmul", "forward", "train", "train_full", "step_split", "throughput", "sampling",
-         "graph", "generator", "metrics", "fuse_throughput")
+         "graph", "generator", "metrics", "fuse_throughput", "data_memory")
 DEFAULTS = dict(configs="paper,tiny", batch_sizes="1,4", graph_sizes="32,64", matmul_size=2048,
                 max_repeats=5, budget_s=60.0, whole_sampling_max_size=64, case_timeout_s=3600.0,
                 cases=",".join(p for p in PARTS
-                               if p not in ("step_split", "throughput", "fuse_throughput")))
+                               if p not in ("step_split", "throughput", "fuse_throughput",
+                                            "data_memory")))
 PRESETS = {
     "quick": dict(DEFAULTS, configs="tiny", batch_sizes="1", graph_sizes="32", matmul_size=1024,
                   max_repeats=3, budget_s=20.0,
