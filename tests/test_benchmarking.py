@@ -564,3 +564,47 @@ def test_accelerator_preset_cpu_form_writes_the_throughput_table(tmp_path, tiny_
     # bfloat16 compute is the same network plus conversions (7 % more counted FLOPs at 32 px);
     # on CPU, float32 kernel gradients below batch 4 run in strips whose padding rows count too
     assert 0.85 * rows[0].flops < rows[1].flops < 1.15 * rows[0].flops
+
+
+def test_data_memory_plans_one_case_and_targets_the_larger_share_over_one_process():
+    options, command = benchmark_command.options_from_args(
+        _args(cases="data_memory", configs="tiny"))
+    assert "--cases data_memory " in command
+    (case,) = suite.plan(options)
+    assert (case.kind, case.pairs, case.size, case.batch, case.devices) == (
+        "data_memory", 2000, 64, 8, 1)
+    assert "data_memory" not in benchmark_command.DEFAULTS["cases"].split(",")
+
+    def row(processes, variant, rss, process=0):
+        return Row(cases.data_memory_name(case, processes, variant, process), "tiny", 8, "JAX",
+                   Timing(0.0, 0.0, 1.0, 1.0, 1), rss_mib=rss)
+
+    rows = [row(1, "memory", 200.0), row(1, "cache", 20.0), row(2, "cache", 30.0, 0),
+            row(2, "cache", 40.0, 1)]
+    assert cases.case_name(case) == rows[0].case
+    targets = suite.data_memory_targets(rows)
+    setting = "2000 pairs of 64 px, batch 8, tiny"
+    assert [(t.name, t.measured, t.required, t.at_most) for t in targets] == [
+        (f"data memory per process, 2 processes / 1 process, {setting}", 0.2, 0.6, True),
+        (f"data memory per process, 2 processes / 1 process from the cache, {setting}", 2.0,
+         None, True)]
+    assert suite.data_memory_targets(rows[:3]) == []  # one process of two missing
+
+
+@pytest.mark.multiprocess
+def test_data_memory_case_measures_one_and_two_reading_processes(tiny_config_path):
+    pairs = 64
+    case = cases.Case("data_memory", config=tiny_config_path, label="tiny", pairs=pairs, size=64,
+                      batch=8, devices=1)
+    rows = cases.data_memory_jax(case)
+    assert [row.case for row in rows] == [
+        cases.data_memory_name(case, 1, "memory"), cases.data_memory_name(case, 1, "cache"),
+        cases.data_memory_name(case, 2, "cache", 0), cases.data_memory_name(case, 2, "cache", 1)]
+    assert all(row.timing is not None for row in rows), [row.note for row in rows]
+    pids = [row.note.split(";")[0] for row in rows]
+    assert len(set(pids)) == 4 and f"pid {os.getpid()}" not in pids  # a fresh process each
+    assert ["ArraySource" in row.note for row in rows] == [True, False, False, False]
+    assert ["8 rows each read here" in row.note for row in rows] == [True, True, False, False]
+    assert all("4 rows each read here" in row.note for row in rows[2:])  # its half of a batch
+    pairs_mib = pairs * 64 * 64 * (1 + 3) * 4 / measure.MIB
+    assert rows[0].rss_mib >= pairs_mib  # the whole set, float32, in memory
