@@ -52,8 +52,8 @@ METRICS_PAIRS = 4  # distinct triples the metrics case cycles through
 
 class Case(NamedTuple):
     """What one worker process measures (JSON-serialisable)."""
-    kind: str  # matmul, forward, train, train_full, step_split, sampling, graph, generator
-    # or metrics
+    kind: str  # matmul, forward, train, train_full, step_split, sampling, graph, generator,
+    # metrics, fuse_throughput, data_memory or data_read (data_memory's reader processes)
     framework: str = "jax"  # 'jax', 'torch' or 'numpy' (generator, metrics)
     config: str = ""  # config file path
     label: str = ""  # the configuration's name in the table
@@ -775,7 +775,7 @@ def data_read_jax(case):
     for _ in range(batches.steps_per_epoch):
         jax.block_until_ready(next(batches))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    pairs_mib = len(source) * case.size ** 2 * 4 * np.dtype(np.float32).itemsize / measure.MIB
+    pairs_mib = len(source) * case.size ** 2 * (1 + 3) * 4 / measure.MIB  # A and B, float32
     note = (f"pid {os.getpid()}; {type(source).__name__}; one epoch, {batches.steps_per_epoch} "
             f"global batches, {batches.local_batch_size} rows each read here, "
             f"{len(jax.local_devices())} devices per process; the pairs as float32: "
@@ -813,9 +813,8 @@ def run_processes(case, processes, timeout_s=None):
                 rows += worker_result(case, done, data_memory_name(
                     case, processes, case.variant, index))[0]
             except subprocess.TimeoutExpired:
-                rows.append(make_row(case, data_memory_name(case, processes, case.variant,
-                                                            index), None,
-                                     note=f"timed out after {timeout_s:.0f} s"))
+                rows.append(failed_row(case, f"timed out after {timeout_s:.0f} s",
+                                       data_memory_name(case, processes, case.variant, index)))
     finally:
         for worker in workers:
             if worker.poll() is None:
