@@ -41,18 +41,11 @@ def paper_config_path(repo_root):
     return os.path.join(repo_root, "configs", "paper.py")
 
 
-# A slow test that also starts processes (training runs of several processes, sweeps, the
-# cluster page's commands) takes minutes: it weighs as this many slow tests.
-MULTIPROCESS_SLOW_WEIGHT = 5
-
-
 def pytest_collection_modifyitems(items):
-    """Modules with the most slow work run first, each kept whole: under `-n 2 --dist loadfile`
+    """Modules with the most slow tests run first, each kept whole: under `-n 2 --dist loadfile`
     the longest files then start at once and the two workers finish together."""
-    weights = {}
+    slow_counts = {}
     for item in items:
-        slow = item.get_closest_marker("slow") is not None
-        processes = slow and item.get_closest_marker("multiprocess") is not None
-        weights[item.module] = (weights.get(item.module, 0) + slow
-                                + MULTIPROCESS_SLOW_WEIGHT * processes)
-    items.sort(key=lambda item: -weights[item.module])
+        slow_counts[item.module] = (slow_counts.get(item.module, 0)
+                                    + (item.get_closest_marker("slow") is not None))
+    items.sort(key=lambda item: -slow_counts[item.module])
