@@ -13,12 +13,12 @@ TASKS = ("pet", "spect", "ct", "gfp", "adni")
 
 # The sampler settings that make it the published loop (docs/method.md section 6): its stage
 # boundaries, A's standardisation, OpenCV's 8-bit colour conversions, truncation to uint8, float32
-# schedule tables, the trajectory output, sources from their clipped x0 estimates, no
-# registration pass, deterministic.
+# schedule tables, the trajectory output, the chroma runs' Cr/Cb, sources from their clipped x0
+# estimates, no registration pass, deterministic.
 PUBLISHED_SAMPLING = dict(stages="published", condition_std="published",
                           color_conversion="opencv8", output_levels="truncate",
                           schedule_precision="float32", output="trajectory", known_sources=False,
-                          register=False, add_noise=False)
+                          register=False, add_noise=False, chroma="fused")
 ARGS = ("compat", "published_sampling")
 
 
@@ -76,7 +76,7 @@ def get_config(arg=None):
         raise ValueError(f"configs/paper.py: expected no argument or one of {', '.join(ARGS)}, "
                          f"got {arg!r}")
     config = ml_collections.ConfigDict()
-    config.version = 2  # the layout of this config (config_versions.VERSION)
+    config.version = 3  # the layout of this config (config_versions.VERSION)
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
@@ -134,6 +134,13 @@ def get_config(arg=None):
         # untrained network starts as a soft maximum rule instead of learning the selection from
         # scratch. 0 is the published m1 (docs/method.md, deviations).
         mask_prior=40.0,
+        # The detail path of the clean fused Y: detail_gain times A's detail band (A minus its
+        # low frequencies below detail_levels Laplacian-pyramid levels) added where B is kept,
+        # (1 - m1), in training's clean estimate and in the sampler's clean output, so that
+        # the anatomy's structure survives inside B's uptake (docs/method.md, deviations).
+        # 0 is the published composition.
+        detail_gain=0.2,
+        detail_levels=4,
         # True reproduces the published model exactly (docs/method.md section 3, compat quirks;
         # needs a 32 x 32 x 512 bottleneck) and implies laplacian 'unnormalized', norm_eps 1e-5,
         # deformation = [m1, m2]
@@ -272,6 +279,10 @@ def get_config(arg=None):
         # offset 0.8).
         reflect_channels=("pet.cr",),
         reflect_offset=0.8,
+        # The output's Cr and Cb: 'source', B's own (the fused image keeps B's colours), or
+        # 'fused', the chroma runs' result as published (the PET Cr reflection shifts B's hues;
+        # docs/method.md section 6 measures both).
+        chroma="source",
         # 'clean': the Y channel is the clean fused estimate m1 A + (1 - m1) B_Y of the last step
         # (what the quality loss trains); 'trajectory': the reverse run's x, as published, which
         # keeps a few grey levels of sampling noise even where both sources are black.
@@ -298,4 +309,5 @@ def get_config(arg=None):
         config.sampling.update(PUBLISHED_SAMPLING)
     if arg == "compat":
         config.model.compat = True
+        config.model.detail_gain = 0.0
     return config

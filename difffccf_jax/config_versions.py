@@ -12,7 +12,7 @@ step `_to_version_N` to STEPS that fills it in configs of the version before.
 
 from difffccf_jax.errors import UserError
 
-VERSION = 2
+VERSION = 3
 
 
 def _fill(group, **values):
@@ -61,7 +61,14 @@ def _to_version_2(config):
     _fill(config.train, checkpoint_every_minutes=0.0)
 
 
-STEPS = (_to_version_1, _to_version_2)  # STEPS[v] brings a version-v config to version v + 1
+def _to_version_3(config):
+    """The colour and detail choices, at the values configs of version 2 ran with: the chroma
+    runs' Cr/Cb in the output and no detail path in the fused Y."""
+    _fill(config.sampling, chroma="fused")
+    _fill(config.model, detail_gain=0.0, detail_levels=4)
+
+
+STEPS = (_to_version_1, _to_version_2, _to_version_3)  # STEPS[v] brings a version-v config to version v + 1
 
 
 def migrate(config, where="config"):

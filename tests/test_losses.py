@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import color
+from difffccf_jax import color, pyramid
 from difffccf_jax.model import (composition, diffusion, filters, regions, registration, regularisers,
                                 settings, similarity, unet)
 from difffccf_jax.training import losses
@@ -595,7 +595,8 @@ def test_training_losses_with_a_perfect_denoiser(perfect_denoiser_losses):
         if row < batch:  # Y: f = m1 A + (1 - m1) B_Y, sources A and B_Y
             f_t = m1 * x_a + (1 - m1) * x_b
             fusion += (np.sum(np.abs(f_t - x_a)) + np.sum(np.abs(f_t - x_b))) / pixels
-            fused = m1 * a_i + (1 - m1) * b_c
+            detail = pyramid.detail(a_i, loss_config.detail.levels)  # added where B is kept
+            fused = m1 * a_i + (1 - m1) * b_c + loss_config.detail.gain * (1 - m1) * detail
             quality += quality_oracle(fused, a_i, b_c, loss_config.luma_quality_weights)
         else:  # Cr / Cb: F = B' + s g m2 A', whole-frame moment matched, B_c outside R
             f_t = x_b + sign_gain * m2 * x_a
@@ -820,7 +821,7 @@ def test_loss_settings_from_config_checks_fields(paper_config_path):
         luma_quality_weights=(0.0, 10.0, 40.0), stage_conditions=True, mi_bins=32,
         mi_sigma=0.5, correlation="mind", ncc_window=9, similarity_blur=1.0,
         region_statistics=regions.WHOLE_FRAME, registration_pass=True, registration_size=64,
-        diffusion_crop=0)
+        diffusion_crop=0, detail=settings.FusionDetail(gain=0.2, levels=4))
     config.loss.luma_quality_weights = (1.0, -1.0, 0.0)
     with pytest.raises(UserError, match="loss.luma_quality_weights"):
         settings.loss_settings(config)

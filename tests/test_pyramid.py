@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from difffccf_jax.evaluation import pyramid
+from difffccf_jax import pyramid
 
 
 def _checkerboard(shape, mean, amplitude):
@@ -41,3 +41,29 @@ def test_checkerboard_is_all_finest_detail(shape):
     levels = pyramid.laplacian_pyramid(image)
     np.testing.assert_allclose(levels[0], image - 100.0, atol=1e-12)
     np.testing.assert_allclose(pyramid.low_pass(image), 100.0, atol=1e-12)
+
+
+def _scipy_blur(image):
+    """The blur with scipy's own mirror-boundary correlation, an independent oracle."""
+    from scipy import ndimage
+    for axis in (0, 1):
+        image = ndimage.correlate1d(image, np.array(pyramid.BINOMIAL), axis=axis, mode="mirror")
+    return image
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (5, 3), (4, 4), (3, 7)])
+def test_blur_equals_scipy_mirror_correlation(shape):
+    image = np.random.default_rng(1).uniform(0, 255, shape)
+    np.testing.assert_allclose(pyramid.blur(image), _scipy_blur(image), rtol=0, atol=1e-10)
+
+
+def test_jax_bands_equal_numpy_bands_per_trailing_image():
+    """The sampler's detail band (JAX, images stacked on a trailing axis) is the evaluation's
+    (NumPy, one image at a time)."""
+    import jax.numpy as jnp
+    images = np.random.default_rng(2).uniform(-1, 1, (24, 40, 3))
+    detail = np.asarray(pyramid.detail(jnp.asarray(images, jnp.float32)))
+    for index in range(images.shape[-1]):
+        np.testing.assert_allclose(detail[..., index], pyramid.detail(images[..., index]),
+                                   rtol=0, atol=2e-6)
+    assert np.abs(detail).max() > 0.1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import color
+from difffccf_jax import color, pyramid
 from difffccf_jax.inference import sampling
 from difffccf_jax.model import composition, diffusion, regions, settings, unet, warping
 from difffccf_jax.config_cli import load_config
@@ -61,10 +61,11 @@ class CompileCounter(logging.Handler):
 
 def registering_published_settings(config):
     """The sampler settings of `config` with the network's field warping B (bilinear, no
-    refinement) and the published output and source steps."""
+    refinement) and the published output, chroma and source steps."""
     built = settings.sampler_settings(config)
     return dataclasses.replace(
-        built, register=True, output=settings.OUTPUT_TRAJECTORY, known_sources=False,
+        built, register=True, output=settings.OUTPUT_TRAJECTORY, chroma=settings.CHROMA_FUSED,
+        known_sources=False,
         refinement=dataclasses.replace(built.refinement, steps=0),
         warp_interpolation=warping.BILINEAR)
 
@@ -386,33 +387,49 @@ def test_respaced_schedule_with_every_step_equals_full_schedule(setup):
     assert np.abs(full.fused - setup["first"].fused).max() > 1e-3
 
 
-def test_fuse_pairs_pads_the_last_batch_and_keeps_each_pairs_result(setup):
-    # 5 pairs in batches of 4: the second batch is padded; pairs 0..3 are the setup's pairs
-    a = np.concatenate([setup["a"], setup["a"][1:2]])
-    b = np.concatenate([setup["b"], setup["b"][1:2]])
-    batches = list(sampling.fuse_pairs(setup["sample"], setup["params"], setup["schedule"], a, b,
-                                       jax.random.PRNGKey(7), batch_size=3, num_devices=4))
-    assert [start for start, _ in batches] == [0, 4]
-    assert [len(out.fused) for _, out in batches] == [4, 1]
-    np.testing.assert_array_equal(batches[0][1].fused, setup["first"].fused)
-    # pair 4 repeats pair 1 but draws its own noise (fold_in(key, 4))
-    assert np.abs(batches[1][1].fused[0] - setup["first"].fused[1]).max() > 1e-3
-    np.testing.assert_array_equal(batches[1][1].warped_b[0], setup["first"].warped_b[1])
-
-
-def test_fuse_pairs_draws_each_pairs_noise_from_its_id(setup):
-    # pairs 2 and 0 given with their ids fuse as in the setup's batch of all four; two pairs
-    # make one batch, filled up to the 4 devices
-    batches = list(sampling.fuse_pairs(setup["sample"], setup["params"], setup["schedule"],
-                                       setup["a"][[2, 0]], setup["b"][[2, 0]],
-                                       jax.random.PRNGKey(7), batch_size=8, num_devices=4,
-                                       pair_ids=[2, 0]))
-    assert [(start, len(out.fused)) for start, out in batches] == [(0, 2)]
-    np.testing.assert_allclose(batches[0][1].fused, setup["first"].fused[[2, 0]], atol=1e-6)
-
-
 def test_a_pairs_result_does_not_depend_on_its_batch(setup):
     order = np.array([2, 0, 3, 1])
     out = setup["sample"](setup["params"], setup["schedule"], setup["a"][order],
                           setup["b"][order], jax.random.PRNGKey(7), order.astype(np.int32))
     np.testing.assert_allclose(np.asarray(out.fused), setup["first"].fused[order], atol=1e-6)
+
+
+def test_colour_keeping_output_has_bs_chroma_and_the_detail_path_in_y(setup, tiny_config_path):
+    """The shipped output choices: Cr and Cb are B's own (the chroma runs skipped, Y as when
+    they run), and Y is the clean estimate
+    m1 A + (1 - m1) B_Y plus the gain times A's detail band where B is kept (a NumPy oracle
+    from the returned mask); gain 0 gives the published clean estimate."""
+    config = load_config(tiny_config_path, TEST_OVERRIDES)
+    model = unet.model_from_config(config.model)
+    rules = regions.rules_from_config(config.regions, "pet", "sample")
+    shipped = dataclasses.replace(settings.sampler_settings(config), register=False)
+    assert shipped.chroma == settings.CHROMA_SOURCE and shipped.detail.gain > 0
+    a, b = setup["a"], setup["b"]
+    ids = np.arange(NUM_PAIRS, dtype=np.int32)
+    outputs = {}
+    for chroma, gain in ((settings.CHROMA_SOURCE, shipped.detail.gain),
+                         (settings.CHROMA_SOURCE, 0.0), (settings.CHROMA_FUSED, 0.0)):
+        chosen = dataclasses.replace(shipped, chroma=chroma,
+                                     detail=settings.FusionDetail(gain, 4))
+        sample = sampling.make_sampler(model, rules, (True, False), chosen)
+        outputs[chroma, gain] = jax.device_get(sample(setup["params"], setup["schedule"], a, b,
+                                                      jax.random.PRNGKey(7), ids))
+    # B's chroma: the chroma runs are not run (their masks are zero) and Y is what it is when
+    # they run
+    fused_chroma = outputs[settings.CHROMA_FUSED, 0.0]
+    own_chroma = outputs[settings.CHROMA_SOURCE, 0.0]
+    np.testing.assert_allclose(own_chroma.fused[..., 0], fused_chroma.fused[..., 0], atol=1e-5)
+    np.testing.assert_array_equal(own_chroma.m1[..., 1:], 0.0)
+    assert np.abs(fused_chroma.fused[..., 1:] - b[..., 1:]).max() > 0.05
+    del outputs[settings.CHROMA_FUSED, 0.0]
+    for (_, gain), out in outputs.items():
+        np.testing.assert_array_equal(out.fused[..., 1:], np.clip(b[..., 1:], -1, 1))  # B's own
+        for i in range(NUM_PAIRS):
+            a_i, b_y, m1 = (np.asarray(x, np.float64) for x in
+                            (a[i, ..., 0], b[i, ..., 0], out.m1[i, ..., 0]))
+            expected = m1 * a_i + (1 - m1) * b_y + gain * (1 - m1) * pyramid.detail(a_i, 4)
+            np.testing.assert_allclose(out.fused[i, ..., 0], np.clip(expected, -1, 1),
+                                       atol=2e-5)
+    # the detail path changes the image where B is kept (m1 < 1)
+    with_detail = outputs[settings.CHROMA_SOURCE, shipped.detail.gain]
+    assert np.abs(with_detail.fused[..., 0] - own_chroma.fused[..., 0]).max() > 0.01

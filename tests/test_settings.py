@@ -147,6 +147,12 @@ VERSION_1_FIELDS = {  # added before versions were numbered: (group, field) -> t
     ("sampling", "refine_from_no_warp"): False,
     ("data", "eval_root"): "",
 }
+# fields added since, with the values that configs saved before them ran with
+LATER_FIELDS = {
+    ("sampling", "chroma"): "fused",
+    ("model", "detail_gain"): 0.0,
+    ("model", "detail_levels"): 4,
+}
 
 
 def saved_version_0(paper_config_path, directory, task, tasks, multi_task):
@@ -154,7 +160,7 @@ def saved_version_0(paper_config_path, directory, task, tasks, multi_task):
     VERSION_1_FIELDS, no layout alternates, the task choice in data.task / tasks / multi_task."""
     saved = json.loads(load_config(paper_config_path).to_json())
     del saved["version"]
-    for group, field in VERSION_1_FIELDS:
+    for group, field in [*VERSION_1_FIELDS, *LATER_FIELDS]:
         del (saved[group] if group else saved)[field]
     for layout in saved["data"]["layouts"].values():
         del layout["alternates"]
@@ -181,7 +187,7 @@ def test_a_config_saved_before_versions_migrates_to_what_it_ran_with(paper_confi
     saved_version_0(paper_config_path, str(tmp_path), "pet", ("pet", "spect"), False)
     config = checkpoints.read_config(str(tmp_path))
     assert config.version == config_versions.VERSION
-    for (group, field), value in VERSION_1_FIELDS.items():
+    for (group, field), value in {**VERSION_1_FIELDS, **LATER_FIELDS}.items():
         assert (config[group] if group else config)[field] == value, (group, field)
     assert all(tuple(layout.alternates) == () for layout in config.data.layouts.values())
     assert config.data.tasks == ("pet",)
@@ -192,7 +198,8 @@ def test_a_config_saved_before_versions_migrates_to_what_it_ran_with(paper_confi
         statistics="whole_frame", output="trajectory", known_sources=False, registration_size=0,
         refinement=old_behaviour_refinement(config), warp_interpolation="bilinear",
         stages="thirds", condition_std="population", color_conversion="float",
-        truncate_output=False, schedule_precision="float64")
+        truncate_output=False, schedule_precision="float64", chroma="fused",
+        detail=settings.FusionDetail(gain=0.0, levels=4))
     loss = settings.loss_settings(config)
     assert (loss.registration_pass, loss.registration_size, loss.diffusion_crop) == (False, 0, 0)
     model = unet.model_from_config(config.model)
@@ -216,22 +223,19 @@ def test_old_task_fields_become_one(paper_config_path, tmp_path, task, tasks, mu
     assert layouts.tasks_from_config(config.data)[0] == task
 
 
-def test_the_bundled_model_config_migrates_to_what_it_ran_with():
+def test_the_bundled_model_config_is_current_and_keeps_bs_colours():
+    """The bundled model was saved at this config version (nothing to migrate) with the shipped
+    output choices: B's own chroma and the detail path in the fused Y."""
     with open(os.path.join(PRETRAINED, checkpoints.CONFIG_FILE), encoding="utf-8") as file:
         saved = json.load(file)
-    assert "version" not in saved and "refine_steps" not in saved["sampling"]
+    assert saved["version"] == config_versions.VERSION
     config = checkpoints.read_config(PRETRAINED)
-    assert config.data.tasks == ("pet",) and config.version == config_versions.VERSION
+    assert config.data.tasks == ("pet",)
     sampler = settings.sampler_settings(config)
-    assert sampler == settings.SamplerSettings(
-        add_noise=False, register=False, reflect_channels=("pet.cr",), reflect_offset=0.8,
-        statistics="whole_frame", output="clean", known_sources=True, registration_size=0,
-        refinement=old_behaviour_refinement(config), warp_interpolation="bilinear",
-        stages="thirds", condition_std="population", color_conversion="float",
-        truncate_output=False, schedule_precision="float64")
-    assert sampler.refinement.grid == 5 and sampler.refinement.weights == (1.0, 1.0, 30.0, 1.0)
-    assert unet.model_from_config(config.model).deformation_grid == 0
-    assert unet.model_from_config(config.model).mask_prior == 40.0  # saved: kept
+    assert sampler.chroma == settings.CHROMA_SOURCE
+    assert sampler.detail == settings.loss_settings(config).detail == settings.FusionDetail(
+        gain=0.2, levels=4)
+    assert unet.model_from_config(config.model).mask_prior == 40.0
 
 
 def test_a_current_config_loads_unchanged_and_a_newer_one_is_refused(paper_config_path,
@@ -266,8 +270,8 @@ def test_the_sampler_built_from_the_config_is_the_one_fuse_runs(tiny_config_path
                                                                 monkeypatch):
     """A checkpoint of the tiny config fused by `difffccf
     fuse`, and the same pair fused from Python with only the config and the parameters
-    (`sampling.sampler_from_config`, `sampling.fuse_pairs` with the pair's noise id from its
-    name, as fuse gives it): the same settings reach the
+    (`sampling.sampler_from_config`, the pair's noise id from its name, as fuse gives it, in a
+    batch of copies filling the 4 devices): the same settings reach the
     sampler, and the same RGB image comes out."""
     config = load_config(tiny_config_path, SMALL)
     model = unet.model_from_config(config.model)
@@ -293,8 +297,9 @@ def test_the_sampler_built_from_the_config_is_the_one_fuse_runs(tiny_config_path
     assert built[1][2] == settings.sampler_settings(config)
     pair = layouts.list_pairs(str(tmp_path / "data"), layout)[0]
     a, b = layouts.read_pair(pair, layout)
-    [(_, fused)] = list(sampling.fuse_pairs(
-        sample, params, schedule, a[None], b[None], jax.random.PRNGKey(config.sampling.seed),
-        config.sampling.batch_size, pair_ids=[shards.noise_id(pair.name)]))
+    copies = jax.device_count()
+    fused = sample(params, schedule, np.stack([a] * copies), np.stack([b] * copies),
+                   jax.random.PRNGKey(config.sampling.seed),
+                   np.full(copies, shards.noise_id(pair.name), np.int32))
     written = images.read_image(os.path.join(out, os.path.splitext(pair.name)[0] + ".png"))
-    np.testing.assert_array_equal(written, fused.rgb[0])
+    np.testing.assert_array_equal(written, np.asarray(fused.rgb)[0])

@@ -8,7 +8,7 @@ image [H, W, 3] RGB, both on 0..255 (uint8 or float), and returns the fused RGB 
 import numpy as np
 
 from difffccf_jax import color
-from difffccf_jax.evaluation import pyramid
+from difffccf_jax import pyramid
 
 
 def _grey(a):
@@ -69,7 +69,7 @@ def max_low_a_detail_luma(a, b, levels=pyramid.LEVELS):
     """The fused Y [H, W] of max_low_a_detail_fusion: the low frequencies of max(A, Y of B)
     plus A's high frequencies (A minus its low frequencies), the bands of pyramid.low_pass."""
     a = _grey(a)
-    return pyramid.low_pass(ycrcb_maximum_luma(a, b), levels) + a - pyramid.low_pass(a, levels)
+    return pyramid.low_pass(ycrcb_maximum_luma(a, b), levels) + pyramid.detail(a, levels)
 
 
 def ycrcb_maximum_fusion(a, b):

@@ -53,7 +53,6 @@ from difffccf_jax import color, compilation, parallel
 from difffccf_jax.model import (composition, diffusion, refinement, regions, registration, unet,
                                 warping)
 from difffccf_jax.model import settings as method_settings
-from difffccf_jax.errors import UserError
 
 
 class SamplerState(NamedTuple):
@@ -68,7 +67,8 @@ class SampleOutput(NamedTuple):
     """What the sampler returns for B pairs of H x W images.
 
     fused [B, H, W, 3] YCrCb in [-1, 1]; rgb [B, H, W, 3] uint8; m1, m2 [B, H, W, 3] the masks of
-    the last reverse step of each channel run (Y, Cr, Cb); region [B, H, W, 3] bool, the chroma
+    the last reverse step of each channel run (Y, Cr, Cb; zero for the chroma runs when they do
+    not run, `channel_runs`); region [B, H, W, 3] bool, the chroma
     regions R (all true for Y); deformation [B, H, W, 2] pixels (zero when registration is off);
     warped_b [B, H, W, 3] YCrCb in [-1, 1], the B that was fused."""
     fused: jnp.ndarray
@@ -156,17 +156,31 @@ def region_post_step(x, b, region, chroma, reflect, reflect_offset,
     return jnp.where(per_image(chroma), jnp.where(per_image(reflect), reflected, restored), x)
 
 
-def final_rows(output, x, m1, rows):
-    """The sampler's result rows [3B, H, W, 1]: the trajectory x (OUTPUT_TRAJECTORY of
-    `settings`, published), or with OUTPUT_CLEAN the Y rows replaced by the clean fused
-    estimate m1 A + (1 - m1) B_Y of the last step's mask (the image the training quality loss
-    scores; it keeps no residual sampling noise, so where A and B_Y agree, as in a black
-    background, it is exactly their value). Cr/Cb rows are the trajectory either way (outside R
-    already exactly B_c)."""
-    if output == method_settings.OUTPUT_TRAJECTORY:
-        return x
-    clean = m1 * rows["cond_a"] + (1.0 - m1) * rows["cond_b"]
-    return jnp.where(per_image(rows["chroma"]), x, clean)
+def channel_runs(settings):
+    """How many channel runs the reverse loop makes: Y, Cr and Cb, or with settings.chroma
+    CHROMA_SOURCE only Y, since B's own Cr and Cb replace the chroma runs' result."""
+    return 1 if settings.chroma == method_settings.CHROMA_SOURCE else 3
+
+
+def complete_rows(ran, fill):
+    """The 3B rows of `fill` [3B, ...] with the first ones replaced by the rows that ran."""
+    return jnp.concatenate([ran, fill[ran.shape[0]:]], axis=0)
+
+
+def final_rows(settings, x, m1, rows):
+    """The sampler's result rows [3B, H, W, 1] under `settings` (a settings.SamplerSettings).
+    Y rows: the trajectory x (settings.output OUTPUT_TRAJECTORY, published), or with
+    OUTPUT_CLEAN the clean fused estimate of the last step's mask (`composition.clean_luma`,
+    with settings.detail; the image the training quality loss scores; it keeps no residual
+    sampling noise, so where A and B_Y agree, as in a black background, it is exactly their
+    value). Cr/Cb rows: the trajectory (settings.chroma CHROMA_FUSED, published; outside R
+    already exactly B_c), or with CHROMA_SOURCE B's own channels, so that the fused image keeps
+    B's colours."""
+    luma = x
+    if settings.output == method_settings.OUTPUT_CLEAN:
+        luma = composition.clean_luma(rows["cond_a"], rows["cond_b"], m1, settings.detail)
+    chroma = rows["b3"] if settings.chroma == method_settings.CHROMA_SOURCE else x
+    return jnp.where(per_image(rows["chroma"]), chroma, luma)
 
 
 def warp_b(b, deformation, interpolation=warping.BILINEAR):
@@ -263,9 +277,10 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
     def sample_pairs(params, schedule, a, b, key, pair_ids):
         num_pairs, height, width, _ = a.shape
         num_steps = schedule.betas.shape[0]
-        reflect_rows = np.repeat(np.array([False, *reflect]), num_pairs)
+        running = channel_runs(settings) * num_pairs  # the first rows: Y (then Cr, Cb)
+        reflect_rows = np.repeat(np.array([False, *reflect]), num_pairs)[:running]
         init_keys, noise_keys = pair_noise_keys(key, pair_ids)
-        start_noise = initial_noise(init_keys, height, width)
+        start_noise = initial_noise(init_keys, height, width)[:running]
 
         def start(rows):
             return jax.lax.with_sharding_constraint(
@@ -278,9 +293,10 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
             conditions = composition.stage_conditions(stage, rows["cond_a"], rows["cond_b"])
             network_input = jnp.concatenate([*conditions, state.x_a, state.x_b], axis=-1)
             out = model.apply({"params": params}, network_input,
-                              jnp.full((3 * num_pairs,), schedule.timesteps[index], jnp.int32),
+                              jnp.full((running,), schedule.timesteps[index], jnp.int32),
                               train=False)
-            noise = step_noise(noise_keys, step, height, width) if settings.add_noise else None
+            noise = (step_noise(noise_keys, step, height, width)[:running]
+                     if settings.add_noise else None)
             sources = (rows["cond_a"], rows["cond_b"]) if settings.known_sources else None
             new = reverse_step(schedule, state, out.noise, out.m1, out.m2, index,
                                rows["chroma"], rows["sign_gain"], noise, sources)
@@ -298,11 +314,15 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
                                    deformation)
         else:
             inputs = fusion_inputs(a, b, jnp.zeros(a.shape[:-1] + (2,), a.dtype))
-        rows = inputs.rows
+        rows = jax.lax.with_sharding_constraint(
+            {name: value[:running] for name, value in inputs.rows.items()}, split)
         masks = jnp.zeros_like(start_noise)
         (state, m1, m2), _ = jax.lax.scan(body, (start(rows), masks, masks),
                                           jnp.arange(num_steps))
-        fused = jnp.clip(channels_to_last(final_rows(settings.output, state.x, m1, inputs.rows)),
+        no_masks = jnp.zeros_like(inputs.rows["b3"])
+        state, m1, m2 = (complete_rows(ran, fill) for ran, fill in (
+            (state.x, inputs.rows["b3"]), (m1, no_masks), (m2, no_masks)))
+        fused = jnp.clip(channels_to_last(final_rows(settings, state, m1, inputs.rows)),
                          -1.0, 1.0)
         return SampleOutput(fused=fused,
                             rgb=ycrcb_unit_to_rgb_uint8(fused, settings.truncate_output,
@@ -334,28 +354,3 @@ def sampler_from_config(config, task, mesh=None, model=None):
 def padded_batch_size(batch_size, num_devices):
     """The batch size rounded up to a multiple of the device count."""
     return -(-int(batch_size) // num_devices) * num_devices
-
-
-def fuse_pairs(sample, params, schedule, a, b, key, batch_size, num_devices=None,
-               pair_ids=None):
-    """Fuses N pairs of one size batch by batch; yields (first pair index, SampleOutput of NumPy
-    arrays for the batch's pairs). a [N, H, W, 1], b [N, H, W, 3] YCrCb in [-1, 1] (NumPy);
-    pair_ids [N] (default 0..N-1): pair i's noise comes from fold_in(key, pair_ids[i]).
-
-    Every batch holds min(batch_size, N) pairs rounded up to a multiple of the device count, so
-    the sampler compiles once per call; the last batch is filled up with copies of its last pair,
-    whose results are dropped.
-    """
-    if len(a) != len(b) or len(a) == 0:
-        raise UserError(f"expected the same, non-zero number of A and B images, got {len(a)} "
-                        f"and {len(b)}")
-    pair_ids = np.arange(len(a)) if pair_ids is None else np.asarray(pair_ids)
-    if pair_ids.shape != (len(a),):
-        raise ValueError(f"expected one pair id per pair ({len(a)}), got shape {pair_ids.shape}")
-    size = padded_batch_size(min(batch_size, len(a)), num_devices or jax.device_count())
-    for start in range(0, len(a), size):
-        rows = np.arange(start, min(start + size, len(a)))
-        padded = np.concatenate([rows, np.full(size - len(rows), rows[-1])])
-        out = sample(params, schedule, a[padded], b[padded], key,
-                     pair_ids[padded].astype(np.int32))
-        yield start, SampleOutput(*(np.asarray(field)[:len(rows)] for field in out))

@@ -4,6 +4,7 @@ each hierarchical stage, and the masked fused state. Shared by training and samp
 
 import jax.numpy as jnp
 
+from difffccf_jax import pyramid
 from difffccf_jax.model import regions
 
 STAGES_THIRDS = "thirds"  # stage floor(3 step / N): thirds as equal as they can be
@@ -22,6 +23,24 @@ def fuse(x_a, x_b, m1, m2, chroma, sign_gain):
     luma = m1 * x_a + (1.0 - m1) * x_b
     chroma_fused = x_b + per_image(sign_gain) * m2 * x_a
     return jnp.where(per_image(chroma), chroma_fused, luma)
+
+def detail_band(a, levels):
+    """A's detail band [B, H, W, 1] of a [B, H, W, 1]: A minus its low frequencies below
+    `levels` pyramid levels (`pyramid.detail`), per image."""
+    per_pixel_images = jnp.moveaxis(a[..., 0], 0, -1)  # [H, W, B]: the pyramid's layout
+    return jnp.moveaxis(pyramid.detail(per_pixel_images, levels), -1, 0)[..., None]
+
+
+def clean_luma(a, b, m1, detail):
+    """The clean fused Y [B, H, W, 1] of sources a, b and mask m1 (all [B, H, W, 1]):
+    m1 a + (1 - m1) b, plus detail.gain times A's detail band where B is kept, (1 - m1):
+    B's intensity with the anatomy's structure inside it. detail: a `settings.FusionDetail`;
+    gain 0 is the published estimate (docs/method.md, deviations)."""
+    luma = m1 * a + (1.0 - m1) * b
+    if detail.gain:
+        luma = luma + detail.gain * (1.0 - m1) * detail_band(a, detail.levels)
+    return luma
+
 
 def channel_batch(a, b, task_rules, condition_std=regions.POPULATION_STD):
     """The three channel problems of a batch as one batch of 3B, channel-major (Y, Cr, Cb).

@@ -26,6 +26,18 @@ OUTPUTS = (OUTPUT_TRAJECTORY, OUTPUT_CLEAN)
 LEVELS_ROUND = "round"
 LEVELS_TRUNCATE = "truncate"  # the published cast to uint8
 OUTPUT_LEVELS = (LEVELS_ROUND, LEVELS_TRUNCATE)
+CHROMA_FUSED = "fused"  # Cr/Cb: the chroma runs' result, as published
+CHROMA_SOURCE = "source"  # Cr/Cb: B's own, so that the fused image keeps B's colours
+CHROMAS = (CHROMA_FUSED, CHROMA_SOURCE)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionDetail:
+    """The detail path of the clean fused Y (config.model.detail_gain, detail_levels;
+    `composition.clean_luma`): gain times A's detail band above `levels` pyramid levels, added
+    where B is kept; gain 0 is the published composition."""
+    gain: float
+    levels: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +59,7 @@ class LossSettings:
     registration_size: that pass sees the pair shrunk to this many pixels a side (0: as it is;
     `registration.predict_field`); diffusion_crop: > 0, the diffusion rows (noise, fusion,
     quality) see a random window of this side of each pair, the registration pass the whole
-    pair."""
+    pair; detail: the detail path of the clean fused Y (`detail_settings`)."""
     loss_scale: float
     quality_weights: tuple
     luma_quality_weights: tuple
@@ -61,6 +73,7 @@ class LossSettings:
     registration_pass: bool
     registration_size: int
     diffusion_crop: int
+    detail: FusionDetail
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +95,9 @@ class SamplerSettings:
     (regions.CONDITION_STDS); color_conversion, B's RGB -> YCrCb and the output's YCrCb -> RGB
     (color.CONVERSIONS); truncate_output, the fused levels floored (config.sampling
     .output_levels 'truncate') rather than rounded; schedule_precision, the schedule tables'
-    precision (diffusion.TABLE_PRECISIONS)."""
+    precision (diffusion.TABLE_PRECISIONS). chroma: the output's Cr/Cb, CHROMA_FUSED (the chroma
+    runs', published) or CHROMA_SOURCE (B's own); detail: the detail path of the clean Y
+    (`detail_settings`)."""
     add_noise: bool
     register: bool
     reflect_channels: tuple
@@ -98,6 +113,8 @@ class SamplerSettings:
     color_conversion: str
     truncate_output: bool
     schedule_precision: str
+    chroma: str
+    detail: FusionDetail
 
 
 def _require(condition, field, expected, value):
@@ -113,6 +130,15 @@ def _choice(value, field, choices):
 def _flag(value, field):
     _require(isinstance(value, bool), field, "True or False", value)
     return value
+
+
+def detail_settings(config):
+    """FusionDetail of config.model.detail_gain and detail_levels, checked."""
+    gain, levels = float(config.model.detail_gain), config.model.detail_levels
+    _require(gain >= 0, "model.detail_gain", "a gain >= 0 (0: the published composition)", gain)
+    _require(isinstance(levels, int) and levels >= 1, "model.detail_levels",
+             "a whole number of pyramid levels >= 1", levels)
+    return FusionDetail(gain=gain, levels=levels)
 
 
 def loss_settings(config):
@@ -145,7 +171,7 @@ def loss_settings(config):
         registration_pass=(_flag(loss.registration_pass, "loss.registration_pass")
                            and not config.model.compat),
         registration_size=int(loss.registration_size),
-        diffusion_crop=int(loss.diffusion_crop))
+        diffusion_crop=int(loss.diffusion_crop), detail=detail_settings(config))
 
 
 def refinement_settings(config):
@@ -193,4 +219,6 @@ def sampler_settings(config):
         truncate_output=_choice(sampling.output_levels, "sampling.output_levels",
                                 OUTPUT_LEVELS) == LEVELS_TRUNCATE,
         schedule_precision=_choice(sampling.schedule_precision, "sampling.schedule_precision",
-                                   diffusion.TABLE_PRECISIONS))
+                                   diffusion.TABLE_PRECISIONS),
+        chroma=_choice(sampling.chroma, "sampling.chroma", CHROMAS),
+        detail=detail_settings(config))

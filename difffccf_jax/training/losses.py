@@ -101,8 +101,10 @@ def fusion_loss(fused_t, x_a, x_b, m2, region, chroma):
 
 
 def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain,
-                         statistics=regions.WHOLE_FRAME):
-    """Fused clean image per image [B, H, W, 1]. Y: m1 a + (1 - m1) b. Cr/Cb: F = b + sign gain
+                         statistics=regions.WHOLE_FRAME, detail=None):
+    """Fused clean image per image [B, H, W, 1]. Y: m1 a + (1 - m1) b, with A's detail band
+    where B is kept when `detail` (a settings.FusionDetail) has a gain
+    (`composition.clean_luma`). Cr/Cb: F = b + sign gain
     a R m2 (the TRAINING sign and gain), brought back to b_original's statistics by
     `regions.restandardise`, clipped to [-1, 1], b_original outside R.
 
@@ -115,7 +117,8 @@ def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain,
     fused = composition.fuse(jnp.where(image_chroma, a * region, a), b, m1, m2, chroma,
                              sign_gain)
     chroma_fused = regions.restandardise(fused, b_original, region, None, statistics)
-    return jnp.where(image_chroma, chroma_fused, fused)
+    luma = fused if detail is None else composition.clean_luma(a, b, m1, detail)
+    return jnp.where(image_chroma, chroma_fused, luma)
 
 
 
@@ -203,7 +206,8 @@ def training_losses(apply_fn, params, a, b, task_rules, key, schedule, loss_conf
 
     fused_t = composition.fuse(x_a, x_b, out.m1, out.m2, chroma, problems["sign_gain"])
     fused = clean_fused_estimate(cond_a, cond_b, problems["b3"], out.m1, out.m2, region, chroma,
-                                 problems["sign_gain"], loss_config.region_statistics)
+                                 problems["sign_gain"], loss_config.region_statistics,
+                                 loss_config.detail)
     # Quality: Y compares F with A and B_c; Cr/Cb compare F R with A' R m2 (both sources).
     masked_a = cond_a * region * out.m2
     image_chroma = composition.per_image(chroma)
