@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import color
+from difffccf_jax import color, pyramid
 from difffccf_jax.inference import sampling
 from difffccf_jax.model import composition, diffusion, regions, settings, unet
 from difffccf_jax.training import losses
@@ -116,10 +116,10 @@ def test_y_rows_use_the_luma_quality_weights(tiny_config_path):
     terms = losses.training_losses(
         Recorder(mask), None, a, b, rules, jax.random.PRNGKey(3), schedule,
         dataclasses.replace(loss_config, luma_quality_weights=luma))
-    # The same total from the per-row definition: Y rows F = m1 A + (1 - m1) B_Y scored with
-    # the luma weights, Cr/Cb rows as published with the chroma weights.
+    # The same total from the per-row definition: Y rows F (m1 A + (1 - m1) B_Y and the detail
+    # path) scored with the luma weights, Cr/Cb rows as published with the chroma weights.
     rows = composition.channel_batch(a, b, rules)
-    y_fused = mask[:2] * a + (1 - mask[:2]) * b[..., :1]
+    y_fused = composition.clean_luma(a, b[..., :1], mask[:2], loss_config.detail)
     y_quality = losses.quality_loss(y_fused, a, b[..., :1], luma)
     published = losses.training_losses(
         Recorder(mask), None, a, b, rules, jax.random.PRNGKey(3), schedule,
@@ -177,8 +177,12 @@ def test_black_backgrounds_fuse_to_exactly_black_with_the_clean_output(tiny_conf
     if output == settings.OUTPUT_CLEAN:
         assert np.all(background == 0)
         m1 = out.m1[..., 0]  # the Y rows' mask of the last step
-        np.testing.assert_allclose(out.fused[..., 0],
-                                   m1 * a[..., 0] + (1 - m1) * out.warped_b[..., 0], atol=1e-6)
+        gain = config.model.detail_gain
+        for i in range(len(a)):  # m1 A + (1 - m1) B_Y plus the detail path, clipped
+            detail = pyramid.detail(a[i, ..., 0].astype(np.float64), config.model.detail_levels)
+            expected = (m1[i] * a[i, ..., 0] + (1 - m1[i]) * out.warped_b[i, ..., 0]
+                        + gain * (1 - m1[i]) * detail)
+            np.testing.assert_allclose(out.fused[i, ..., 0], np.clip(expected, -1, 1), atol=2e-6)
     else:  # the published output keeps sampling noise in the background
         assert np.count_nonzero(background) > 0
 
