@@ -26,7 +26,8 @@ temporary names and then renamed; a pair whose outputs all exist is not fused ag
 temporary files the interrupted run left for its pairs). A pair that cannot be
 read, has no A or no B, or whose A and B differ in aspect ratio is skipped and listed with its
 reason in OUT/failures.jsonl (one JSON object a line; `failures.K-of-N.jsonl` for share K of
-N). Each pair's noise comes from its name (`shards.noise_id`), so a share of the folder
+N; the processes of a multi-process run each write their own, which `combine_processes`
+gathers into their share's one list). Each pair's noise comes from its name (`shards.noise_id`), so a share of the folder
 (`share=(K, N)`, `shards.in_share`) fuses its pairs exactly as a run over the whole folder.
 
 The checkpoint's config, the folders, the pair names and the settings are checked before the
