@@ -27,8 +27,9 @@ temporary files the interrupted run left for its pairs). A pair that cannot be
 read, has no A or no B, or whose A and B differ in aspect ratio is skipped and listed with its
 reason in OUT/failures.jsonl (one JSON object a line; `failures.K-of-N.jsonl` for share K of
 N; the processes of a multi-process run each write their own, which `combine_processes`
-gathers into their share's one list). Each pair's noise comes from its name (`shards.noise_id`), so a share of the folder
-(`share=(K, N)`, `shards.in_share`) fuses its pairs exactly as a run over the whole folder.
+gathers into their share's one list). Each pair's noise comes from its name
+(`shards.noise_id`), so a share of the folder (`share=(K, N)`, `shards.in_share`) fuses its
+pairs exactly as a run over the whole folder.
 
 The checkpoint's config, the folders, the pair names and the settings are checked before the
 parameters are loaded; nothing is written before the parameters are loaded.
@@ -40,6 +41,7 @@ import functools
 import json
 import os
 
+import jax
 import numpy as np
 import tqdm
 
@@ -333,8 +335,6 @@ def combine_processes(fused, share, save_extras=False):
     `share` (`shards.combine`) into the same folder as `fused`, this process's: waits for all
     of them, gathers their pairs and failures, lists the failures once (process 0 writes
     failures_path(out, share)) and removes each process's own list. All processes call it."""
-    import jax  # pylint: disable=import-outside-toplevel
-
     parallel.wait_for_all_processes("fuse-finished", FINISH_WAIT_S)
     parts = [json.loads(data) for data in parallel.gather_bytes(json.dumps(
         {field: getattr(fused, field) for field in GATHERED_FIELDS}).encode())]
