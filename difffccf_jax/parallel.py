@@ -158,6 +158,18 @@ def _gathered_hostnames():
         jax.process_count(), HOSTNAME_BYTES)]
 
 
+def gather_bytes(data):
+    """Every process's `data` (bytes, of any length), in process order (a collective: all
+    processes call it)."""
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    lengths = np.asarray(multihost_utils.process_allgather(
+        np.array([len(data)], np.int32))).reshape(-1)
+    padded = np.frombuffer(data.ljust(int(lengths.max()), b"\0"), np.uint8)
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [bytes(row[:length]) for row, length in zip(rows, lengths)]
+
+
 def describe_processes(hostnames, devices):
     """Lines saying how many processes run on how many hosts and, per host, how many devices
     each of its processes drives. hostnames: one per process, in process order."""

@@ -333,9 +333,9 @@ def test_fuse_throughput_plans_every_folder_size_per_device_count_and_targets_it
     assert [(case.devices, case.variant, case.pairs) for case in planned] == [
         (1, "memory", 1000), (1, "folder", 100), (1, "folder", 1000),
         (4, "memory", 1000), (4, "folder", 100), (4, "folder", 1000),
-        (1, "folder", 10000), (4, "folder", 10000)]
-    assert {(case.kind, case.size, case.steps, case.batch) for case in planned} == {
-        ("fuse_throughput", 64, 1, 8)}
+        (1, "folder", 10000), (4, "folder", 10000), (1, "memory", 1000), (1, "folder", 1000)]
+    assert [(case.kind, case.size, case.steps, case.batch) for case in planned] == [
+        ("fuse_throughput", 64, 1, 8)] * 8 + [("fuse_throughput", 64, 4, 8)] * 2
 
     def row(case, pairs, seconds, rss):
         return Row(cases.case_name(case._replace(pairs=pairs)), "tiny", pairs, "JAX",
@@ -354,6 +354,12 @@ def test_fuse_throughput_plans_every_folder_size_per_device_count_and_targets_it
     peak = targets[f"fuse: peak memory, 10000 / 1000 pairs, {setting}"]
     assert peak.measured == pytest.approx(1.12) and (peak.required, peak.at_most) == (1.1, True)
     assert len(targets) == 4
+    # the extra rows at 4 steps: their ratio, without a target
+    extra = suite.fuse_targets([row(planned[-2], 1000, 20.0, 500.0),
+                                row(planned[-1], 1000, 25.0, 500.0)])
+    assert [(target.name, target.measured, target.required) for target in extra] == [
+        ("fuse: folder / in-memory sampler pairs/s, 1000 pairs, tiny, 64 px, 4 sampling steps, "
+         "1 dev", pytest.approx(0.8), None)]
 
 
 def test_plan_writes_every_generator_task_both_ways_and_scores_metrics_per_config():

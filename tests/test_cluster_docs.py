@@ -10,11 +10,12 @@ executor, and the cluster's flags for their local meaning.
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from processes import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -73,12 +74,6 @@ def cpu_form(text, python, sweep_file, port):
     for pattern, replacement in replacements:
         text = re.sub(pattern, replacement, text)
     return text
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
 
 
 def run(command, env, timeout=600):

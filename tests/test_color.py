@@ -78,6 +78,25 @@ def test_uint8_conversions_agree_with_opencv_on_a_full_grid():
     assert np.abs(ours - published).max() <= 1
 
 
+def test_numpy_conversions_equal_the_broadcast_product_sum_bit_for_bit():
+    """NumPy's channel-by-channel sums give exactly matrix @ x as a broadcast product and sum
+    (checked once on all 2**24 uint8 colours; here on a grid and on random floats)."""
+    levels = np.arange(0, 256, 5, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1)
+    rng = np.random.default_rng(0)
+    for x in (grid.astype(np.float32), rng.uniform(-20, 280, (64, 48, 3)).astype(np.float32),
+              rng.uniform(-20, 280, (64, 48, 3))):
+        for convert, matrix, before, after in (
+                (color.rgb_to_ycrcb, color.RGB_TO_YCRCB, 0.0, color.CHROMA_OFFSETS),
+                (color.ycrcb_to_rgb, color.YCRCB_TO_RGB, color.CHROMA_OFFSETS, 0.0)):
+            shifted = x - np.asarray(before, x.dtype)
+            expected = ((shifted[..., None, :] * np.asarray(matrix, x.dtype)).sum(axis=-1)
+                        + np.asarray(after, x.dtype))
+            result = convert(x)
+            assert result.dtype == x.dtype
+            np.testing.assert_array_equal(result, expected)
+
+
 def test_known_opencv_values():
     """Pure colours as cv2.cvtColor(COLOR_RGB2YCrCb) gives them."""
     rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]], np.uint8)

@@ -210,6 +210,7 @@ def test_padding_fill_is_the_border_median():
     np.testing.assert_array_equal(padded[:4, :5], image)
     np.testing.assert_array_equal(padded[4:], np.broadcast_to([3.0, 6.5], (2, 8, 2)))
     np.testing.assert_array_equal(padded[:, 5:], np.broadcast_to([3.0, 6.5], (6, 3, 2)))
+    assert images.pad_with_background(image, 4, 5) is image  # already that size: no copy
     # batches, and jax.numpy under jit (for code that pads inside a compiled function)
     batch = np.stack([image, image[::-1] + 1])
     expected = [[3.0, 6.5], [4.0, 7.5]]

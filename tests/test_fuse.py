@@ -22,6 +22,7 @@ from difffccf_jax.data import generator, images, layouts
 from difffccf_jax.errors import UserError
 from difffccf_jax.inference import fuser as fuser_module
 from difffccf_jax.inference import fusion, shards, sizes, tiling
+from processes import run_two_processes
 
 NUM_PAIRS = 5  # batches of 4 on 4 devices: the second batch is padded
 # As in test_sampling: a two-level, one-block U-Net, so both share one compiled sampler.
@@ -646,3 +647,56 @@ def test_killed_run_resumes_to_the_uninterrupted_outputs(checkpoint, config, tmp
     for name in after:
         np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),
                                       images.read_image(os.path.join(reference, name)))
+
+
+FUSE_WORKER = "import sys; from difffccf_jax import cli; sys.exit(cli.main(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_fuse_each_pair_once_as_one_process_does(checkpoint, data_root,
+                                                                tmp_path):
+    """`difffccf fuse` as 2 processes of 2 CPU devices each (jax.distributed): each pair is
+    fused by one process, the outputs equal one process's on 2 devices, and process 0 alone
+    closes the run (one line, one failures list, the same exit status in both)."""
+    a_source, b_source = pet_folders(data_root)
+    a_dir, b_dir = str(tmp_path / "A"), str(tmp_path / "B")
+    for source, folder in ((a_source, a_dir), (b_source, b_dir)):
+        os.makedirs(folder)
+        for index in range(10):
+            shutil.copyfile(os.path.join(source, f"{index % NUM_PAIRS + 1}.png"),
+                            os.path.join(folder, f"{index}.png"))
+    reference = str(tmp_path / "reference")
+    fusion.fuse_folder(checkpoint, reference, a_dir=a_dir, b_dir=b_dir, task="pet",
+                       steps=2, batch_size=4, devices=jax.local_devices()[:2],
+                       show_progress=False)
+    out = str(tmp_path / "out")
+    command = ("fuse", "--checkpoint", checkpoint, "--task", "pet", "--a-dir", a_dir,
+               "--b-dir", b_dir, "--out", out, "--steps", "2", "--batch-size", "4")
+
+    def closing_lines(results, status):
+        assert [result[0] for result in results] == [status, status], results
+        lines = [[line for line in output.splitlines() if line.startswith("fused ")]
+                 for _, output in results]
+        assert lines[1] == [] and len(lines[0]) == 1, results
+        return lines[0][0]
+
+    first = closing_lines(run_two_processes([(FUSE_WORKER, *command)] * 2), 0)
+    assert first == f"fused 10 pet pairs into {out} (2 steps)"
+    written = modification_times(out)
+    assert sorted(written) == sorted(modification_times(reference)) == sorted(
+        f"{index}.png" for index in range(10))
+    for name in written:
+        np.testing.assert_array_equal(images.read_image(os.path.join(out, name)),
+                                      images.read_image(os.path.join(reference, name)))
+    # again with an A whose B is missing: nothing fused twice, the pair listed once
+    shutil.copyfile(os.path.join(a_source, "1.png"), os.path.join(a_dir, "10.png"))
+    second = closing_lines(run_two_processes([(FUSE_WORKER, *command)] * 2), 1)
+    failures = os.path.join(out, "failures.jsonl")
+    assert second == (f"fused 0 pet pairs into {out} (2 steps), 10 done before, skipped 1: "
+                      f"see {failures}")
+    with open(failures, encoding="utf-8") as file:
+        assert [json.loads(line)["name"] for line in file] == ["10.png"]
+    assert sorted(os.listdir(out)) == sorted(list(written) + ["failures.jsonl"])
+    assert {name: mtime for name, mtime in modification_times(out).items()
+            if name != "failures.jsonl"} == written

@@ -9,9 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -26,6 +23,7 @@ from difffccf_jax.model import checkpoints
 from difffccf_jax.training import losses, stopping, train, weighting
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, layouts
+from processes import run_two_processes
 
 pytestmark = pytest.mark.slow  # whole training runs; see pytest.ini
 
@@ -403,12 +401,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 # Resumes (finds the run trained) and scores it as a sweep run does; process 0 writes the scores.
 SCORING_WORKER = textwrap.dedent("""
     import json, sys
@@ -441,28 +433,6 @@ SIGNALLED_WORKER = textwrap.dedent("""
     train.StepReporter.add = add_then_signal
     sys.exit(cli.main(sys.argv[1:]))
 """)
-
-
-def run_two_processes(arguments, extra_env=None):
-    """Runs `python -c ARGUMENTS[i]...` as process i of 2 (2 CPU devices each, a localhost
-    coordinator); returns their (exit status, output)."""
-    port = free_port()
-    workers = []
-    for process_id in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=2",
-                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(process_id), **(extra_env or {}))
-        workers.append(subprocess.Popen([sys.executable, "-c", *arguments[process_id]],
-                                        env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [worker.communicate(timeout=400)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-    return [(worker.returncode, output) for worker, output in zip(workers, outputs)]
 
 
 def train_two_processes(tiny_config_path, overrides, run_dir, params_path):

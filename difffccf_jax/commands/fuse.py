@@ -3,7 +3,8 @@
 
 Every process of a multi-process run (`jax.distributed`, started as for training) and every
 task of a SLURM job array (or `--shard K/N`) fuses its own share of the pairs on its own local
-devices; all of them write to the same output folder.
+devices; all of them write to the same output folder. The processes of one run then wait for
+each other, and process 0 closes the run: one line, one list of skipped pairs.
 """
 
 import argparse
@@ -81,7 +82,8 @@ def register(subparsers):
 
 
 def run(args):
-    """Fuses this process's share; exit status 1 when pairs were skipped."""
+    """Fuses this process's share; process 0 reports the run of all processes (one line, one
+    list of the skipped pairs); exit status 1 in every process when pairs were skipped."""
     import jax
 
     from difffccf_jax import parallel
@@ -93,7 +95,10 @@ def run(args):
     share = shards.combine(shard, jax.process_index(), jax.process_count())
     fused = fusion.fuse_folder(**{name: getattr(args, name) for name in FUSE_ARGUMENTS},
                                share=share)
-    for note in fused.notes:
-        print(note)
-    print(fused.summary())
+    if jax.process_count() > 1:
+        fused = fusion.combine_processes(fused, shard, args.save_extras)
+    if jax.process_index() == 0:
+        for note in fused.notes:
+            print(note)
+        print(fused.summary())
     return 1 if fused.failures else 0

@@ -86,9 +86,11 @@ def border_median(image, xp=np):
 
 def pad_with_background(image, height, width):
     """image [h, w, C] padded at the bottom and right to [height, width, C] with its
-    `border_median` (cast to the image's dtype)."""
+    `border_median` (cast to the image's dtype); the image itself when it has that size."""
     if height < image.shape[0] or width < image.shape[1]:
         raise ValueError(f"cannot pad an image of shape {image.shape} to {height} x {width}")
+    if image.shape[:2] == (height, width):
+        return image
     padded = np.empty((height, width, image.shape[2]), image.dtype)
     padded[...] = border_median(image).astype(image.dtype)
     padded[:image.shape[0], :image.shape[1]] = image

@@ -26,8 +26,10 @@ temporary names and then renamed; a pair whose outputs all exist is not fused ag
 temporary files the interrupted run left for its pairs). A pair that cannot be
 read, has no A or no B, or whose A and B differ in aspect ratio is skipped and listed with its
 reason in OUT/failures.jsonl (one JSON object a line; `failures.K-of-N.jsonl` for share K of
-N). Each pair's noise comes from its name (`shards.noise_id`), so a share of the folder
-(`share=(K, N)`, `shards.in_share`) fuses its pairs exactly as a run over the whole folder.
+N; the processes of a multi-process run each write their own, which `combine_processes`
+gathers into their share's one list). Each pair's noise comes from its name
+(`shards.noise_id`), so a share of the folder (`share=(K, N)`, `shards.in_share`) fuses its
+pairs exactly as a run over the whole folder.
 
 The checkpoint's config, the folders, the pair names and the settings are checked before the
 parameters are loaded; nothing is written before the parameters are loaded.
@@ -39,10 +41,11 @@ import functools
 import json
 import os
 
+import jax
 import numpy as np
 import tqdm
 
-from difffccf_jax import color, files, pipeline
+from difffccf_jax import color, files, parallel, pipeline
 from difffccf_jax.data import images, layouts
 from difffccf_jax.errors import UserError
 from difffccf_jax.inference import fuser as fuser_module
@@ -54,6 +57,10 @@ GRID_SPACING = 4  # pixels between the lines of the deformation picture
 GRID_PICTURE_SIZE = 512  # the deformation picture's size, at least
 FAILURES_NAME = "failures"
 IO_WORKERS = 2  # threads reading, and threads writing, pairs
+# How long the processes of a multi-process run wait for the slowest to finish its share (one
+# whose share was fused before, in a resumed run, may wait for hours).
+FINISH_WAIT_S = 7 * 24 * 3600
+GATHERED_FIELDS = ("names", "reused", "tiled", "notes", "failures")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,3 +328,28 @@ def fuse_into_folder(fuser, pairs, unmatched, out, resize_to=None, save_extras=F
                        tiled=tuple(name for name in names if name in tiled),
                        reused=tuple(name for name in names if name in reused),
                        failures=tuple(failures), failures_path=failed_path)
+
+
+def combine_processes(fused, share, save_extras=False):
+    """The FusedFolder of every process of a multi-process run, each having fused its part of
+    `share` (`shards.combine`) into the same folder as `fused`, this process's: waits for all
+    of them, gathers their pairs and failures, lists the failures once (process 0 writes
+    failures_path(out, share)) and removes each process's own list. All processes call it."""
+    parallel.wait_for_all_processes("fuse-finished", FINISH_WAIT_S)
+    parts = [json.loads(data) for data in parallel.gather_bytes(json.dumps(
+        {field: getattr(fused, field) for field in GATHERED_FIELDS}).encode())]
+    gathered = {field: [item for part in parts for item in part[field]]
+                for field in GATHERED_FIELDS}
+    combined = dataclasses.replace(
+        fused, names=tuple(gathered["names"]), reused=tuple(gathered["reused"]),
+        tiled=tuple(gathered["tiled"]), notes=tuple(dict.fromkeys(gathered["notes"])),
+        failures=tuple(tuple(failure) for failure in gathered["failures"]),
+        outputs=tuple(output_paths(fused.out, name, save_extras)
+                      for name in gathered["names"]),
+        failures_path=failures_path(fused.out, share))
+    if jax.process_index() == 0:
+        write_failures(combined.failures_path, combined.failures)
+    if fused.failures_path != combined.failures_path:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(fused.failures_path)
+    return combined
