@@ -499,11 +499,12 @@ NOTES = (
     "ratio (run 19, with another job training on the machine: 0.44 to 1.29 at 1 step). What "
     "the folder adds, measured on its own on this machine: about 1.7 ms of CPU per 64 px pair "
     "(decoding both PNGs 0.47 ms, converting them 0.25, encoding the fused PNG at zlib level 1 "
-    "0.55, batching and bookkeeping about 0.4) against 14 to 19 ms of CPU per pair for the "
-    "1-step tiny sampler; on 2 cores the reader and writer threads take that CPU from XLA's "
-    "threads, which bounds the ratio near 0.9 at this setting (timed in alternation in one "
-    "process, 800 pairs, the median of 2 to 3 rounds: 0.87 on 1 device, 0.90 on 4) and lets "
-    "it grow with the sampler's work per pair.",
+    "0.55, batching and bookkeeping about 0.4). The sampler alone at 1 step runs only the Y "
+    "rows (B's own chroma, docs/method.md section 6) and uses about 6 ms of CPU per pair on the "
+    "2 cores (run 20); the reader and writer threads take their CPU from XLA's threads, which "
+    "bounds the ratio well below 0.9 at this setting on this machine (timed in alternation in "
+    "one process on the idle machine, 800 pairs, 1 device: 179 against 271 pairs/s, 0.66) and "
+    "lets it grow with the sampler's work per pair (the 4-step row).",
     "Data memory (`--cases data_memory`): 2,000 generated PET pairs of 64 px and their "
     "array_record cache (the tfds builder) are written first; then fresh processes each read "
     "one epoch of shuffled global batches of 8 as training does (`pipeline.source_from_config`, "
