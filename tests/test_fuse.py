@@ -278,13 +278,31 @@ def test_inputs_sharing_a_stem_are_refused(tmp_path):
 def test_command_line_choices_override_the_checkpoint_settings(config):
     settings = fuser_module.sampling_settings(config.copy_and_resolve_references(), steps=7,
                                         batch_size=3, seed=11, stochastic=True, register=True,
-                                        output="trajectory")
+                                        output="trajectory", chroma="fused")
     assert (settings.steps, settings.batch_size, settings.seed) == (7, 3, 11)
     assert settings.add_noise is True and settings.register is True
-    assert settings.output == "trajectory"
+    assert (settings.output, settings.chroma) == ("trajectory", "fused")
     settings = fuser_module.sampling_settings(config.copy_and_resolve_references())
     assert (settings.steps, settings.add_noise, settings.register) == (12, False, False)
-    assert settings.output == "clean"
+    assert (settings.output, settings.chroma) == ("clean", "source")
+
+
+def test_chroma_choice_keeps_bs_colours_or_fuses_them(fused, checkpoint, data_root, tmp_path):
+    """By default the fused Cr and Cb are B's own levels; `--chroma fused` outputs the chroma
+    runs' result (the published path), which differs inside B's region."""
+    _, b_folder = pet_folders(data_root)
+    out = str(tmp_path / "fused_chroma")
+    assert cli.main(["fuse", "--checkpoint", checkpoint, "--task", "pet", "--data", data_root,
+                     "--out", out, "--batch-size", "4", "--save-extras", "--chroma",
+                     "fused"]) == 0
+    for stem in ("1", "5"):
+        b_chroma = color.to_uint8(color.rgb_to_ycrcb(
+            images.read_image(os.path.join(b_folder, f"{stem}.png")).astype(np.float64)))[..., 1:]
+        chroma = {folder: np.stack([images.read_image(os.path.join(
+            folder, fusion.EXTRAS_FOLDER, stem, f"fused_{c}.png")) for c in ("cr", "cb")], -1)
+            for folder in (fused, out)}
+        np.testing.assert_array_equal(chroma[fused], b_chroma)
+        assert np.abs(chroma[out].astype(int) - b_chroma).max() > 10
 
 
 def test_data_may_name_the_task_folder_itself(config, data_root):

@@ -11,7 +11,8 @@ import argparse
 import os
 
 FUSE_ARGUMENTS = ("checkpoint", "out", "data", "a_dir", "b_dir", "task", "steps", "batch_size",
-                  "seed", "stochastic", "output", "register", "resize_to", "tile", "save_extras",
+                  "seed", "stochastic", "output", "chroma", "register", "resize_to", "tile",
+                  "save_extras",
                   "overwrite")
 
 
@@ -53,6 +54,10 @@ def register(subparsers):
                              "step's mask (no residual sampling noise), or 'trajectory', the "
                              "reverse run's state as published (default: the checkpoint's "
                              "sampling.output)")
+    parser.add_argument("--chroma", choices=("source", "fused"), default=None,
+                        help="the fused image's Cr and Cb: 'source', B's own (its colours "
+                             "kept), or 'fused', the chroma runs' result as published (default: "
+                             "the checkpoint's sampling.chroma)")
     parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
                         help="warp B by the network's predicted deformation before fusing, or "
                              "fuse B as given (default: the checkpoint's sampling.register)")
