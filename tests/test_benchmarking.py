@@ -597,6 +597,7 @@ def test_data_memory_plans_one_case_and_targets_the_larger_share_over_one_proces
     assert suite.data_memory_targets(rows[:3]) == []  # one process of two missing
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_data_memory_case_measures_one_and_two_reading_processes(tiny_config_path):
     pairs = 64

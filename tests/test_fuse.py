@@ -625,6 +625,7 @@ def test_fifty_distinct_sizes_compile_at_most_eight_programs(checkpoint):
     assert fuser.compiled_programs == len(buckets) <= 8
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_killed_run_resumes_to_the_uninterrupted_outputs(checkpoint, config, tmp_path,
                                                          repo_root):

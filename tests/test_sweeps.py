@@ -209,6 +209,7 @@ def test_runs_in_folders_skip_finished_and_keep_failures(tmp_path, repo_root):
     assert sweeps.status_lines(workdir) == ["4 done, 0 failed, 0 unfinished"]
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_local_executor_runs_two_process_jobs_requeues_and_reports(tmp_path, repo_root,
                                                                     monkeypatch):
