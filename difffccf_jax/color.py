@@ -29,6 +29,9 @@ CHROMA_GAINS = (0.713, 0.564)  # Cr from R - Y, Cb from B - Y
 CHROMA_OFFSET = 128.0
 # R, G, B from (Cr - 128, Cb - 128); OpenCV's published inverse, not the exact matrix inverse.
 INVERSE_CHROMA = ((1.403, 0.0), (-0.714, -0.344), (0.0, 1.773))
+# The pixel (row, column) whose colour is B's background: the reference of the published region
+# rules and of the functional region the colour metrics use (clipped to smaller images).
+BACKGROUND_PIXEL = (0, 5)
 
 
 def _forward_matrix():

@@ -66,3 +66,16 @@ def test_a_module_importing_upwards_is_caught(tmp_path):
     module.write_text("from difffccf_jax.training import losses\n"
                       "from difffccf_jax import color\nimport difffccf_jax.tools.demo\n")
     assert imported_units(str(module)) == {"training", "color", "tools"}
+
+
+@pytest.mark.multiprocess
+def test_the_evaluator_imports_without_jax():
+    """`difffccf evaluate` scores image files with NumPy alone: importing it costs no JAX start."""
+    import subprocess
+    import sys
+
+    script = ("import sys, difffccf_jax.evaluation.scoring, difffccf_jax.evaluation.metrics\n"
+              "print(sorted(name for name in sys.modules if name.split('.')[0] == 'jax'))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

@@ -18,8 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from difffccf_jax import color
+from difffccf_jax.color import BACKGROUND_PIXEL
 from difffccf_jax.evaluation import colour_difference
-from difffccf_jax.model.regions import BACKGROUND_PIXEL
 
 PUBLISHED_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 # Mean CIEDE2000 difference of F from B inside B's functional region, and from A's grey outside

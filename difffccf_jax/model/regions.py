@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from difffccf_jax.color import BACKGROUND_PIXEL
 from difffccf_jax.errors import UserError
 
 PERCENTILE = 0  # threshold = the given percentile of the image's values
@@ -36,8 +37,6 @@ WHOLE_FRAME = "whole_frame"  # the published re-standardisation (`moment_match_m
 IN_REGION = "in_region"  # the option: statistics over the pixels of R (`standardise_in_region`)
 STATISTICS = (WHOLE_FRAME, IN_REGION)
 
-# The background reference pixel (row, column), the one the published rules compare with.
-BACKGROUND_PIXEL = (0, 5)
 # The pixel whose value the published whole-frame re-standardisation leaves alone (see
 # `moment_match_masked`).
 REFERENCE_PIXEL = (2, 2)
