@@ -60,6 +60,7 @@ def cold_cost(item):
     return SLOW_COST if item.get_closest_marker("multiprocess") is None else SLOW_PROCESSES_COST
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k deselect: the cost of what runs
 def pytest_collection_modifyitems(items):
     """Modules with the largest summed cost run first, each kept whole: under `-n 2 --dist
     loadfile` the longest files start first and the two workers finish together."""
