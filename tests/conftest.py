@@ -41,11 +41,30 @@ def paper_config_path(repo_root):
     return os.path.join(repo_root, "configs", "paper.py")
 
 
+def pytest_configure(config):
+    """Keeps the module order below under `--dist loadfile`: pytest-xdist otherwise reorders
+    the files by their number of tests, which sends the long single-test files last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+# A rough cost per test in cold-cache seconds on 2 cores: a slow test that starts processes
+# compiles its programs in each of them.
+SLOW_COST, SLOW_PROCESSES_COST = 30, 100
+
+
+def cold_cost(item):
+    """The rough cold-cache cost of one test (SLOW_COST, SLOW_PROCESSES_COST, else 1)."""
+    if item.get_closest_marker("slow") is None:
+        return 1
+    return SLOW_COST if item.get_closest_marker("multiprocess") is None else SLOW_PROCESSES_COST
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k deselect: the cost of what runs
 def pytest_collection_modifyitems(items):
-    """Modules with the most slow tests run first, each kept whole: under `-n 2 --dist loadfile`
-    the longest files then start at once and the two workers finish together."""
-    slow_counts = {}
+    """Modules with the largest summed cost run first, each kept whole: under `-n 2 --dist
+    loadfile` the longest files start first and the two workers finish together."""
+    costs = {}
     for item in items:
-        slow_counts[item.module] = (slow_counts.get(item.module, 0)
-                                    + (item.get_closest_marker("slow") is not None))
-    items.sort(key=lambda item: -slow_counts[item.module])
+        costs[item.module] = costs.get(item.module, 0) + cold_cost(item)
+    items.sort(key=lambda item: -costs[item.module])

@@ -29,12 +29,14 @@ TINY = ("--config.train.epochs=1 --config.train.steps_per_epoch=2 "
 # Blocks whose CPU form another test runs.
 ELSEWHERE = {"difffccf benchmark --preset accelerator --update":
              ("test_benchmarking.py", "def test_accelerator_preset_cpu_form_writes_the_throughput")}
+# The page's sweep in its CPU form: two runs that differ in their seed only, so that both
+# train with the step program that the two-process runs above compiled (the persistent cache).
 SWEEP_FILE = """from difffccf_jax.config_cli import load_config_file
 from difffccf_jax.tools.sweeps import product
 def get_config(arg=None):
     return load_config_file({tiny!r})
 def get_sweep(arg=None):
-    return product(("weighting.enabled", [True, False]))
+    return product(("seed", [0, 1]))
 """
 FAKE_SRUN = """#!/usr/bin/env bash
 # srun's stand-in: SLURM_NTASKS tasks of one step on localhost, with SLURM's variables.
@@ -142,7 +144,7 @@ def test_every_command_of_the_page_runs_in_its_cpu_form(repo_root, tiny_config_p
     # The sweep's two runs finished once each and the report lists both.
     sweep_output, report = outputs[4]
     assert "launching 2 (local)" in sweep_output and "2 done, 0 failed, 0 unfinished" in report
-    for run_dir in ("000-enabled=True", "001-enabled=False"):
+    for run_dir in ("000-seed=0", "001-seed=1"):
         assert sorted(n for n in os.listdir(runs / "weighting" / run_dir)
                       if n.isupper()) == ["DONE"]
         assert len([n for n in os.listdir(runs / "weighting" / run_dir / "fused")

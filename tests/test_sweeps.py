@@ -315,8 +315,10 @@ def test_a_stopped_run_requeues_resumes_and_ends_like_one_process(tmp_path, tiny
     executor = sweeps.make_executor("local", os.path.join(workdir, "logs", "%j"),
                                     sweeps.executor_parameters(
                                         "local", sweeps.Resources(tasks_per_node=2), 30))
-    jobs = [executor.submit(sweeps.RunJob(run_dir)) for run_dir in run_dirs]
+    # Run 1 starts once run 0 has compiled its programs, so that it reads them from the cache.
+    jobs = [executor.submit(sweeps.RunJob(run_dirs[0]))]
     wait_for(lambda: logged_steps(run_dirs[0]), 600, "run 0's first step")
+    jobs.append(executor.submit(sweeps.RunJob(run_dirs[1])))
     for pid in task_processes(int(jobs[0].job_id)):
         os.kill(pid, signal.SIGUSR2)
     wait_for(lambda: all(job.done() for job in jobs), 900, "both jobs")
