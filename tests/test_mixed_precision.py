@@ -50,6 +50,7 @@ def train_a_few_steps(config_path, root, dtype, initial=None):
     batch = next(run.batches["pet"])
     rules = run.rules["pet"]
     learning_rate = jnp.float32(config.optim.learning_rate)
+    explore_steps = train.explore_steps_of(run, None)
     if initial is None:
         initial = train.new_state(run, config, mesh)
     else:  # this run's own fresh state would have the same float32 leaves (no compile needed)
@@ -58,10 +59,10 @@ def train_a_few_steps(config_path, root, dtype, initial=None):
                 == jax.tree.map(lambda a: (a.shape, a.dtype), initial))
     state = initial
     step = train.compile_step(jax.jit(functools.partial(train.train_step, **run.step_options)),
-                              (state, batch, rules, learning_rate), fast=True)
+                              (state, batch, rules, learning_rate, explore_steps), fast=True)
     records = []
     for _ in range(STEPS):
-        state, metrics = step(state, batch, rules, learning_rate)
+        state, metrics = step(state, batch, rules, learning_rate, explore_steps)
         records.append(jax.device_get(metrics))
     return Trained(records, initial, state, step.as_text())
 

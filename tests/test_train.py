@@ -152,10 +152,12 @@ def one_device_run(config):
     batches = run.batches["pet"]
     step_fn = train.make_train_step(mesh, replicated, **run.step_options)
     batch = next(batches)
-    compiled = train.compile_step(step_fn, (state, batch, rules, learning_rate), True)
+    explore_steps = train.explore_steps_of(run, replicated)
+    compiled = train.compile_step(step_fn, (state, batch, rules, learning_rate, explore_steps),
+                                  True)
     metrics, params_at_3 = [], None
     for step in range(1, 101):
-        state, values = compiled(state, batch, rules, learning_rate)
+        state, values = compiled(state, batch, rules, learning_rate, explore_steps)
         metrics.append(jax.device_get(values))
         batch = next(batches)
         if step == 3:
@@ -221,6 +223,35 @@ def test_policy_moves_the_weights_during_training(reference, config):
     initial = weighting.init_policy(settings).mean
     assert np.max(np.abs(np.asarray(host_tree(state.policy).mean) - initial)) > 1e-3
     assert int(host_tree(state.policy).count) == 6
+
+
+def test_runs_of_any_length_share_one_step_program(reference, config):
+    """The run's length reaches the step only through its explore_steps argument: runs of 6 and
+    of 60 steps lower to one program (one compilation, one cache entry), and the spread the
+    reference run logged anneals over its own exploration length."""
+    mesh = parallel.make_mesh(jax.devices())
+    replicated = parallel.replicated(mesh)
+    programs, explore = [], []
+    for epochs in (2, 20):
+        run_config = config.copy_and_resolve_references()
+        run_config.train.epochs = epochs
+        run = train.setup_run(run_config, mesh)
+        state = jax.eval_shape(run.create, jax.random.PRNGKey(0))
+        example = (state, run.batches["pet"].element_spec(), run.rules["pet"],
+                   jnp.float32(0.0), train.explore_steps_of(run, replicated))
+        step = train.make_train_step(mesh, replicated, **run.step_options)
+        programs.append(step.lower(*example).as_text())
+        explore.append(run.step_options["policy_settings"].explore_steps)
+    assert explore[0] != explore[1] and programs[0] == programs[1]
+
+    settings = weighting.settings_from_config(config.weighting, config.loss.weights, 6)
+    assert settings.explore_steps == explore[0]
+    steps = step_records(read_metrics(reference[1]))
+    for logged in sorted(steps):  # the step logged as n ran at state.step n - 1
+        progress = min((logged - 1) / settings.explore_steps, 1.0)
+        expected = np.exp((1 - progress) * np.log(settings.std_explore)
+                          + progress * np.log(settings.std_stable))
+        assert steps[logged]["policy/std"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_fixed_weights_and_parameter_ema_through_a_whole_run(overrides, tiny_config_path,

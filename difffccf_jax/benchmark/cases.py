@@ -334,7 +334,8 @@ def real_step(case, config):
     state = [train.new_state(run, config, mesh)]
     step = train.make_train_step(mesh, parallel.replicated(mesh), **run.step_options)
     args = (run.rules[task],
-            jax.device_put(jnp.float32(config.optim.learning_rate), parallel.replicated(mesh)))
+            jax.device_put(jnp.float32(config.optim.learning_rate), parallel.replicated(mesh)),
+            train.explore_steps_of(run, parallel.replicated(mesh)))
     compiled, compile_s = measure.compile_jax(step, state[0], batch, *args,
                                               fast=case.fast_compile)
 

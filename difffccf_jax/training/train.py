@@ -157,15 +157,18 @@ def ema_update(ema_params, params, decay):
 
 # ---- the step ------------------------------------------------------------------------------------
 
-def train_step(state, batch, task_rules, learning_rate, *, model, schedule, loss_config, tx,
-               policy_settings, ema_decay):
+def train_step(state, batch, task_rules, learning_rate, explore_steps, *, model, schedule,
+               loss_config, tx, policy_settings, ema_decay):
     """One optimisation step; returns (new state, dict of scalar metrics).
 
     batch: dict a [B, H, W, 1] and b [B, H, W, 3] (YCrCb) in [-1, 1]; task_rules: TaskRules of
     the batch's task (arrays); learning_rate: [] float32, the rate of this step (`tx` of
-    `make_optimizer` scales it for the deformation head). A step whose loss is not finite
-    leaves the state unchanged (its metrics show which term failed).
+    `make_optimizer` scales it for the deformation head); explore_steps: [] float32, the
+    weighting policy's exploration length (`explore_steps_of`), an argument rather than part
+    of the program so that runs of any length share one compiled step. A step whose loss is
+    not finite leaves the state unchanged (its metrics show which term failed).
     """
+    policy_settings = policy_settings._replace(explore_steps=explore_steps)
     rng = jax.random.fold_in(state.rng, state.step)
     policy_key, loss_key, dropout_key = jax.random.split(rng, 3)
     dropout_key = unet.rbg_key(dropout_key)
@@ -208,7 +211,8 @@ def make_train_step(mesh, state_sharding, **static):
     replicated = parallel.replicated(mesh)
     batch_sharding = parallel.batch_sharded(mesh)
     return compilation.jit(functools.partial(train_step, **static),
-                           in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+                           in_shardings=(state_sharding, batch_sharding, replicated, replicated,
+                                         replicated),
                            out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
@@ -327,6 +331,13 @@ def new_state(run, config, mesh):
     create = compilation.jit(lambda k, p: run.create(k, params=p),
                              out_shardings=parallel.replicated(mesh))
     return create(jax.random.PRNGKey(config.seed), params)
+
+
+def explore_steps_of(run, sharding):
+    """The run's `train_step` argument explore_steps (its weighting policy's exploration
+    length), a float32 scalar placed with `sharding`."""
+    return jax.device_put(jnp.float32(run.step_options["policy_settings"].explore_steps),
+                          sharding)
 
 
 def compile_step(step_fn, args, fast):
@@ -472,7 +483,7 @@ def compile_train_step(config, run, mesh, state, rules, log, progress):
     replicated = parallel.replicated(mesh)
     first_task = run.plan[0][0]
     example = (state, run.batches[first_task].element_spec(), rules[first_task],
-               jax.device_put(jnp.float32(0.0), replicated))
+               jax.device_put(jnp.float32(0.0), replicated), explore_steps_of(run, replicated))
     started = time.perf_counter()
     compiled = compile_step(make_train_step(mesh, replicated, **run.step_options), example,
                             config.train.fast_compile)
@@ -490,6 +501,7 @@ def train_epochs(config, run, compiled, state, rules, replicated, manager, repor
     decides (alike on every process) every log_every_steps steps and at every epoch end."""
     start_epoch, start_epoch_step = start
     host_step = int(state.step)
+    explore_steps = explore_steps_of(run, replicated)
     for epoch in range(start_epoch, config.train.epochs):
         task, steps = run.plan[epoch]
         learning_rate = jax.device_put(
@@ -497,7 +509,7 @@ def train_epochs(config, run, compiled, state, rules, replicated, manager, repor
         first = start_epoch_step if epoch == start_epoch else 0
         for epoch_step in range(first + 1, steps + 1):
             state, metrics = compiled(state, next(run.batches[task]), rules[task],
-                                      learning_rate)
+                                      learning_rate, explore_steps)
             host_step += 1
             reporter.add(host_step, metrics, epoch, task)
             epoch_end = epoch_step == steps
