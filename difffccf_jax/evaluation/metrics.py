@@ -18,7 +18,6 @@ import numpy as np
 from scipy import ndimage
 
 from difffccf_jax import color
-from difffccf_jax.color import BACKGROUND_PIXEL
 from difffccf_jax.evaluation import colour_difference
 
 PUBLISHED_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
@@ -301,8 +300,8 @@ def rgb_image(image):
 
 def _region_of_lab(lab_b):
     """functional_region of B given as CIELAB [H, W, 3]."""
-    background = lab_b[min(BACKGROUND_PIXEL[0], lab_b.shape[0] - 1),
-                       min(BACKGROUND_PIXEL[1], lab_b.shape[1] - 1)]
+    background = lab_b[min(color.BACKGROUND_PIXEL[0], lab_b.shape[0] - 1),
+                       min(color.BACKGROUND_PIXEL[1], lab_b.shape[1] - 1)]
     return colour_difference.ciede2000(lab_b, background) >= FUNCTIONAL_REGION_DELTA_E
 
 
