@@ -1,13 +1,15 @@
-"""Test set-up: 4 simulated CPU devices and a persistent compilation cache in .jax_cache/.
+"""Test set-up: 4 simulated CPU devices, XLA's backend optimisation off (processes
+.TEST_XLA_FLAGS) and a persistent compilation cache in .jax_cache/.
 
-Both must be configured before JAX is imported anywhere, hence at the top of conftest. The
+All three must be configured before JAX is imported anywhere, hence at the top of conftest. The
 cache is shared by pytest-xdist's workers (`-n 2`) and by the processes tests start.
 """
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=4").strip()
+from processes import xla_flags
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(4)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from processes import free_port
+from processes import free_port, xla_flags
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -30,7 +30,7 @@ TINY = ("--config.train.epochs=1 --config.train.steps_per_epoch=2 "
 ELSEWHERE = {"difffccf benchmark --preset accelerator --update":
              ("test_benchmarking.py", "def test_accelerator_preset_cpu_form_writes_the_throughput")}
 # The page's sweep in its CPU form: two runs that differ in their seed only, so that both
-# train with the step program that the two-process runs above compiled (the persistent cache).
+# train with the step program that the one-process run above compiled (the persistent cache).
 SWEEP_FILE = """from difffccf_jax.config_cli import load_config_file
 from difffccf_jax.tools.sweeps import product
 def get_config(arg=None):
@@ -68,7 +68,8 @@ def cpu_form(text, python, sweep_file, port):
         (r"--config\.data\.batch_size=32", "--config.data.batch_size=4"),
         (r"localhost:12345", f"localhost:{port}"),
         (r"--launcher slurm", "--launcher local"),
-        (r"--gpus-per-node 8", "--tasks-per-node 2"),
+        # A run's node: one process driving the node's devices, here its 2 CPU devices.
+        (r"--gpus-per-node 8 ", ""),
         (r"--(partition|account|qos|mem|constraint) \S+ ?", ""),
         (r"module load cuda", "true"),
         (r"\bdifffccf ", f"{python} -m difffccf_jax.cli "),
@@ -96,7 +97,7 @@ def environment(tmp_path_factory, repo_root):
     (bin_dir / "srun").chmod(0o755)
     env = dict(os.environ, DATA=str(root / "data"), RUNS=str(root / "runs"),
                SRUN_LOGS=str(root), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               XLA_FLAGS=xla_flags(2), JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")]))
     run(f"{sys.executable} -m difffccf_jax.cli make-data --task pet --num 4 --size 16 "
         f"--seed 0 --out $DATA", env)

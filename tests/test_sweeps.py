@@ -14,6 +14,7 @@ import submitit
 
 from difffccf_jax.tools import sweeps
 from difffccf_jax.errors import UserError
+from processes import xla_flags
 
 
 def test_product_and_zipped():
@@ -218,7 +219,7 @@ def test_local_executor_runs_two_process_jobs_requeues_and_reports(tmp_path, rep
     attempt; the other fails and is reported with its error."""
     from difffccf_jax.training import stopping
 
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(2))
     runs = sweeps.expand(os.path.join(repo_root, "configs", "sweeps", "sampling_steps.py"))
     workdir = str(tmp_path)
     sweeps.write_runs(runs, workdir)
@@ -281,11 +282,11 @@ def wait_for(condition, timeout_s, what):
 @pytest.mark.multiprocess
 def test_a_stopped_run_requeues_resumes_and_ends_like_one_process(tmp_path, tiny_config_path,
                                                                    monkeypatch):
-    """Two sweep runs through submitit's local executor, each 2 processes x 2 CPU devices.
-    Run 0 gets USR2 on both processes mid-training (as SLURM's --signal sends it): every
-    process saves the same step, submitit requeues the job, the second attempt resumes, fuses
-    and scores. Both runs end DONE, and run 0's final parameters are those of an uninterrupted
-    single-process 4-device run of its config."""
+    """A sweep run through submitit's local executor, 2 processes x 2 CPU devices, gets USR2
+    on both processes mid-training (as SLURM's --signal sends it): every process saves the
+    same step, submitit requeues the job, the second attempt resumes, fuses and scores. The run
+    ends DONE with the final parameters of an uninterrupted single-process 4-device run of its
+    config. (Two such jobs at once, requeued and failed: the test above.)"""
     from test_train import params_at  # pylint: disable=import-outside-toplevel
 
     from difffccf_jax import cli
@@ -294,12 +295,12 @@ def test_a_stopped_run_requeues_resumes_and_ends_like_one_process(tmp_path, tiny
     data = str(tmp_path / "data")
     assert cli.main(["make-data", "--task", "pet", "--num", "4", "--size", "16", "--seed", "0",
                      "--out", data]) == 0
-    sweep_file = tmp_path / "two.py"
+    sweep_file = tmp_path / "one.py"
     sweep_file.write_text(
         "from difffccf_jax.config_cli import load_config_file\n"
         "from difffccf_jax.tools.sweeps import zipped\n"
         f"def get_config(arg=None):\n    return load_config_file({tiny_config_path!r})\n"
-        "def get_sweep(arg=None):\n    return zipped(('seed', [0, 1]))\n")
+        "def get_sweep(arg=None):\n    return zipped(('seed', [0]))\n")
     overrides = [("data.root", data), ("data.image_size", "16"),
                  ("loss.registration_size", "16"), ("train.epochs", "2"),
                  ("train.steps_per_epoch", "6"), ("train.log_every_steps", "1"),
@@ -310,29 +311,27 @@ def test_a_stopped_run_requeues_resumes_and_ends_like_one_process(tmp_path, tiny
     workdir = str(tmp_path / "sweep")
     sweeps.validate(runs, sweeps.Resources(tasks_per_node=2, cpu_devices=2))
     sweeps.write_runs(runs, workdir)
-    run_dirs = [os.path.join(workdir, run.name) for run in runs]
-    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    (run,) = runs
+    run_dir = os.path.join(workdir, run.name)
+    monkeypatch.setenv("XLA_FLAGS", xla_flags(2))
     executor = sweeps.make_executor("local", os.path.join(workdir, "logs", "%j"),
                                     sweeps.executor_parameters(
                                         "local", sweeps.Resources(tasks_per_node=2), 30))
-    # Run 1 starts once run 0 has compiled its programs, so that it reads them from the cache.
-    jobs = [executor.submit(sweeps.RunJob(run_dirs[0]))]
-    wait_for(lambda: logged_steps(run_dirs[0]), 600, "run 0's first step")
-    jobs.append(executor.submit(sweeps.RunJob(run_dirs[1])))
-    for pid in task_processes(int(jobs[0].job_id)):
+    job = executor.submit(sweeps.RunJob(run_dir))
+    wait_for(lambda: logged_steps(run_dir), 600, "the run's first step")
+    for pid in task_processes(int(job.job_id)):
         os.kill(pid, signal.SIGUSR2)
-    wait_for(lambda: all(job.done() for job in jobs), 900, "both jobs")
-    for job, run_dir in zip(jobs, run_dirs):
-        assert job.results() == [None, None]  # raises with a task's traceback if it failed
-        assert sweeps.run_status(run_dir) == ("done", "")
-    # Run 0 stopped during training on both processes, and its second attempt resumed.
+    wait_for(job.done, 900, "the job")
+    assert job.results() == [None, None]  # raises with a task's traceback if it failed
+    assert sweeps.run_status(run_dir) == ("done", "")
+    # The run stopped during training on both processes, and its second attempt resumed.
     stopped = re.findall(r"training stopped on SIGUSR2 after step (\d+)",
-                         jobs[0].task(1).stderr() or "")
-    assert stopped and 1 <= int(stopped[0]) < 12, jobs[0].task(1).stderr()
-    assert "Requeued job" in jobs[0].stderr()
-    assert logged_steps(run_dirs[0]) == list(range(1, 13))
-    reference = train.fit(runs[0].config, str(tmp_path / "reference"))
-    final = params_at(os.path.join(run_dirs[0], train.CHECKPOINT_DIR), runs[0].config)[12]
+                         job.task(1).stderr() or "")
+    assert stopped and 1 <= int(stopped[0]) < 12, job.task(1).stderr()
+    assert "Requeued job" in job.stderr()
+    assert logged_steps(run_dir) == list(range(1, 13))
+    reference = train.fit(run.config, str(tmp_path / "reference"))
+    final = params_at(os.path.join(run_dir, train.CHECKPOINT_DIR), run.config)[12]
     for got, expected in zip(jax.tree.leaves(final), jax.tree.leaves(reference.params)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected.addressable_data(0)),
                                    rtol=1e-4, atol=1e-4)
