@@ -387,7 +387,6 @@ def test_each_pair_keeps_its_size_order_and_noise(odd_sizes, checkpoint, fused, 
     assert np.abs(read_outputs(out, "2")["warped_b"].astype(int) - b_resized).max() <= 2
 
 
-
 def test_resize_fuses_every_pair_at_one_size(odd_sizes, checkpoint, fused, tmp_path, capsys):
     a_folder, b_folder = odd_sizes
     out = str(tmp_path / "out")

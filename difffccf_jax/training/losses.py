@@ -81,9 +81,6 @@ def quality_loss(fused, a, b, weights=(30.0, 40.0, 40.0)):
 # ---- the three-channel fusion -------------------------------------------------------------------
 
 
-
-
-
 def noise_loss(noise, predicted, loss_scale):
     """loss_scale * ||eps - eps_hat||_1 / (H W) per image, [B] (the caller sums over images)."""
     height, width = noise.shape[1:3]
@@ -119,12 +116,6 @@ def clean_fused_estimate(a, b, b_original, m1, m2, region, chroma, sign_gain,
     chroma_fused = regions.restandardise(fused, b_original, region, None, statistics)
     luma = fused if detail is None else composition.clean_luma(a, b, m1, detail)
     return jnp.where(image_chroma, chroma_fused, luma)
-
-
-
-
-
-
 
 
 def quality_weights_per_row(loss_config, chroma):
