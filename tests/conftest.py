@@ -18,12 +18,10 @@ import pytest  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.path.join(REPO_ROOT, ".jax_cache")
 # Shared by the workers and the processes that tests start, without a lock: a read that meets
-# an entry still being written fails, and JAX warns and compiles the program again. Every
-# program is kept, however short its compile: at optimisation level 0 most compile in under
-# 0.5 s, and the processes that tests start compile them again otherwise.
+# an entry still being written fails, and JAX warns and compiles the program again.
 CACHE_SETTINGS = {
     "jax_compilation_cache_dir": CACHE_DIR,
-    "jax_persistent_cache_min_compile_time_secs": 0,
+    "jax_persistent_cache_min_compile_time_secs": 0.5,
 }
 for name, value in CACHE_SETTINGS.items():
     jax.config.update(name, value)
