@@ -3,6 +3,8 @@ evaluation -> tools -> commands. A module may import its own layer and the layer
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -71,9 +73,6 @@ def test_a_module_importing_upwards_is_caught(tmp_path):
 @pytest.mark.multiprocess
 def test_the_evaluator_imports_without_jax():
     """`difffccf evaluate` scores image files with NumPy alone: importing it costs no JAX start."""
-    import subprocess
-    import sys
-
     script = ("import sys, difffccf_jax.evaluation.scoring, difffccf_jax.evaluation.metrics\n"
               "print(sorted(name for name in sys.modules if name.split('.')[0] == 'jax'))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
