@@ -14,11 +14,11 @@ TASKS = ("pet", "spect", "ct", "gfp", "adni")
 # The sampler settings that make it the published loop (docs/method.md section 6): its stage
 # boundaries, A's standardisation, OpenCV's 8-bit colour conversions, truncation to uint8, float32
 # schedule tables, the trajectory output, the chroma runs' Cr/Cb, sources from their clipped x0
-# estimates, no registration pass, deterministic.
+# estimates, no registration pass, deterministic, no detail band of B.
 PUBLISHED_SAMPLING = dict(stages="published", condition_std="published",
                           color_conversion="opencv8", output_levels="truncate",
                           schedule_precision="float32", output="trajectory", known_sources=False,
-                          register=False, add_noise=False, chroma="fused")
+                          register=False, add_noise=False, chroma="fused", detail_of_b=False)
 ARGS = ("compat", "published_sampling")
 
 
@@ -76,7 +76,7 @@ def get_config(arg=None):
         raise ValueError(f"configs/paper.py: expected no argument or one of {', '.join(ARGS)}, "
                          f"got {arg!r}")
     config = ml_collections.ConfigDict()
-    config.version = 3  # the layout of this config (config_versions.VERSION)
+    config.version = 4  # the layout of this config (config_versions.VERSION)
     config.seed = 0
 
     config.data = ml_collections.ConfigDict(dict(
@@ -287,6 +287,13 @@ def get_config(arg=None):
         # (what the quality loss trains); 'trajectory': the reverse run's x, as published, which
         # keeps a few grey levels of sampling noise even where both sources are black.
         output="clean",
+        # With the clean output: B's detail band (model.detail_gain times B_Y minus its low
+        # frequencies below model.detail_levels levels) also added where A is kept, m1, inside
+        # B's functional region (functional_region.py), so that the uptake's structure survives
+        # where the anatomy is brighter. In the sampler only: training's clean estimate has A's
+        # detail band alone, since a training crop lacks B's background pixel, which defines
+        # the region (docs/method.md, deviations).
+        detail_of_b=True,
         # x^A and x^B move to their posterior means from their known clean sources instead of
         # the clipped x0 estimate, which loses their difference (sampling.reverse_step).
         known_sources=True,

@@ -192,11 +192,16 @@ def to_unit(x, xp=np):
     return x.astype(_float_dtype(x, xp)) / 127.5 - 1.0
 
 
+def unit_to_levels(x, xp=np):
+    """[-1, 1] -> 0..255 levels, unrounded: the inverse of `to_unit`."""
+    return (xp.asarray(x) + 1.0) * 127.5
+
+
 def from_unit(x, xp=np, truncate=False):
     """[-1, 1] -> 0..255 levels, rounded half to even (or with `truncate`, rounded down, as the
     published code's cast to uint8 does) and clipped; stays floating point."""
     x = xp.asarray(x)
-    levels = (xp.floor if truncate else xp.rint)((x + 1.0) * 127.5)
+    levels = (xp.floor if truncate else xp.rint)(unit_to_levels(x, xp))
     return xp.clip(levels, 0.0, 255.0).astype(_float_dtype(x, xp))
 
 

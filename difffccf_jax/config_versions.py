@@ -12,7 +12,7 @@ step `_to_version_N` to STEPS that fills it in configs of the version before.
 
 from difffccf_jax.errors import UserError
 
-VERSION = 3
+VERSION = 4
 
 
 def _fill(group, **values):
@@ -68,7 +68,12 @@ def _to_version_3(config):
     _fill(config.model, detail_gain=0.0, detail_levels=4)
 
 
-STEPS = (_to_version_1, _to_version_2, _to_version_3)  # STEPS[v] brings a version-v config to version v + 1
+def _to_version_4(config):
+    """B's detail band in the sampler's clean output, off as in configs of version 3."""
+    _fill(config.sampling, detail_of_b=False)
+
+
+STEPS = (_to_version_1, _to_version_2, _to_version_3, _to_version_4)  # STEPS[v] brings a version-v config to version v + 1
 
 
 def migrate(config, where="config"):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from difffccf_jax.evaluation import colour_difference
+from difffccf_jax import colour_difference
 
 # Sharma, Wu and Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes,
 # supplementary test data, and mathematical observations", Table 1: (L*, a*, b*) of colour 1,
@@ -102,3 +102,19 @@ def test_srgb_to_lab_of_a_grey_is_its_lightness(level):
     f = y ** (1 / 3) if y > (6 / 29) ** 3 else y / (3 * (6 / 29) ** 2) + 4 / 29
     lab = colour_difference.srgb_to_lab(np.full(3, level))
     np.testing.assert_allclose(lab, [116 * f - 16, 0.0, 0.0], rtol=0, atol=1e-9)
+
+
+def test_jax_arrays_give_the_float64_values_in_their_own_precision():
+    """The sampler computes B's functional region in JAX (float32): sRGB -> CIELAB -> CIEDE2000
+    of random colour pairs agree with the float64 NumPy values to float32 round-off."""
+    import jax.numpy as jnp
+
+    rgb1, rgb2 = np.random.default_rng(0).integers(0, 256, (2, 1000, 3)).astype(np.float64)
+    lab1, lab2 = colour_difference.srgb_to_lab(rgb1), colour_difference.srgb_to_lab(rgb2)
+    jax_lab1, jax_lab2 = (colour_difference.srgb_to_lab(jnp.asarray(x, jnp.float32))
+                          for x in (rgb1, rgb2))
+    assert jax_lab1.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(jax_lab1), lab1, rtol=0, atol=2e-3)
+    expected = colour_difference.ciede2000(lab1, lab2)
+    np.testing.assert_allclose(np.asarray(colour_difference.ciede2000(jax_lab1, jax_lab2)),
+                               expected, rtol=0, atol=2e-3)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from difffccf_jax import color, pyramid
+from difffccf_jax import color, functional_region, pyramid
 from difffccf_jax.inference import sampling
 from difffccf_jax.model import composition, diffusion, regions, settings, unet
 from difffccf_jax.training import losses
@@ -178,10 +178,15 @@ def test_black_backgrounds_fuse_to_exactly_black_with_the_clean_output(tiny_conf
         assert np.all(background == 0)
         m1 = out.m1[..., 0]  # the Y rows' mask of the last step
         gain = config.model.detail_gain
-        for i in range(len(a)):  # m1 A + (1 - m1) B_Y plus the detail path, clipped
-            detail = pyramid.detail(a[i, ..., 0].astype(np.float64), config.model.detail_levels)
-            expected = (m1[i] * a[i, ..., 0] + (1 - m1[i]) * out.warped_b[i, ..., 0]
-                        + gain * (1 - m1[i]) * detail)
+        levels = config.model.detail_levels
+        for i in range(len(a)):  # m1 A + (1 - m1) B_Y plus both detail bands, clipped
+            b_y = out.warped_b[i, ..., 0].astype(np.float64)
+            region = functional_region.of_rgb(color.ycrcb_levels_to_rgb_uint8(
+                color.unit_to_levels(out.warped_b[i].astype(np.float64))))
+            expected = (m1[i] * a[i, ..., 0] + (1 - m1[i]) * b_y
+                        + gain * (1 - m1[i]) * pyramid.detail(a[i, ..., 0].astype(np.float64),
+                                                              levels)
+                        + gain * m1[i] * region * pyramid.detail(b_y, levels))
             np.testing.assert_allclose(out.fused[i, ..., 0], np.clip(expected, -1, 1), atol=2e-6)
     else:  # the published output keeps sampling noise in the background
         assert np.count_nonzero(background) > 0

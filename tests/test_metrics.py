@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from difffccf_jax.evaluation import colour_difference, metrics
+from difffccf_jax import colour_difference, functional_region
+from difffccf_jax.evaluation import metrics
 
 
 def _two_level(shape=(8, 8), low=0.0, high=255.0):
@@ -195,11 +196,11 @@ def _colour_triple():
 
 def test_functional_region_is_where_b_differs_visibly_from_its_background():
     _, _, b, region = _colour_triple()
-    np.testing.assert_array_equal(metrics.functional_region(b), region)
+    np.testing.assert_array_equal(functional_region.of_rgb(b), region)
     # the background is B's colour at row 0, column 5, not black: a JET-like dark blue frame
     blue = np.where(region[..., None], b, np.array([0.0, 0.0, 128.0]))
-    np.testing.assert_array_equal(metrics.functional_region(blue), region)
-    assert not metrics.functional_region(np.full((8, 8, 3), 90.0)).any()
+    np.testing.assert_array_equal(functional_region.of_rgb(blue), region)
+    assert not functional_region.of_rgb(np.full((8, 8, 3), 90.0)).any()
 
 
 def test_colour_fidelity_known_answers():

@@ -13,7 +13,8 @@ import difffccf_jax
 PACKAGE_DIR = os.path.dirname(difffccf_jax.__file__)
 LAYERS = {  # sub-package (or top-level module) -> rank; higher ranks may import lower ones
     "errors": 0, "files": 0, "color": 0, "parallel": 0, "config_cli": 0, "config_versions": 0,
-    "compilation": 0, "pipeline": 0, "pyramid": 0,
+    "compilation": 0, "pipeline": 0, "pyramid": 0, "colour_difference": 0,
+    "functional_region": 0,
     "data": 1, "model": 2, "training": 3, "inference": 3, "evaluation": 4, "tools": 5,
     "benchmark": 5, "commands": 6, "cli": 7,
 }

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from difffccf_jax import color, pyramid
+from difffccf_jax import color, functional_region, pyramid
+from difffccf_jax.data import generator
 from difffccf_jax.inference import sampling
 from difffccf_jax.model import composition, diffusion, regions, settings, unet, warping
 from difffccf_jax.config_cli import load_config
@@ -394,42 +395,75 @@ def test_a_pairs_result_does_not_depend_on_its_batch(setup):
     np.testing.assert_allclose(np.asarray(out.fused), setup["first"].fused[order], atol=1e-6)
 
 
+def stored_rgb(b):
+    """B's RGB levels (uint8 values as float64 [H, W, 3]) of B in YCrCb [H, W, 3] in [-1, 1]."""
+    return color.ycrcb_levels_to_rgb_uint8(color.from_unit(np.asarray(b, np.float64))).astype(
+        np.float64)
+
+
 def test_colour_keeping_output_has_bs_chroma_and_the_detail_path_in_y(setup, tiny_config_path):
     """The shipped output choices: Cr and Cb are B's own (the chroma runs skipped, Y as when
-    they run), and Y is the clean estimate
-    m1 A + (1 - m1) B_Y plus the gain times A's detail band where B is kept (a NumPy oracle
-    from the returned mask); gain 0 gives the published clean estimate."""
+    they run), and Y is the clean estimate m1 A + (1 - m1) B_Y plus the gain times A's detail
+    band where B is kept and B's detail band where A is kept inside B's functional region (a
+    NumPy oracle from the returned mask and the evaluation's region); gain 0 gives the
+    published clean estimate."""
     config = load_config(tiny_config_path, TEST_OVERRIDES)
     model = unet.model_from_config(config.model)
     rules = regions.rules_from_config(config.regions, "pet", "sample")
     shipped = dataclasses.replace(settings.sampler_settings(config), register=False)
     assert shipped.chroma == settings.CHROMA_SOURCE and shipped.detail.gain > 0
+    assert shipped.detail_of_b
     a, b = setup["a"], setup["b"]
     ids = np.arange(NUM_PAIRS, dtype=np.int32)
     outputs = {}
-    for chroma, gain in ((settings.CHROMA_SOURCE, shipped.detail.gain),
-                         (settings.CHROMA_SOURCE, 0.0), (settings.CHROMA_FUSED, 0.0)):
-        chosen = dataclasses.replace(shipped, chroma=chroma,
+    for chroma, gain, of_b in ((settings.CHROMA_SOURCE, shipped.detail.gain, True),
+                               (settings.CHROMA_SOURCE, shipped.detail.gain, False),
+                               (settings.CHROMA_SOURCE, 0.0, True),
+                               (settings.CHROMA_FUSED, 0.0, True)):
+        chosen = dataclasses.replace(shipped, chroma=chroma, detail_of_b=of_b,
                                      detail=settings.FusionDetail(gain, 4))
         sample = sampling.make_sampler(model, rules, (True, False), chosen)
-        outputs[chroma, gain] = jax.device_get(sample(setup["params"], setup["schedule"], a, b,
-                                                      jax.random.PRNGKey(7), ids))
+        outputs[chroma, gain, of_b] = jax.device_get(
+            sample(setup["params"], setup["schedule"], a, b, jax.random.PRNGKey(7), ids))
     # B's chroma: the chroma runs are not run (their masks are zero) and Y is what it is when
     # they run
-    fused_chroma = outputs[settings.CHROMA_FUSED, 0.0]
-    own_chroma = outputs[settings.CHROMA_SOURCE, 0.0]
+    fused_chroma = outputs.pop((settings.CHROMA_FUSED, 0.0, True))
+    own_chroma = outputs[settings.CHROMA_SOURCE, 0.0, True]
     np.testing.assert_allclose(own_chroma.fused[..., 0], fused_chroma.fused[..., 0], atol=1e-5)
     np.testing.assert_array_equal(own_chroma.m1[..., 1:], 0.0)
     assert np.abs(fused_chroma.fused[..., 1:] - b[..., 1:]).max() > 0.05
-    del outputs[settings.CHROMA_FUSED, 0.0]
-    for (_, gain), out in outputs.items():
+    for (_, gain, of_b), out in outputs.items():
         np.testing.assert_array_equal(out.fused[..., 1:], np.clip(b[..., 1:], -1, 1))  # B's own
         for i in range(NUM_PAIRS):
             a_i, b_y, m1 = (np.asarray(x, np.float64) for x in
                             (a[i, ..., 0], b[i, ..., 0], out.m1[i, ..., 0]))
-            expected = m1 * a_i + (1 - m1) * b_y + gain * (1 - m1) * pyramid.detail(a_i, 4)
+            region = functional_region.of_rgb(stored_rgb(b[i])) if of_b else 0.0
+            expected = (m1 * a_i + (1 - m1) * b_y + gain * (1 - m1) * pyramid.detail(a_i, 4)
+                        + gain * m1 * region * pyramid.detail(b_y, 4))
             np.testing.assert_allclose(out.fused[i, ..., 0], np.clip(expected, -1, 1),
                                        atol=2e-5)
-    # the detail path changes the image where B is kept (m1 < 1)
-    with_detail = outputs[settings.CHROMA_SOURCE, shipped.detail.gain]
-    assert np.abs(with_detail.fused[..., 0] - own_chroma.fused[..., 0]).max() > 0.01
+    # each detail band changes the image: A's where B is kept (m1 < 1), B's where A is kept
+    # inside B's region
+    with_a_detail = outputs[settings.CHROMA_SOURCE, shipped.detail.gain, False]
+    with_both = outputs[settings.CHROMA_SOURCE, shipped.detail.gain, True]
+    assert np.abs(with_a_detail.fused[..., 0] - own_chroma.fused[..., 0]).max() > 0.01
+    assert np.abs(with_both.fused[..., 0] - with_a_detail.fused[..., 0]).max() > 0.01
+
+
+@pytest.mark.parametrize("task", ["pet", "spect"])
+@pytest.mark.parametrize("conversion", color.CONVERSIONS)
+def test_the_samplers_region_of_b_is_the_evaluations(task, conversion):
+    """B's functional region as the sampler computes it (JAX, float32, from B's YCrCb as read
+    with `conversion`) is the region the colour metrics use (NumPy, float64) of the RGB that
+    the conversion gives back: B's stored RGB itself with the float formulas, on generated
+    pairs."""
+    pairs = [generator.make_pair(task, 48, 3, i) for i in range(3)]
+    levels = [color.rgb_uint8_to_ycrcb_levels(p.b, conversion) for p in pairs]
+    rows = np.asarray(sampling.b_region_rows(
+        jnp.asarray(np.stack([color.to_unit(x) for x in levels]), jnp.float32), conversion))
+    read = [color.ycrcb_levels_to_rgb_uint8(x, conversion) for x in levels]
+    if conversion == color.CONVERSION_FLOAT:
+        assert all(np.array_equal(x, p.b) for x, p in zip(read, pairs))
+    expected = np.stack([functional_region.of_rgb(x) for x in read])
+    assert 0.02 < expected.mean() < 0.9  # the pairs have a region and a background
+    np.testing.assert_array_equal(rows[..., 0], np.concatenate([expected] * 3).astype(np.float32))

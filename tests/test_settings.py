@@ -152,6 +152,7 @@ LATER_FIELDS = {
     ("sampling", "chroma"): "fused",
     ("model", "detail_gain"): 0.0,
     ("model", "detail_levels"): 4,
+    ("sampling", "detail_of_b"): False,
 }
 
 
@@ -199,7 +200,7 @@ def test_a_config_saved_before_versions_migrates_to_what_it_ran_with(paper_confi
         refinement=old_behaviour_refinement(config), warp_interpolation="bilinear",
         stages="thirds", condition_std="population", color_conversion="float",
         truncate_output=False, schedule_precision="float64", chroma="fused",
-        detail=settings.FusionDetail(gain=0.0, levels=4))
+        detail=settings.FusionDetail(gain=0.0, levels=4), detail_of_b=False)
     loss = settings.loss_settings(config)
     assert (loss.registration_pass, loss.registration_size, loss.diffusion_crop) == (False, 0, 0)
     model = unet.model_from_config(config.model)
@@ -225,7 +226,7 @@ def test_old_task_fields_become_one(paper_config_path, tmp_path, task, tasks, mu
 
 def test_the_bundled_model_config_is_current_and_keeps_bs_colours():
     """The bundled model was saved at this config version (nothing to migrate) with the shipped
-    output choices: B's own chroma and the detail path in the fused Y."""
+    output choices: B's own chroma and the detail path of both sources in the fused Y."""
     with open(os.path.join(PRETRAINED, checkpoints.CONFIG_FILE), encoding="utf-8") as file:
         saved = json.load(file)
     assert saved["version"] == config_versions.VERSION
@@ -235,6 +236,7 @@ def test_the_bundled_model_config_is_current_and_keeps_bs_colours():
     assert sampler.chroma == settings.CHROMA_SOURCE
     assert sampler.detail == settings.loss_settings(config).detail == settings.FusionDetail(
         gain=0.2, levels=4)
+    assert sampler.detail_of_b
     assert unet.model_from_config(config.model).mask_prior == 40.0
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from difffccf_jax import color
-from difffccf_jax.evaluation import colour_difference
+from difffccf_jax import colour_difference
+from difffccf_jax import functional_region
 
 PUBLISHED_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 # Mean CIEDE2000 difference of F from B inside B's functional region, and from A's grey outside
@@ -26,10 +27,6 @@ PUBLISHED_METRICS = ("EN", "SD", "SF", "MI", "SCD", "VIF", "Qabf", "SSIM")
 COLOUR_METRICS = ("dE00-B", "dE00-A")
 EXTRA_METRICS = ("AG", "PSNR", "CC", "MSE")
 METRIC_NAMES = PUBLISHED_METRICS + COLOUR_METRICS + EXTRA_METRICS
-
-# B's functional region: the pixels whose colour differs from B's background colour (its value
-# at BACKGROUND_PIXEL) by at least this CIEDE2000 difference, a clearly visible signal.
-FUNCTIONAL_REGION_DELTA_E = 20.0
 
 # Sobel kernels of Qabf, applied as true (flipped) convolutions.
 SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
@@ -298,20 +295,6 @@ def rgb_image(image):
     return np.broadcast_to(image, image.shape[:2] + (3,))
 
 
-def _region_of_lab(lab_b):
-    """functional_region of B given as CIELAB [H, W, 3]."""
-    background = lab_b[min(color.BACKGROUND_PIXEL[0], lab_b.shape[0] - 1),
-                       min(color.BACKGROUND_PIXEL[1], lab_b.shape[1] - 1)]
-    return colour_difference.ciede2000(lab_b, background) >= FUNCTIONAL_REGION_DELTA_E
-
-
-def functional_region(b):
-    """B's functional region, bool [H, W]: the pixels whose colour differs from B's background
-    colour, its colour at BACKGROUND_PIXEL (row 0, column 5, or the last column of narrower
-    images), by at least FUNCTIONAL_REGION_DELTA_E in CIEDE2000: where B shows its signal."""
-    return _region_of_lab(colour_difference.srgb_to_lab(rgb_image(b)))
-
-
 def colour_fidelity(fused, a, b):
     """{'dE00-B': mean CIEDE2000 of F from B inside B's functional region, 'dE00-A': mean
     CIEDE2000 of F from A's rounded grey outside it}; dE00-B is None when the region is empty
@@ -319,7 +302,7 @@ def colour_fidelity(fused, a, b):
     taken as its grey), all [H, W] on 0..255."""
     lab_f, lab_a, lab_b = (colour_difference.srgb_to_lab(rgb_image(x))
                            for x in (fused, grey_image(a), b))
-    region = _region_of_lab(lab_b)
+    region = functional_region.of_lab(lab_b)
     to_b = colour_difference.ciede2000(lab_f[region], lab_b[region])
     to_a = colour_difference.ciede2000(lab_f[~region], lab_a[~region])
     return {"dE00-B": float(np.mean(to_b)) if region.any() else None,

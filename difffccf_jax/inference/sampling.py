@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax import color, compilation, parallel
+from difffccf_jax import color, compilation, functional_region, parallel
 from difffccf_jax.model import (composition, diffusion, refinement, regions, registration, unet,
                                 warping)
 from difffccf_jax.model import settings as method_settings
@@ -167,18 +167,32 @@ def complete_rows(ran, fill):
     return jnp.concatenate([ran, fill[ran.shape[0]:]], axis=0)
 
 
-def final_rows(settings, x, m1, rows):
+def b_region_rows(b, conversion):
+    """B's functional region (`functional_region.of_rgb` of B's RGB, given back by the
+    `conversion` it was read with) as 0/1 rows [3B, H, W, 1] (channel-major, as
+    `composition.channel_batch`); b: YCrCb [B, H, W, 3] in [-1, 1]."""
+    levels = color.unit_to_levels(b, jnp)  # as read: unrounded, or whole levels for OpenCV's
+    if conversion == color.CONVERSION_OPENCV8:
+        levels = jnp.rint(levels)
+    rgb = color.ycrcb_levels_to_rgb_uint8(levels, conversion, xp=jnp).astype(b.dtype)
+    region = functional_region.of_rgb(rgb).astype(b.dtype)[..., None]
+    return jnp.concatenate([region] * 3, axis=0)
+
+
+def final_rows(settings, x, m1, rows, b_region=None):
     """The sampler's result rows [3B, H, W, 1] under `settings` (a settings.SamplerSettings).
     Y rows: the trajectory x (settings.output OUTPUT_TRAJECTORY, published), or with
     OUTPUT_CLEAN the clean fused estimate of the last step's mask (`composition.clean_luma`,
-    with settings.detail; the image the training quality loss scores; it keeps no residual
-    sampling noise, so where A and B_Y agree, as in a black background, it is exactly their
-    value). Cr/Cb rows: the trajectory (settings.chroma CHROMA_FUSED, published; outside R
-    already exactly B_c), or with CHROMA_SOURCE B's own channels, so that the fused image keeps
-    B's colours."""
+    with settings.detail and, given b_region (`b_region_rows`, with settings.detail_of_b), B's
+    detail band inside it; without B's detail band, the image the training quality loss scores; it
+    keeps no residual sampling noise, so where A and B_Y agree, as in a black background, it is
+    exactly their value). Cr/Cb rows: the trajectory (settings.chroma CHROMA_FUSED, published;
+    outside R already exactly B_c), or with CHROMA_SOURCE B's own channels, so that the fused
+    image keeps B's colours."""
     luma = x
     if settings.output == method_settings.OUTPUT_CLEAN:
-        luma = composition.clean_luma(rows["cond_a"], rows["cond_b"], m1, settings.detail)
+        luma = composition.clean_luma(rows["cond_a"], rows["cond_b"], m1, settings.detail,
+                                      b_region)
     chroma = rows["b3"] if settings.chroma == method_settings.CHROMA_SOURCE else x
     return jnp.where(per_image(rows["chroma"]), chroma, luma)
 
@@ -322,8 +336,10 @@ def make_sampler(model, task_rules, reflect, settings, mesh=None):
         no_masks = jnp.zeros_like(inputs.rows["b3"])
         state, m1, m2 = (complete_rows(ran, fill) for ran, fill in (
             (state.x, inputs.rows["b3"]), (m1, no_masks), (m2, no_masks)))
-        fused = jnp.clip(channels_to_last(final_rows(settings, state, m1, inputs.rows)),
-                         -1.0, 1.0)
+        b_region = (b_region_rows(inputs.b, settings.color_conversion)
+                    if settings.detail_of_b else None)
+        fused = jnp.clip(channels_to_last(final_rows(settings, state, m1, inputs.rows,
+                                                     b_region)), -1.0, 1.0)
         return SampleOutput(fused=fused,
                             rgb=ycrcb_unit_to_rgb_uint8(fused, settings.truncate_output,
                                                          settings.color_conversion),

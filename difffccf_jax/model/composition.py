@@ -24,21 +24,25 @@ def fuse(x_a, x_b, m1, m2, chroma, sign_gain):
     chroma_fused = x_b + per_image(sign_gain) * m2 * x_a
     return jnp.where(per_image(chroma), chroma_fused, luma)
 
-def detail_band(a, levels):
-    """A's detail band [B, H, W, 1] of a [B, H, W, 1]: A minus its low frequencies below
-    `levels` pyramid levels (`pyramid.detail`), per image."""
-    per_pixel_images = jnp.moveaxis(a[..., 0], 0, -1)  # [H, W, B]: the pyramid's layout
+def detail_band(image, levels):
+    """The detail band [B, H, W, 1] of image [B, H, W, 1]: the image minus its low frequencies
+    below `levels` pyramid levels (`pyramid.detail`), per image."""
+    per_pixel_images = jnp.moveaxis(image[..., 0], 0, -1)  # [H, W, B]: the pyramid's layout
     return jnp.moveaxis(pyramid.detail(per_pixel_images, levels), -1, 0)[..., None]
 
 
-def clean_luma(a, b, m1, detail):
+def clean_luma(a, b, m1, detail, b_region=None):
     """The clean fused Y [B, H, W, 1] of sources a, b and mask m1 (all [B, H, W, 1]):
-    m1 a + (1 - m1) b, plus detail.gain times A's detail band where B is kept, (1 - m1):
-    B's intensity with the anatomy's structure inside it. detail: a `settings.FusionDetail`;
-    gain 0 is the published estimate (docs/method.md, deviations)."""
+    m1 a + (1 - m1) b, plus detail.gain times A's detail band where B is kept, (1 - m1): B's
+    intensity with the anatomy's structure inside it; and, given B's functional region
+    b_region [B, H, W, 1] (0 or 1), detail.gain times B's detail band where A is kept inside
+    it, m1 b_region: the uptake's structure where the anatomy is brighter. detail: a
+    `settings.FusionDetail`; gain 0 is the published estimate (docs/method.md, deviations)."""
     luma = m1 * a + (1.0 - m1) * b
     if detail.gain:
         luma = luma + detail.gain * (1.0 - m1) * detail_band(a, detail.levels)
+        if b_region is not None:
+            luma = luma + detail.gain * m1 * b_region * detail_band(b, detail.levels)
     return luma
 
 

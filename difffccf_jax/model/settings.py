@@ -97,7 +97,8 @@ class SamplerSettings:
     .output_levels 'truncate') rather than rounded; schedule_precision, the schedule tables'
     precision (diffusion.TABLE_PRECISIONS). chroma: the output's Cr/Cb, CHROMA_FUSED (the chroma
     runs', published) or CHROMA_SOURCE (B's own); detail: the detail path of the clean Y
-    (`detail_settings`)."""
+    (`detail_settings`); detail_of_b: that path also adds B's detail band inside B's functional
+    region where A is kept (`sampling.final_rows`)."""
     add_noise: bool
     register: bool
     reflect_channels: tuple
@@ -115,6 +116,7 @@ class SamplerSettings:
     schedule_precision: str
     chroma: str
     detail: FusionDetail
+    detail_of_b: bool
 
 
 def _require(condition, field, expected, value):
@@ -221,4 +223,5 @@ def sampler_settings(config):
         schedule_precision=_choice(sampling.schedule_precision, "sampling.schedule_precision",
                                    diffusion.TABLE_PRECISIONS),
         chroma=_choice(sampling.chroma, "sampling.chroma", CHROMAS),
-        detail=detail_settings(config))
+        detail=detail_settings(config),
+        detail_of_b=_flag(sampling.detail_of_b, "sampling.detail_of_b"))

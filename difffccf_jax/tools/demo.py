@@ -272,7 +272,8 @@ output; docs/metrics.md, Denoising):
 In the Y channel the network's mask m1 is the weight of A: every reverse step fuses the two
 trajectories as m1 x^A + (1 - m1) x^B, and the output's Y is m1 A + (1 - m1) B_Y with the last
 step's m1 (the one saved; sampling.output 'clean'), plus model.detail_gain times A's detail band
-where B is kept (docs/method.md section 5). A fusion that keeps the
+where B is kept and, with sampling.detail_of_b, times B's detail band where A is kept inside B's
+functional region (docs/method.md section 6, the output). A fusion that keeps the
 brighter source has m1 near 0 where B's Y exceeds A (B's bright region, here
 {100 * selection['bright_fraction']:.1f}% of the pixels) and near 1 outside it, and its fused Y
 F_Y near max(A_Y, B_Y); a copy of A has m1 = 1 everywhere. Pooled over every pixel of the
