@@ -73,7 +73,8 @@ def _to_version_4(config):
     _fill(config.sampling, detail_of_b=False)
 
 
-STEPS = (_to_version_1, _to_version_2, _to_version_3, _to_version_4)  # STEPS[v] brings a version-v config to version v + 1
+# STEPS[v] brings a version-v config to version v + 1
+STEPS = (_to_version_1, _to_version_2, _to_version_3, _to_version_4)
 
 
 def migrate(config, where="config"):

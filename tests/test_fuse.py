@@ -16,6 +16,7 @@ from PIL import Image
 
 import difffccf_jax
 from difffccf_jax import cli, color
+from difffccf_jax.commands import fuse as fuse_command
 from difffccf_jax.model import checkpoints, regions, unet
 from difffccf_jax.config_cli import load_config
 from difffccf_jax.data import generator, images, layouts
@@ -278,13 +279,21 @@ def test_inputs_sharing_a_stem_are_refused(tmp_path):
 def test_command_line_choices_override_the_checkpoint_settings(config):
     settings = fuser_module.sampling_settings(config.copy_and_resolve_references(), steps=7,
                                         batch_size=3, seed=11, stochastic=True, register=True,
-                                        output="trajectory", chroma="fused")
+                                        output="trajectory", chroma="fused", detail_of_b=False)
     assert (settings.steps, settings.batch_size, settings.seed) == (7, 3, 11)
     assert settings.add_noise is True and settings.register is True
-    assert (settings.output, settings.chroma) == ("trajectory", "fused")
+    assert (settings.output, settings.chroma, settings.detail_of_b) == ("trajectory", "fused",
+                                                                        False)
     settings = fuser_module.sampling_settings(config.copy_and_resolve_references())
     assert (settings.steps, settings.add_noise, settings.register) == (12, False, False)
-    assert (settings.output, settings.chroma) == ("clean", "source")
+    assert (settings.output, settings.chroma, settings.detail_of_b) == ("clean", "source", True)
+
+
+@pytest.mark.parametrize("flag, value", [([], None), (["--detail-of-b"], True),
+                                         (["--no-detail-of-b"], False)])
+def test_the_fuse_command_passes_its_detail_of_b_choice(flag, value):
+    args = cli.build_parser().parse_args(["fuse", "--checkpoint", "c", "--out", "o", *flag])
+    assert "detail_of_b" in fuse_command.FUSE_ARGUMENTS and args.detail_of_b is value
 
 
 def test_chroma_choice_keeps_bs_colours_or_fuses_them(fused, checkpoint, data_root, tmp_path):

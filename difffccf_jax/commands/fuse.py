@@ -11,9 +11,8 @@ import argparse
 import os
 
 FUSE_ARGUMENTS = ("checkpoint", "out", "data", "a_dir", "b_dir", "task", "steps", "batch_size",
-                  "seed", "stochastic", "output", "chroma", "register", "resize_to", "tile",
-                  "save_extras",
-                  "overwrite")
+                  "seed", "stochastic", "output", "chroma", "register", "detail_of_b",
+                  "resize_to", "tile", "save_extras", "overwrite")
 
 
 def register(subparsers):
@@ -58,6 +57,10 @@ def register(subparsers):
                         help="the fused image's Cr and Cb: 'source', B's own (its colours "
                              "kept), or 'fused', the chroma runs' result as published (default: "
                              "the checkpoint's sampling.chroma)")
+    parser.add_argument("--detail-of-b", action=argparse.BooleanOptionalAction, default=None,
+                        help="with the clean output, add B's detail band where the fused Y "
+                             "keeps A inside B's functional region, or not (default: the "
+                             "checkpoint's sampling.detail_of_b)")
     parser.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
                         help="warp B by the network's predicted deformation before fusing, or "
                              "fuse B as given (default: the checkpoint's sampling.register)")

@@ -40,11 +40,11 @@ class PairInput(NamedTuple):
 
 
 def sampling_settings(config, steps=None, batch_size=None, seed=None, stochastic=False,
-                      output=None, chroma=None, register=None):
+                      output=None, chroma=None, register=None, detail_of_b=None):
     """config.sampling with the given choices applied (checked); None keeps the config's."""
     settings = config.sampling
     chosen = dict(steps=steps, batch_size=batch_size, seed=seed, output=output, chroma=chroma,
-                  register=register)
+                  register=register, detail_of_b=detail_of_b)
     for field, value in chosen.items():
         if value is not None:
             settings[field] = value
@@ -120,18 +120,19 @@ class Fuser:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, task=None, steps=None, batch_size=None, seed=None,
-                        stochastic=False, output=None, chroma=None, register=None, tile=None,
-                        devices=None):
+                        stochastic=False, output=None, chroma=None, register=None,
+                        detail_of_b=None, tile=None, devices=None):
         """The fuser of a checkpoint directory: `task` (default the checkpoint's first task)
         chooses the region rules and how a grey B is coloured; steps, batch_size, seed,
-        stochastic, output, chroma and register override config.sampling (`sampling_settings`); the
+        stochastic, output, chroma, register and detail_of_b override config.sampling
+        (`sampling_settings`); the
         network runs in tile x tile windows on larger inputs (default TILE_BOTTLENECK
         bottleneck pixels a side); devices: the devices the batch is split over (default this
         process's local devices, so that each process of a multi-process run fuses its own
         pairs)."""
         config = checkpoints.read_config(checkpoint)
         settings = sampling_settings(config, steps, batch_size, seed, stochastic, output,
-                                     chroma, register)
+                                     chroma, register, detail_of_b)
         multiple = sizes.size_multiple(config.model)
         tile = sizes.TILE_BOTTLENECK * multiple if tile is None else tile
         sizes.check_tile(tile, multiple)

@@ -255,8 +255,8 @@ def write_pair(planned, truncate, result):
 
 def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, steps=None,
                 batch_size=None, seed=None, stochastic=False, output=None, chroma=None,
-                register=None, resize_to=None, tile=None, save_extras=False, overwrite=False, share=(0, 1),
-                devices=None, show_progress=True):
+                register=None, detail_of_b=None, resize_to=None, tile=None, save_extras=False,
+                overwrite=False, share=(0, 1), devices=None, show_progress=True):
     """Fuses the pairs under `data` (the task's published layout) or of the folders a_dir and
     b_dir that belong to `share` (K, N) (`shards.in_share`; all of them by default) with the
     checkpoint's model into `out` (`fuse_into_folder`); returns a FusedFolder. Sampling
@@ -272,8 +272,8 @@ def fuse_folder(checkpoint, out, data=None, a_dir=None, b_dir=None, task=None, s
                    [output_paths(out, pair.name, False) for pair in pairs])
     fuser = fuser_module.Fuser.from_checkpoint(
         checkpoint, task=task, steps=steps, batch_size=batch_size, seed=seed,
-        stochastic=stochastic, output=output, chroma=chroma, register=register, tile=tile,
-        devices=devices)
+        stochastic=stochastic, output=output, chroma=chroma, register=register,
+        detail_of_b=detail_of_b, tile=tile, devices=devices)
     return fuse_into_folder(fuser, pairs, unmatched, out, resize_to, save_extras, overwrite,
                             share, show_progress)
 
