@@ -34,6 +34,12 @@ INVERSE_CHROMA = ((1.403, 0.0), (-0.714, -0.344), (0.0, 1.773))
 BACKGROUND_PIXEL = (0, 5)
 
 
+def pixel_in_image(pixel, height, width):
+    """(row, column) of `pixel` in a height x width image: the last row or column of smaller
+    images."""
+    return min(pixel[0], height - 1), min(pixel[1], width - 1)
+
+
 def _forward_matrix():
     """[3, 3] matrix M with (Y, Cr, Cb) = M @ (R, G, B) + (0, 128, 128)."""
     luma = np.array(LUMA)

@@ -16,8 +16,7 @@ DELTA_E = 20.0  # the CIEDE2000 difference from the background that counts as si
 
 def of_lab(lab_b):
     """The region, bool [..., H, W], of B given as CIELAB [..., H, W, 3]."""
-    row = min(color.BACKGROUND_PIXEL[0], lab_b.shape[-3] - 1)
-    column = min(color.BACKGROUND_PIXEL[1], lab_b.shape[-2] - 1)
+    row, column = color.pixel_in_image(color.BACKGROUND_PIXEL, *lab_b.shape[-3:-1])
     background = lab_b[..., row:row + 1, column:column + 1, :]
     return colour_difference.ciede2000(lab_b, background) >= DELTA_E
 

@@ -201,6 +201,11 @@ def test_functional_region_is_where_b_differs_visibly_from_its_background():
     blue = np.where(region[..., None], b, np.array([0.0, 0.0, 128.0]))
     np.testing.assert_array_equal(functional_region.of_rgb(blue), region)
     assert not functional_region.of_rgb(np.full((8, 8, 3), 90.0)).any()
+    # narrower than the background pixel's column: its row's last column is the background
+    narrow = np.zeros((4, 3, 3))
+    narrow[:, :2] = (255, 0, 0)
+    np.testing.assert_array_equal(functional_region.of_rgb(narrow),
+                                  np.repeat([[True, True, False]], 4, axis=0))
 
 
 def test_colour_fidelity_known_answers():

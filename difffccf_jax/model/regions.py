@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from difffccf_jax.color import BACKGROUND_PIXEL
+from difffccf_jax.color import BACKGROUND_PIXEL, pixel_in_image
 from difffccf_jax.errors import UserError
 
 PERCENTILE = 0  # threshold = the given percentile of the image's values
@@ -128,9 +128,8 @@ def percentile_threshold(values, percent):
 def pixel_values(values, pixel):
     """Per image, the value of values [B, H, W, 1] at `pixel` (row, column; the last row or
     column of smaller images), [B, 1, 1, 1]."""
-    row, col = pixel
-    return values[:, min(row, values.shape[1] - 1), min(col, values.shape[2] - 1), 0].reshape(
-        -1, 1, 1, 1)
+    row, col = pixel_in_image(pixel, *values.shape[1:3])
+    return values[:, row, col, 0].reshape(-1, 1, 1, 1)
 
 
 def background_threshold(values, factor):
