@@ -38,7 +38,7 @@ def _lab_f(t, xp):
 
 
 def srgb_to_lab(rgb):
-    """[..., 3] sRGB on 0..255 -> [..., 3] CIELAB (L*, a*, b*) under D65, float64."""
+    """[..., 3] sRGB on 0..255 -> [..., 3] CIELAB (L*, a*, b*) under D65 (float64 for NumPy)."""
     linear = srgb_to_linear(rgb)
     xp = linear.__array_namespace__()
     xyz = linear @ xp.asarray(SRGB_TO_XYZ.T, dtype=linear.dtype)
