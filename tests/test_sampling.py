@@ -396,8 +396,9 @@ def test_a_pairs_result_does_not_depend_on_its_batch(setup):
 
 
 def stored_rgb(b):
-    """B's RGB levels (uint8 values as float64 [H, W, 3]) of B in YCrCb [H, W, 3] in [-1, 1]."""
-    return color.ycrcb_levels_to_rgb_uint8(color.from_unit(np.asarray(b, np.float64))).astype(
+    """B's RGB levels (uint8 values as float64 [H, W, 3]) of B in YCrCb [H, W, 3] in [-1, 1],
+    from its unrounded YCrCb levels, as the float conversion read them."""
+    return color.ycrcb_levels_to_rgb_uint8(color.unit_to_levels(np.asarray(b, np.float64))).astype(
         np.float64)
 
 

@@ -125,11 +125,10 @@ class Fuser:
         """The fuser of a checkpoint directory: `task` (default the checkpoint's first task)
         chooses the region rules and how a grey B is coloured; steps, batch_size, seed,
         stochastic, output, chroma, register and detail_of_b override config.sampling
-        (`sampling_settings`); the
-        network runs in tile x tile windows on larger inputs (default TILE_BOTTLENECK
-        bottleneck pixels a side); devices: the devices the batch is split over (default this
-        process's local devices, so that each process of a multi-process run fuses its own
-        pairs)."""
+        (`sampling_settings`); the network runs in tile x tile windows on larger inputs (default
+        TILE_BOTTLENECK bottleneck pixels a side); devices: the devices the batch is split over
+        (default this process's local devices, so that each process of a multi-process run fuses
+        its own pairs)."""
         config = checkpoints.read_config(checkpoint)
         settings = sampling_settings(config, steps, batch_size, seed, stochastic, output,
                                      chroma, register, detail_of_b)
